@@ -1,0 +1,126 @@
+// Package bus is the JetStream plumbing every service shares: connecting,
+// provisioning streams and consumers idempotently, publishing events with
+// their id as Nats-Msg-Id, and settling a message according to how its
+// handler failed.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Connect dials NATS and returns the connection and a JetStream handle. It
+// reconnects forever: a service outlives a broker restart. Close the
+// connection with Drain when done.
+func Connect(ctx context.Context, url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			ev := log.Warn().Err(err)
+			if s != nil {
+				ev = ev.Str("subject", s.Subject)
+			}
+			ev.Msg("nats async error")
+		}),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Publish sends ev on subj with its id as Nats-Msg-Id and waits for the
+// stream's acknowledgement. A duplicate (same id inside the stream's window)
+// is success.
+func Publish(ctx context.Context, js jetstream.Publisher, subj string, ev event.Envelope) (*jetstream.PubAck, error) {
+	m, err := Msg(subj, ev)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s %s: %w", subj, ev.ID, err)
+	}
+	return ack, nil
+}
+
+// Msg encodes ev as a NATS message for subj carrying Nats-Msg-Id and the
+// content type, ready for PublishMsg or PublishMsgAsync.
+func Msg(subj string, ev event.Envelope) (*nats.Msg, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", ev.Type, err)
+	}
+	m := nats.NewMsg(subj)
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	m.Header.Set("Content-Type", "application/cloudevents+json")
+	return m, nil
+}
+
+// Settle sends exactly one reply for a handler's verdict on m: DoubleAck on
+// success, Term on a permanent error, NakWithDelay otherwise. It uses its own
+// deadline so that a reply still goes out while shutdown cancels ctx.
+func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	switch {
+	case err == nil:
+		err = m.DoubleAck(ctx)
+	case fault.IsPermanent(err):
+		log.Error().Err(err).Str("reason", fault.Reason(err, "")).Msg("giving up on message")
+		err = m.TermWithReason(fault.Reason(err, "permanent"))
+	default:
+		d := Backoff(m)
+		log.Warn().Err(err).Dur("retry_in", d).Msg("will retry message")
+		err = m.NakWithDelay(d)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		log.Error().Err(err).Msg("ack reply lost; the server redelivers after AckWait")
+	}
+}
+
+// Backoff is the redelivery delay after the n-th failed delivery of m:
+// 1s, 2s, 4s … capped at one minute. A bare Nak would burn MaxDeliver in
+// milliseconds during a dependency blip.
+func Backoff(m jetstream.Msg) time.Duration {
+	n := uint64(1)
+	if md, err := m.Metadata(); err == nil {
+		n = md.NumDelivered
+	}
+	return BackoffN(int(n))
+}
+
+// BackoffN is Backoff for the n-th delivery (n >= 1).
+func BackoffN(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if n > 7 {
+		return time.Minute
+	}
+	return min(time.Second<<(n-1), time.Minute)
+}

@@ -1,0 +1,140 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamConfig holds the knobs an operator sets per deployment. The zero value
+// is a single-node setup that keeps events for a year.
+type StreamConfig struct {
+	Replicas int // 1 (default) or 3 in a cluster
+	// EventsMaxAge bounds STAGING_EVENTS and ARCHIVE. The ledger can be rebuilt
+	// only from what the streams still hold, so keep it at least as long as
+	// the history you want a rebuild to reproduce. 0 = 365 days.
+	EventsMaxAge time.Duration
+	// DuplicateWindow is how long a Nats-Msg-Id is remembered; 0 = 2 minutes.
+	DuplicateWindow time.Duration
+	// MaxBytes caps each stream; 0 = unlimited.
+	MaxBytes int64
+}
+
+func (c StreamConfig) withDefaults() StreamConfig {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.EventsMaxAge == 0 {
+		c.EventsMaxAge = 365 * 24 * time.Hour
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = 2 * time.Minute
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = -1
+	}
+	return c
+}
+
+// Streams returns the configuration of every stream, for provisioning and
+// for docs and tests that check what is deployed.
+func Streams(c StreamConfig) []jetstream.StreamConfig {
+	c = c.withDefaults()
+	return []jetstream.StreamConfig{
+		{
+			Name:        subject.ArchiveStream,
+			Description: "archive.* events: which package copies exist where",
+			Subjects:    []string{subject.ArchiveAll},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			MaxAge:      c.EventsMaxAge,
+			MaxBytes:    c.MaxBytes,
+			Duplicates:  c.DuplicateWindow,
+			Discard:     jetstream.DiscardOld,
+		},
+		{
+			Name:        subject.EventsStream,
+			Description: "staging.<event>: submits, plans and outcomes; the ledger's source",
+			Subjects:    []string{subject.EventsAll},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			MaxAge:      c.EventsMaxAge,
+			MaxBytes:    c.MaxBytes,
+			Duplicates:  c.DuplicateWindow,
+			Discard:     jetstream.DiscardOld,
+		},
+		{
+			Name:        subject.RequestsStream,
+			Description: "staging.request.<site>: one work item per package, removed when settled",
+			Subjects:    []string{subject.RequestsAll},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			MaxBytes:    c.MaxBytes,
+			Duplicates:  c.DuplicateWindow,
+			// New work is refused rather than old work silently dropped.
+			Discard: jetstream.DiscardNew,
+		},
+	}
+}
+
+// Provision creates or updates every stream. It is idempotent, so every
+// service calls it at start-up and the first one to run sets things up.
+func Provision(ctx context.Context, js jetstream.StreamManager, c StreamConfig) error {
+	for _, sc := range Streams(c) {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// StagerConsumerConfig tunes a site's work consumer.
+type StagerConsumerConfig struct {
+	// AckWait is how long a stager may stay silent on a message before the
+	// server redelivers it; stagers send InProgress well inside it. 0 = 60s.
+	AckWait time.Duration
+	// MaxDeliver bounds attempts per request; 0 = 5.
+	MaxDeliver int
+	// MaxAckPending bounds the packages in flight at the site; 0 = 64.
+	MaxAckPending int
+}
+
+// StagerConsumer returns the durable consumer config of a site's stagers.
+// Planner and stager both provision it with this one definition, so a
+// CreateOrUpdate from either never fights the other.
+func StagerConsumer(site string, c StagerConsumerConfig) jetstream.ConsumerConfig {
+	if c.AckWait == 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = 5
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = 64
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       subject.StagerDurable(site),
+		Description:   "stagers of site " + site,
+		FilterSubject: subject.Request(site),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+	}
+}
+
+// ProvisionStager creates or updates the durable consumer of a site.
+func ProvisionStager(ctx context.Context, js jetstream.JetStream, site string, c StagerConsumerConfig) (jetstream.Consumer, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, subject.RequestsStream, StagerConsumer(site, c))
+	if err != nil {
+		return nil, fmt.Errorf("provision consumer %s: %w", subject.StagerDurable(site), err)
+	}
+	return cons, nil
+}

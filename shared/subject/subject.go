@@ -1,0 +1,51 @@
+// Package subject names the streams, subjects and durable consumers of
+// ccat-staging in one place, so that services, tests, the deployment's
+// permissions and the docs cannot drift apart.
+package subject
+
+// Streams.
+const (
+	// ArchiveStream holds archive.* events (limits retention): the catalog's
+	// and the ledger's history of which package copies exist where.
+	ArchiveStream = "ARCHIVE"
+	// EventsStream holds every staging.<event> (limits retention): the record
+	// the ledger projects and can be rebuilt from.
+	EventsStream = "STAGING_EVENTS"
+	// RequestsStream holds staging.request.<site> work items (work-queue
+	// retention): a message lives until a stager settles it.
+	RequestsStream = "STAGING_REQUESTS"
+)
+
+// Subjects.
+const (
+	Archived = "archive.package.archived"
+	Submit   = "staging.submit"
+	Planned  = "staging.planned"
+	Rejected = "staging.rejected"
+	Started  = "staging.started"
+	Done     = "staging.done"
+	Failed   = "staging.failed"
+
+	// ArchiveAll and EventsAll are the streams' subject filters. "staging.*"
+	// matches exactly two tokens, so it never overlaps staging.request.<site>.
+	ArchiveAll  = "archive.>"
+	EventsAll   = "staging.*"
+	RequestsAll = "staging.request.*"
+)
+
+// Request is the work subject of a site.
+func Request(site string) string { return "staging.request." + site }
+
+// Durable consumer names.
+const (
+	PlannerSubmit  = "planner-submit"
+	PlannerCatalog = "planner-catalog"
+	LedgerEvents   = "ledger-events"
+	LedgerArchive  = "ledger-archive"
+)
+
+// StagerDurable is the durable consumer every stager instance of a site shares.
+func StagerDurable(site string) string { return "stager-" + site }
+
+// CatalogBucket is the JetStream KV bucket of the planner's package catalog.
+const CatalogBucket = "CATALOG"

@@ -1,0 +1,240 @@
+// Package topology describes where data can live: sites and their storage
+// locations, read from a YAML file that every service shares. Locations are
+// named by operators and used as NATS subject tokens, so names are checked
+// strictly.
+package topology
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Location types, as in CCAT's ops-db.
+const (
+	TypeLongTermArchive = "long_term_archive"
+	TypeProcessing      = "processing"
+	TypeBuffer          = "buffer"
+	TypeSource          = "source"
+)
+
+// Storage kinds.
+const (
+	StorageDisk = "disk"
+	StorageS3   = "s3"
+	StorageTape = "tape"
+)
+
+// Topology is the whole file.
+type Topology struct {
+	Sites []Site `yaml:"sites"`
+}
+
+// Site groups the locations of one data centre.
+type Site struct {
+	Name      string     `yaml:"name"`
+	Locations []Location `yaml:"locations"`
+}
+
+// Location is one storage area.
+type Location struct {
+	Name    string `yaml:"name"`
+	Site    string `yaml:"-"` // filled from the enclosing site
+	Type    string `yaml:"type"`
+	Storage string `yaml:"storage"`
+	// Priority orders locations of the same kind: 1 is used first.
+	Priority int `yaml:"priority"`
+	// Active defaults to true; an inactive location is never chosen.
+	Active *bool `yaml:"active"`
+	// Path is the root directory of a disk (or tape-cache) location. Nothing
+	// is ever read or written outside it.
+	Path string `yaml:"path"`
+	// S3 configures an s3 location. Credentials never live here: see the
+	// stager's documentation.
+	S3 *S3 `yaml:"s3,omitempty"`
+	// Recall is the command that brings a tape (or HSM) file online before it
+	// is read from Path; the key's absolute path is its last argument.
+	Recall *Recall `yaml:"recall,omitempty"`
+	// Retention is how long a staged copy is kept at a processing location
+	// after its jobs released it or ended; 0 means the default (7 days).
+	Retention time.Duration `yaml:"retention,omitempty"`
+}
+
+// S3 is an S3-compatible bucket.
+type S3 struct {
+	Endpoint string `yaml:"endpoint"` // host:port, no scheme
+	Bucket   string `yaml:"bucket"`
+	Region   string `yaml:"region"`
+	Prefix   string `yaml:"prefix"`
+	TLS      bool   `yaml:"tls"`
+	// CredentialsFile names a file with access_key_id and secret_access_key;
+	// empty means the environment (see the stager's docs).
+	CredentialsFile string `yaml:"credentials_file"`
+}
+
+// Recall runs an external command to bring a file online.
+type Recall struct {
+	Command []string      `yaml:"command"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// IsActive reports whether the location may be chosen.
+func (l Location) IsActive() bool { return l.Active == nil || *l.Active }
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidName reports whether s can name a site or location (it becomes a NATS
+// subject token and a path element).
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// Load reads and checks a topology file.
+func Load(path string) (*Topology, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read topology: %w", err)
+	}
+	t, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("topology %s: %w", path, err)
+	}
+	return t, nil
+}
+
+// Parse decodes and checks a topology document. Unknown keys are errors, so
+// a typo cannot silently leave a setting at its default.
+func Parse(b []byte) (*Topology, error) {
+	var t Topology
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&t); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+func (t *Topology) check() error {
+	var errs []error
+	if len(t.Sites) == 0 {
+		errs = append(errs, errors.New("no sites"))
+	}
+	seenSite := map[string]bool{}
+	seenLoc := map[string]bool{}
+	for si := range t.Sites {
+		s := &t.Sites[si]
+		if !ValidName(s.Name) {
+			errs = append(errs, fmt.Errorf("site name %q: want lower-case letters, digits, '-' or '_'", s.Name))
+		}
+		if seenSite[s.Name] {
+			errs = append(errs, fmt.Errorf("site %q defined twice", s.Name))
+		}
+		seenSite[s.Name] = true
+		for li := range s.Locations {
+			l := &s.Locations[li]
+			l.Site = s.Name
+			where := fmt.Sprintf("location %q of site %q", l.Name, s.Name)
+			if !ValidName(l.Name) {
+				errs = append(errs, fmt.Errorf("%s: name must be lower-case letters, digits, '-' or '_'", where))
+			}
+			if seenLoc[l.Name] {
+				errs = append(errs, fmt.Errorf("%s: location names must be unique across sites", where))
+			}
+			seenLoc[l.Name] = true
+			if !slices.Contains([]string{TypeLongTermArchive, TypeProcessing, TypeBuffer, TypeSource}, l.Type) {
+				errs = append(errs, fmt.Errorf("%s: unknown type %q", where, l.Type))
+			}
+			switch l.Storage {
+			case StorageDisk, StorageTape:
+				if l.Path == "" || !filepath.IsAbs(l.Path) {
+					errs = append(errs, fmt.Errorf("%s: %s storage needs an absolute path", where, l.Storage))
+				}
+			case StorageS3:
+				if l.S3 == nil || l.S3.Endpoint == "" || l.S3.Bucket == "" {
+					errs = append(errs, fmt.Errorf("%s: s3 storage needs s3.endpoint and s3.bucket", where))
+				}
+			default:
+				errs = append(errs, fmt.Errorf("%s: unknown storage %q", where, l.Storage))
+			}
+			if l.Type == TypeProcessing && l.Storage != StorageDisk {
+				errs = append(errs, fmt.Errorf("%s: a processing location must be disk storage", where))
+			}
+			if l.Priority < 0 {
+				errs = append(errs, fmt.Errorf("%s: negative priority", where))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Site returns the named site.
+func (t *Topology) Site(name string) (Site, bool) {
+	for _, s := range t.Sites {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Site{}, false
+}
+
+// Location returns the named location.
+func (t *Topology) Location(name string) (Location, bool) {
+	for _, s := range t.Sites {
+		for _, l := range s.Locations {
+			if l.Name == name {
+				return l, true
+			}
+		}
+	}
+	return Location{}, false
+}
+
+// Processing returns the active processing locations of a site, first
+// choice first (lowest priority number, then name).
+func (t *Topology) Processing(site string) []Location {
+	s, ok := t.Site(site)
+	if !ok {
+		return nil
+	}
+	var out []Location
+	for _, l := range s.Locations {
+		if l.Type == TypeProcessing && l.IsActive() {
+			out = append(out, l)
+		}
+	}
+	SortByPriority(out)
+	return out
+}
+
+// SortByPriority orders locations first choice first.
+func SortByPriority(ls []Location) {
+	slices.SortStableFunc(ls, func(a, b Location) int {
+		if a.Priority != b.Priority {
+			return a.Priority - b.Priority
+		}
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+}
+
+// SiteNames lists the sites in file order.
+func (t *Topology) SiteNames() []string {
+	out := make([]string, 0, len(t.Sites))
+	for _, s := range t.Sites {
+		out = append(out, s.Name)
+	}
+	return out
+}
