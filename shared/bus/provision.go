@@ -105,10 +105,10 @@ type StagerConsumerConfig struct {
 	MaxAckPending int
 }
 
-// StagerConsumer returns the durable consumer config of a site's stagers.
-// Planner and stager both provision it with this one definition, so a
-// CreateOrUpdate from either never fights the other.
-func StagerConsumer(site string, c StagerConsumerConfig) jetstream.ConsumerConfig {
+// StagerConsumer returns the durable consumer config of a site's stagers at
+// one priority. Planner and stager both provision it with this one
+// definition, so a CreateOrUpdate from either never fights the other.
+func StagerConsumer(site, priority string, c StagerConsumerConfig) jetstream.ConsumerConfig {
 	if c.AckWait == 0 {
 		c.AckWait = 60 * time.Second
 	}
@@ -119,9 +119,9 @@ func StagerConsumer(site string, c StagerConsumerConfig) jetstream.ConsumerConfi
 		c.MaxAckPending = 64
 	}
 	return jetstream.ConsumerConfig{
-		Durable:       subject.StagerDurable(site),
-		Description:   "stagers of site " + site,
-		FilterSubject: subject.Request(site),
+		Durable:       subject.StagerDurable(site, priority),
+		Description:   priority + "-priority requests for the stagers of site " + site,
+		FilterSubject: subject.Request(site, priority),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       c.AckWait,
@@ -130,11 +130,16 @@ func StagerConsumer(site string, c StagerConsumerConfig) jetstream.ConsumerConfi
 	}
 }
 
-// ProvisionStager creates or updates the durable consumer of a site.
-func ProvisionStager(ctx context.Context, js jetstream.JetStream, site string, c StagerConsumerConfig) (jetstream.Consumer, error) {
-	cons, err := js.CreateOrUpdateConsumer(ctx, subject.RequestsStream, StagerConsumer(site, c))
-	if err != nil {
-		return nil, fmt.Errorf("provision consumer %s: %w", subject.StagerDurable(site), err)
+// ProvisionStager creates or updates the durable consumers of a site, one per
+// priority, and returns them highest priority first (subject.Priorities).
+func ProvisionStager(ctx context.Context, js jetstream.JetStream, site string, c StagerConsumerConfig) ([]jetstream.Consumer, error) {
+	out := make([]jetstream.Consumer, 0, len(subject.Priorities))
+	for _, p := range subject.Priorities {
+		cons, err := js.CreateOrUpdateConsumer(ctx, subject.RequestsStream, StagerConsumer(site, p, c))
+		if err != nil {
+			return nil, fmt.Errorf("provision consumer %s: %w", subject.StagerDurable(site, p), err)
+		}
+		out = append(out, cons)
 	}
-	return cons, nil
+	return out, nil
 }

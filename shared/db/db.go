@@ -92,4 +92,3 @@ func Redact(dsn string) string {
 	}
 	return u.Redacted()
 }
-

@@ -31,6 +31,7 @@ var samples = []event.Data{
 	event.Started{Outcome: outcome},
 	event.Done{Outcome: outcome, Path: "/data/proc/pkg-1", SizeBytes: 10240, Files: 3, DurationSeconds: 1.5},
 	event.Failed{Outcome: outcome, Reason: event.ReasonChecksumMismatch, Message: "x", Permanent: true},
+	event.Progress{Outcome: outcome, BytesDone: 10, BytesTotal: 100, RateBytesPerSecond: 5.5},
 }
 
 func TestEveryTypeRoundTripsAndValidates(t *testing.T) {

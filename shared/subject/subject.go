@@ -30,11 +30,24 @@ const (
 	// matches exactly two tokens, so it never overlaps staging.request.<site>.
 	ArchiveAll  = "archive.>"
 	EventsAll   = "staging.*"
-	RequestsAll = "staging.request.*"
+	RequestsAll = "staging.request.>"
+
+	Progress = "staging.progress"
 )
 
-// Request is the work subject of a site.
-func Request(site string) string { return "staging.request." + site }
+// Priorities, highest first: the order in which a stager drains its site's
+// consumers. Each priority has its own subject and durable consumer so that a
+// high-priority request never waits behind a normal backlog (a work-queue
+// stream delivers in order within one consumer).
+var Priorities = []string{"high", "normal", "low"}
+
+// Request is the work subject of a site at a priority:
+// staging.request.<site>.<priority>.
+func Request(site, priority string) string { return "staging.request." + site + "." + priority }
+
+// SiteRequests matches every request of a site, whatever its priority (for
+// permissions and stream inspection).
+func SiteRequests(site string) string { return "staging.request." + site + ".>" }
 
 // Durable consumer names.
 const (
@@ -44,8 +57,12 @@ const (
 	LedgerArchive  = "ledger-archive"
 )
 
-// StagerDurable is the durable consumer every stager instance of a site shares.
-func StagerDurable(site string) string { return "stager-" + site }
+// StagerDurable is the durable consumer every stager instance of a site
+// shares for one priority: stager-<site>-<priority>.
+func StagerDurable(site, priority string) string { return "stager-" + site + "-" + priority }
+
+// StagerBucket is the KV bucket where stager instances announce themselves.
+const StagerBucket = "STAGERS"
 
 // CatalogBucket is the JetStream KV bucket of the planner's package catalog.
 const CatalogBucket = "CATALOG"
