@@ -3,11 +3,17 @@ module github.com/ccatobs/ccat-staging/services/demo
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/schemas v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 )
 
 replace (
+	github.com/ccatobs/ccat-staging/services/ledger => ../ledger
+	github.com/ccatobs/ccat-staging/services/planner => ../planner
+	github.com/ccatobs/ccat-staging/services/stager => ../stager
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )

@@ -1,0 +1,324 @@
+// Command demo runs the whole of ccat-staging in one process: an embedded
+// JetStream server, the ledger (with its API), the planner and one stager per
+// site, over a demo archive of real tar packages on local disk. It announces
+// the packages, submits one staging job per site and prints what happened.
+//
+// With DEMO_ONCE=1 it exits as soon as the jobs end: 0 if every job
+// completed, 1 if one failed or did not finish within DEMO_TIMEOUT of being
+// submitted. Otherwise the system stays up (ledger API and NATS) until Ctrl-C.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
+	"github.com/ccatobs/ccat-staging/services/planner/planner"
+	"github.com/ccatobs/ccat-staging/services/stager/stager"
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/config"
+	"github.com/ccatobs/ccat-staging/shared/db"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/ccatobs/ccat-staging/shared/natsembed"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/ccatobs/ccat-staging/shared/tarpkg"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func main() {
+	if err := run(context.Background(), os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// settings of the demo, from the environment.
+type settings struct {
+	databaseURL string
+	ledgerAddr  string
+	dir         string // keep the demo's files here instead of a temp dir
+	once        bool
+	timeout     time.Duration
+	packages    int
+	packageSize int64
+	logLevel    string
+}
+
+func load(getenv func(string) string) (settings, error) {
+	env := config.NewEnv(getenv)
+	s := settings{
+		databaseURL: env.String(config.DatabaseURL, "postgres://postgres@127.0.0.1:5432/ccat_staging_demo?sslmode=disable"),
+		ledgerAddr:  env.String("LEDGER_HTTP_ADDR", "127.0.0.1:8080"),
+		dir:         env.String("DEMO_DIR", ""),
+		once:        env.Bool("DEMO_ONCE", false),
+		timeout:     env.Duration("DEMO_TIMEOUT", time.Minute),
+		packages:    env.Int("DEMO_PACKAGES", 6),
+		packageSize: int64(env.Int("DEMO_PACKAGE_MB", 4)) << 20,
+		logLevel:    env.String(config.LogLevel, "warn"),
+	}
+	if s.packages < 1 || s.packages > 1000 {
+		return s, fmt.Errorf("DEMO_PACKAGES=%d: want 1..1000", s.packages)
+	}
+	return s, env.Err()
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s, err := load(getenv)
+	if err != nil {
+		return err
+	}
+	log := logx.New(stderr, s.logLevel, "auto", "demo")
+
+	dir := s.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "ccat-staging-demo-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	ns, err := natsembed.Start(natsembed.Options{StoreDir: filepath.Join(dir, "nats"), Name: "demo", Log: &log})
+	if err != nil {
+		return err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	natsURL := ns.ClientURL()
+
+	fmt.Fprintf(stdout, "ccat-staging demo\n  work dir   %s\n  NATS       %s (embedded JetStream)\n  database   %s\n", dir, natsURL, db.Redact(s.databaseURL))
+
+	topo, pkgs, err := makeArchive(dir, s.packages, s.packageSize)
+	if err != nil {
+		return fmt.Errorf("demo archive: %w", err)
+	}
+	env := map[string]string{
+		config.NATSURL:      natsURL,
+		config.DatabaseURL:  s.databaseURL,
+		config.Topology:     topo,
+		"LEDGER_HTTP_ADDR":  s.ledgerAddr,
+		"PLANNER_HTTP_ADDR": "",
+		"STAGER_HTTP_ADDR":  "",
+		"STAGER_WORKERS":    "2",
+	}
+
+	// Start the services; each stops when ctx is cancelled.
+	svcCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	apiAddr := make(chan net.Addr, 1)
+	start := func(name string, fn func(context.Context) error) {
+		wg.Go(func() {
+			if err := fn(svcCtx); err != nil && svcCtx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	defer func() { cancel(); wg.Wait() }()
+
+	lcfg, err := ledger.ConfigFromEnv(lookup(env, nil))
+	if err != nil {
+		return err
+	}
+	lcfg.Listening = func(a net.Addr) { apiAddr <- a }
+	start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger()) })
+	pcfg, err := planner.ConfigFromEnv(lookup(env, nil))
+	if err != nil {
+		return err
+	}
+	start("planner", func(ctx context.Context) error { return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger()) })
+	for _, site := range []string{"cologne", "us"} {
+		scfg, err := stager.ConfigFromEnv(lookup(env, map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "demo-" + site}))
+		if err != nil {
+			return err
+		}
+		start("stager "+site, func(ctx context.Context) error {
+			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
+		})
+	}
+
+	var api ledgerapi.Client
+	select {
+	case a := <-apiAddr:
+		api.BaseURL = "http://" + a.String()
+	case err := <-errc:
+		return err
+	case <-time.After(30 * time.Second):
+		return errors.New("ledger API did not start within 30s")
+	case <-ctx.Done():
+		return nil
+	}
+	fmt.Fprintf(stdout, "  ledger API %s\n\n", api.BaseURL)
+
+	nc, err := nats.Connect(natsURL, nats.Name("demo"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	// The services provision the streams too; doing it here means the
+	// announcements cannot race the first service's start-up.
+	if err := bus.Provision(ctx, js, bus.StreamConfig{}); err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(pkgs))
+	for _, p := range pkgs {
+		for i, loc := range p.locations {
+			ev, err := event.New("ccat-staging/demo", fmt.Sprintf("archived:%s:%s", loc, p.id), p.id, event.PackageArchived{
+				PackageID: p.id, Location: loc, Key: p.keys[i], SizeBytes: p.info.SizeBytes,
+				Checksum: p.info.Checksum, Format: "tar", Files: p.info.Files,
+			})
+			if err != nil {
+				return err
+			}
+			if _, err := bus.Publish(ctx, js, subject.Archived, ev); err != nil {
+				return err
+			}
+		}
+		ids = append(ids, p.id)
+	}
+	fmt.Fprintf(stdout, "announced %d packages (archive.package.archived) at cologne-lta and us-lta\n", len(pkgs))
+
+	stamp := time.Now().UTC().Format("20060102-150405")
+	var jobs []string
+	for _, site := range []string{"cologne", "us"} {
+		id := fmt.Sprintf("demo-%s-%s", stamp, site)
+		ev, err := event.New("ccat-staging/demo", "submit:"+id, id, event.Submit{
+			JobID: id, Packages: ids, Destination: event.Destination{Site: site},
+			RequestedBy: "demo", Priority: event.PriorityNormal, Note: "one-process demo",
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := bus.Publish(ctx, js, subject.Submit, ev); err != nil {
+			return err
+		}
+		jobs = append(jobs, id)
+	}
+	submitted := time.Now()
+	fmt.Fprintf(stdout, "submitted %d staging jobs (staging.submit): %s\n\n", len(jobs), strings.Join(jobs, ", "))
+
+	wctx, wcancel := context.WithTimeout(ctx, s.timeout)
+	defer wcancel()
+	var results []ledgerapi.Job
+	var waitErr error
+	for _, id := range jobs {
+		j, err := api.Wait(wctx, id, 100*time.Millisecond, ledgerapi.Job.Terminal)
+		if err != nil {
+			waitErr = errors.Join(waitErr, err)
+			if j.JobID == "" {
+				j = ledgerapi.Job{JobID: id, Status: "unknown"}
+			}
+		}
+		results = append(results, j)
+	}
+	select {
+	case err := <-errc:
+		return err
+	default:
+	}
+	printJobs(stdout, results, time.Since(submitted))
+
+	failed := waitErr != nil
+	for _, j := range results {
+		if j.Status != "completed" {
+			failed = true
+		}
+	}
+	fmt.Fprintf(stdout, `
+Inspect the streams with the nats CLI (from the repository root):
+  go -C tools tool nats --server %[1]s stream ls
+  go -C tools tool nats --server %[1]s stream info STAGING_EVENTS
+  go -C tools tool nats --server %[1]s consumer report STAGING_REQUESTS
+  go -C tools tool nats --server %[1]s stream view STAGING_EVENTS
+  go -C tools tool nats --server %[1]s kv ls CATALOG
+and the ledger API:
+  curl -s %[2]s/v1/jobs | jq
+  curl -s %[2]s/v1/jobs/%[3]s | jq
+`, natsURL, api.BaseURL, jobs[0])
+
+	if s.once {
+		if waitErr != nil {
+			return fmt.Errorf("jobs did not finish within %s: %w", s.timeout, waitErr)
+		}
+		if failed {
+			return errors.New("a staging job did not complete")
+		}
+		fmt.Fprintln(stdout, "DEMO_ONCE: all jobs completed")
+		return nil
+	}
+	fmt.Fprintln(stdout, "Running until Ctrl-C.")
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// lookup layers extra over base over nothing: the services see only the
+// demo's settings, never the caller's environment by accident.
+func lookup(base, extra map[string]string) func(string) string {
+	return func(k string) string {
+		if v, ok := extra[k]; ok {
+			return v
+		}
+		return base[k]
+	}
+}
+
+func printJobs(w io.Writer, jobs []ledgerapi.Job, took time.Duration) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, j := range jobs {
+		dest := ""
+		if j.Destination != nil {
+			dest = j.Destination.Site + "/" + j.Destination.Location
+		}
+		fmt.Fprintf(tw, "JOB %s\t%s\t→ %s\t%d/%d packages completed, %d failed\t%s\n",
+			j.JobID, strings.ToUpper(j.Status), dest, j.Counts.Completed, j.Counts.Total, j.Counts.Failed, human(j.BytesDone))
+		fmt.Fprintln(tw, "  package\tstatus\tbytes\ttime\tfrom\twhere it landed")
+		for _, p := range j.Packages {
+			from := ""
+			if p.Source != nil {
+				from = p.Source.Location
+			}
+			where := p.Path
+			if p.Reason != "" {
+				where = p.Reason + ": " + p.Message
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.2fs\t%s\t%s\n", p.PackageID, p.Status, human(p.SizeBytes), p.DurationSeconds, from, where)
+		}
+		fmt.Fprintln(tw, "\t\t\t\t\t")
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "all jobs ended %.1fs after submission\n", took.Seconds())
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+

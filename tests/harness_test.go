@@ -1,0 +1,382 @@
+package tests
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
+	"github.com/ccatobs/ccat-staging/services/planner/planner"
+	"github.com/ccatobs/ccat-staging/services/stager/stager"
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/ccatobs/ccat-staging/shared/tarpkg"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// system is the whole pipeline running in the test process against its own
+// JetStream server and its own database.
+type system struct {
+	t        *testing.T
+	base     string // every file the system may touch lives below base
+	topology string
+	bus      *bustest.Server
+	dbURL    string
+	api      ledgerapi.Client
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+const testTopology = `sites:
+  - name: cologne
+    locations:
+      - name: cologne-lta
+        type: long_term_archive
+        storage: disk
+        priority: 1
+        path: %[1]s/cologne/lta
+      - name: cologne-processing
+        type: processing
+        storage: disk
+        priority: 1
+        path: %[1]s/cologne/processing
+      - name: cologne-old
+        type: processing
+        storage: disk
+        priority: 2
+        path: %[1]s/cologne/old
+  - name: us
+    locations:
+      - name: us-lta
+        type: long_term_archive
+        storage: disk
+        priority: 1
+        path: %[1]s/us/lta
+      - name: us-processing
+        type: processing
+        storage: disk
+        priority: 1
+        path: %[1]s/us/processing
+`
+
+// startSystem runs ledger, planner and one stager per site until the test ends.
+func startSystem(t *testing.T) *system {
+	t.Helper()
+	s := &system{t: t, base: t.TempDir()}
+	for _, d := range []string{"cologne/lta", "cologne/processing", "cologne/old", "us/lta", "us/processing"} {
+		if err := os.MkdirAll(filepath.Join(s.base, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.topology = filepath.Join(s.base, "topology.yaml")
+	if err := os.WriteFile(s.topology, fmt.Appendf(nil, testTopology, s.base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.bus = bustest.New(t)
+	s.dbURL = dbtest.New(t)
+	env := map[string]string{
+		"NATS_URL":          s.bus.URL,
+		"DATABASE_URL":      s.dbURL,
+		"TOPOLOGY_FILE":     s.topology,
+		"LEDGER_HTTP_ADDR":  "127.0.0.1:0",
+		"PLANNER_HTTP_ADDR": "",
+		"STAGER_HTTP_ADDR":  "",
+		"STAGER_WORKERS":    "2",
+	}
+	get := func(extra map[string]string) func(string) string {
+		return func(k string) string {
+			if v, ok := extra[k]; ok {
+				return v
+			}
+			return env[k]
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	// Stop the services before the server and the database go away
+	// (cleanups run last-registered first).
+	t.Cleanup(func() { cancel(); s.wg.Wait() })
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	errc := make(chan error, 8)
+	start := func(name string, run func(context.Context) error) {
+		s.wg.Go(func() {
+			if err := run(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+
+	addr := make(chan net.Addr, 1)
+	lcfg, err := ledger.ConfigFromEnv(get(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lcfg.Listening = func(a net.Addr) { addr <- a }
+	start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger()) })
+	pcfg, err := planner.ConfigFromEnv(get(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start("planner", func(ctx context.Context) error { return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger()) })
+	for _, site := range []string{"cologne", "us"} {
+		scfg, err := stager.ConfigFromEnv(get(map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "t-" + site}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start("stager "+site, func(ctx context.Context) error {
+			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
+		})
+	}
+	select {
+	case a := <-addr:
+		s.api.BaseURL = "http://" + a.String()
+	case err := <-errc:
+		t.Fatal(err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("ledger API did not come up within 60s")
+	}
+	go func() {
+		select {
+		case err := <-errc:
+			t.Errorf("service stopped: %v", err)
+		case <-ctx.Done():
+		}
+	}()
+	if err := bus.Provision(t.Context(), s.bus.JS, bus.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// archive writes a package under an archive location and announces it.
+func (s *system) archive(id string, entries []tarpkg.Entry, locations ...string) tarpkg.Info {
+	s.t.Helper()
+	var info tarpkg.Info
+	for _, loc := range locations {
+		site, _, _ := strings.Cut(loc, "-")
+		key := "raw/" + id + ".tar"
+		dst := filepath.Join(s.base, site, "lta", key)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			s.t.Fatal(err)
+		}
+		var err error
+		if info, err = tarpkg.Write(dst, entries); err != nil {
+			s.t.Fatal(err)
+		}
+		s.announce(event.PackageArchived{PackageID: id, Location: loc, Key: key, SizeBytes: info.SizeBytes,
+			Checksum: info.Checksum, Format: "tar", Files: info.Files})
+	}
+	return info
+}
+
+func (s *system) announce(a event.PackageArchived) {
+	s.t.Helper()
+	s.publish(subject.Archived, fmt.Sprintf("archived:%s:%s", a.Location, a.PackageID), a)
+}
+
+func (s *system) publish(subj, id string, d event.Data) {
+	s.t.Helper()
+	ev, err := event.New("ccat-staging/tests", id, "", d)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := bus.Publish(s.t.Context(), s.bus.JS, subj, ev); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *system) submit(id string, d event.Submit) {
+	s.t.Helper()
+	s.publish(subject.Submit, id, d)
+}
+
+// waitJob polls the ledger API until the job is terminal.
+func (s *system) waitJob(id string, within time.Duration) ledgerapi.Job {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(s.t.Context(), within)
+	defer cancel()
+	j, err := s.api.Wait(ctx, id, 50*time.Millisecond, ledgerapi.Job.Terminal)
+	if err != nil {
+		s.t.Fatalf("job %s: %v", id, err)
+	}
+	return j
+}
+
+// events returns every event in a stream, each checked against its schema.
+func (s *system) events(stream string) []event.Envelope {
+	s.t.Helper()
+	ctx := s.t.Context()
+	st, err := s.bus.JS.Stream(ctx, stream)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var out []event.Envelope
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		env, err := event.Validate(m.Data)
+		if err != nil {
+			s.t.Errorf("%s seq %d (%s) does not validate: %v\n%s", stream, seq, m.Subject, err, m.Data)
+			continue
+		}
+		if got := m.Header.Get(jetstream.MsgIDHeader); got != env.ID {
+			s.t.Errorf("%s seq %d: Nats-Msg-Id %q, CloudEvent id %q", stream, seq, got, env.ID)
+		}
+		out = append(out, env)
+	}
+	return out
+}
+
+func ofType(evs []event.Envelope, typ string) []event.Envelope {
+	var out []event.Envelope
+	for _, e := range evs {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func dataOf[T event.Data](t *testing.T, e event.Envelope) T {
+	t.Helper()
+	v, err := event.DataAs[T](e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// checkStaged verifies every manifest file under dir byte for byte.
+func checkStaged(t *testing.T, dir string, info tarpkg.Info) {
+	t.Helper()
+	for _, f := range info.Files {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Errorf("staged file: %v", err)
+			continue
+		}
+		sum := sha256.Sum256(b)
+		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(b)) != f.SizeBytes {
+			t.Errorf("%s: content differs from the archive", f.Path)
+		}
+	}
+}
+
+// visibleEntries lists what a person sees in a processing root: everything
+// but the stager's hidden bookkeeping.
+func visibleEntries(t *testing.T, root string) []string {
+	t.Helper()
+	des, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, de := range des {
+		if !strings.HasPrefix(de.Name(), ".") {
+			out = append(out, de.Name())
+		}
+	}
+	return out
+}
+
+// tempDirs finds staging temp dirs left anywhere under root.
+func tempDirs(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && strings.HasPrefix(d.Name(), ".staging") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
+
+// allFiles lists every path under root, relative to it.
+func allFiles(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		out[rel] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// writeRawTar writes a tar made of hand-crafted headers, for hostile archives.
+func writeRawTar(t *testing.T, dst string, entries []rawEntry) tarpkg.Info {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	for _, e := range entries {
+		h := e.hdr
+		h.Size = int64(len(e.data))
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := errors.Join(tw.Close(), f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	info, err := tarpkg.Describe(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+type rawEntry struct {
+	hdr  tar.Header
+	data []byte
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
