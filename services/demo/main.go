@@ -34,9 +34,9 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/natsembed"
 	"github.com/ccatobs/ccat-staging/shared/subject"
-	"github.com/ccatobs/ccat-staging/shared/tarpkg"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 func main() {
@@ -84,6 +84,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		return err
 	}
 	log := logx.New(stderr, s.logLevel, "auto", "demo")
+	svcLog := func(name string) zerolog.Logger { return logx.New(stderr, s.logLevel, "auto", name) }
 
 	dir := s.dir
 	if dir == "" {
@@ -106,12 +107,14 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		return fmt.Errorf("demo archive: %w", err)
 	}
 	env := map[string]string{
-		config.NATSURL:      natsURL,
-		config.DatabaseURL:  s.databaseURL,
-		config.Topology:     topo,
-		"LEDGER_HTTP_ADDR":  s.ledgerAddr,
-		"PLANNER_HTTP_ADDR": "",
-		"STAGER_HTTP_ADDR":  "",
+		config.NATSURL:     natsURL,
+		config.DatabaseURL: s.databaseURL,
+		config.Topology:    topo,
+		"LEDGER_HTTP_ADDR": s.ledgerAddr,
+		// Free ports: several stagers share this process, and a system
+		// deployment may already use the defaults.
+		"PLANNER_HTTP_ADDR": "127.0.0.1:0",
+		"STAGER_HTTP_ADDR":  "127.0.0.1:0",
 		"STAGER_WORKERS":    "2",
 	}
 
@@ -134,19 +137,19 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		return err
 	}
 	lcfg.Listening = func(a net.Addr) { apiAddr <- a }
-	start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger()) })
+	start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, lcfg, svcLog("ledger")) })
 	pcfg, err := planner.ConfigFromEnv(lookup(env, nil))
 	if err != nil {
 		return err
 	}
-	start("planner", func(ctx context.Context) error { return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger()) })
+	start("planner", func(ctx context.Context) error { return planner.Run(ctx, pcfg, svcLog("planner")) })
 	for _, site := range []string{"cologne", "us"} {
 		scfg, err := stager.ConfigFromEnv(lookup(env, map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "demo-" + site}))
 		if err != nil {
 			return err
 		}
 		start("stager "+site, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
+			return stager.Run(ctx, scfg, svcLog("stager"))
 		})
 	}
 
@@ -284,29 +287,29 @@ func lookup(base, extra map[string]string) func(string) string {
 }
 
 func printJobs(w io.Writer, jobs []ledgerapi.Job, took time.Duration) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, j := range jobs {
 		dest := ""
 		if j.Destination != nil {
-			dest = j.Destination.Site + "/" + j.Destination.Location
+			dest = j.Destination.Site + " / " + j.Destination.Location
 		}
-		fmt.Fprintf(tw, "JOB %s\t%s\t→ %s\t%d/%d packages completed, %d failed\t%s\n",
+		fmt.Fprintf(w, "job %s  %s  → %s  (%d of %d packages completed, %d failed, %s)\n",
 			j.JobID, strings.ToUpper(j.Status), dest, j.Counts.Completed, j.Counts.Total, j.Counts.Failed, human(j.BytesDone))
-		fmt.Fprintln(tw, "  package\tstatus\tbytes\ttime\tfrom\twhere it landed")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PACKAGE\tSTATUS\tBYTES\tTIME\tFROM\tWHERE IT LANDED")
 		for _, p := range j.Packages {
 			from := ""
 			if p.Source != nil {
 				from = p.Source.Location
 			}
 			where := p.Path
-			if p.Reason != "" {
+			if p.Reason != "" && p.Status != "completed" {
 				where = p.Reason + ": " + p.Message
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.2fs\t%s\t%s\n", p.PackageID, p.Status, human(p.SizeBytes), p.DurationSeconds, from, where)
 		}
-		fmt.Fprintln(tw, "\t\t\t\t\t")
+		tw.Flush()
+		fmt.Fprintln(w)
 	}
-	tw.Flush()
 	fmt.Fprintf(w, "all jobs ended %.1fs after submission\n", took.Seconds())
 }
 
@@ -321,4 +324,3 @@ func human(n int64) string {
 	}
 	return fmt.Sprintf("%d B", n)
 }
-
