@@ -97,8 +97,8 @@ func startSystem(t *testing.T) *system {
 		"DATABASE_URL":      s.dbURL,
 		"TOPOLOGY_FILE":     s.topology,
 		"LEDGER_HTTP_ADDR":  "127.0.0.1:0",
-		"PLANNER_HTTP_ADDR": "",
-		"STAGER_HTTP_ADDR":  "",
+		"PLANNER_HTTP_ADDR": "127.0.0.1:0",
+		"STAGER_HTTP_ADDR":  "127.0.0.1:0",
 		"STAGER_WORKERS":    "2",
 	}
 	get := func(extra map[string]string) func(string) string {
