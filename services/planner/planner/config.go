@@ -1,0 +1,206 @@
+package planner
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/config"
+)
+
+// Environment variables read by ConfigFromEnv besides the common ones in
+// shared/config (NATS_URL, TOPOLOGY_FILE, STREAM_REPLICAS, EVENTS_MAX_AGE).
+const (
+	EnvHTTPAddr              = "PLANNER_HTTP_ADDR"
+	EnvMaxPackages           = "PLANNER_MAX_PACKAGES"
+	EnvPublishWindow         = "PLANNER_PUBLISH_WINDOW"
+	EnvLookupParallel        = "PLANNER_LOOKUP_PARALLEL"
+	EnvUnknownPackageRetries = "PLANNER_UNKNOWN_PACKAGE_RETRIES"
+	EnvUnknownPackageDelay   = "PLANNER_UNKNOWN_PACKAGE_DELAY"
+	EnvTopologyPoll          = "PLANNER_TOPOLOGY_POLL"
+	EnvPlanPartBytes         = "PLANNER_PLAN_PART_BYTES"
+	EnvVersion               = "PLANNER_VERSION"
+	EnvDedup                 = "PLANNER_DEDUP"
+	EnvInflightTTL           = "PLANNER_INFLIGHT_TTL"
+	EnvLedgerURL             = "LEDGER_URL"
+	EnvLedgerToken           = "LEDGER_TOKEN"
+	EnvReconcileInterval     = "PLANNER_RECONCILE_INTERVAL"
+	EnvStallAfter            = "PLANNER_STALL_AFTER"
+	EnvMaxReissues           = "PLANNER_MAX_REISSUES"
+)
+
+// Defaults.
+const (
+	DefaultNATSURL               = "nats://127.0.0.1:4222"
+	DefaultHTTPAddr              = "127.0.0.1:9101"
+	DefaultMaxPackages           = 10000
+	DefaultPublishWindow         = 1024
+	DefaultLookupParallel        = 32
+	DefaultUnknownPackageRetries = 10
+	DefaultUnknownPackageDelay   = time.Second
+	DefaultTopologyPoll          = 5 * time.Second
+	DefaultReconcileInterval     = time.Minute
+	DefaultStallAfter            = 15 * time.Minute
+	DefaultMaxReissues           = 3
+)
+
+// Config is everything Run needs. The zero value of an optional field means
+// its default; NATSURL and TopologyFile are required.
+type Config struct {
+	NATSURL      string
+	TopologyFile string
+	// HTTPAddr serves /healthz, /readyz and /metrics; "" serves nothing.
+	// "127.0.0.1:0" picks a free port (see OnHTTP).
+	HTTPAddr string
+	// MaxPackages is the most packages one job may ask for.
+	MaxPackages int
+	// Version is reported in logs and the build-info metric.
+	Version string
+	// Streams configures the streams every service provisions.
+	Streams bus.StreamConfig
+	// Stager is the definition used when the planner creates a site's work
+	// consumers that do not exist yet (queue discovery). Existing consumers
+	// are left alone so the planner never overrides a stager's settings.
+	Stager bus.StagerConsumerConfig
+	// PublishWindow bounds the publications awaiting acknowledgement.
+	PublishWindow int
+	// LookupParallel bounds the concurrent catalog reads of one job.
+	LookupParallel int
+	// UnknownPackageRetries is how many deliveries of a submit naming
+	// packages the catalog does not know wait for the catalog consumer to
+	// catch up before the submit is rejected with unknown_package.
+	UnknownPackageRetries int
+	// UnknownPackageDelay is the wait between those deliveries.
+	UnknownPackageDelay time.Duration
+	// TopologyPoll is how often the topology file is checked for changes;
+	// negative disables polling (Reload still works).
+	TopologyPoll time.Duration
+	// Reload, when not nil, makes Run reload the topology file whenever a
+	// value arrives (main sends one on SIGHUP).
+	Reload <-chan struct{}
+	// PlanPartBytes caps the package lines of one staging.planned event; a
+	// larger plan is split into parts. 0 means three quarters of the
+	// server's max_payload (8 MB as deployed: ~24,000 packages per part;
+	// 1 MB in a stock server: ~3,000); a larger value is capped to that.
+	PlanPartBytes int
+	// Dedup turns on cross-job deduplication: a package already being
+	// staged to a location by another job is not requested again; the plan
+	// line carries that job's request_id instead. The ledger must then apply
+	// an outcome to every job package with the outcome's request_id (see
+	// README), so it is off by default.
+	Dedup bool
+	// InflightTTL bounds how long a dedup entry waits for its outcome.
+	InflightTTL time.Duration
+	// LedgerURL is the ledger's read API; "" disables the reconciler.
+	LedgerURL   string
+	LedgerToken string
+	// ReconcileInterval is the time between reconciler rounds.
+	ReconcileInterval time.Duration
+	// StallAfter is how long a scheduled or in-progress package may show
+	// no activity before the reconciler looks for its request.
+	StallAfter time.Duration
+	// MaxReissues is how many times a lost request is re-issued before the
+	// package is failed with reason stalled.
+	MaxReissues int
+	// OnHTTP, when not nil, is called with the bound address once the HTTP
+	// listener is up (tests use "127.0.0.1:0").
+	OnHTTP func(net.Addr)
+	// OnReady, when not nil, is called once every stream, bucket and
+	// consumer is provisioned and the consumers are running.
+	OnReady func()
+}
+
+// ConfigFromEnv reads the configuration through getenv. An empty
+// PLANNER_HTTP_ADDR cannot be told apart from an unset one, so "off" (or
+// "none", "-") disables the HTTP listener; when the default address is
+// already taken Run serves no HTTP and says so, rather than failing.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	env := config.NewEnv(getenv)
+	cfg := Config{
+		NATSURL:      env.String(config.NATSURL, DefaultNATSURL),
+		TopologyFile: env.String(config.Topology, ""),
+		HTTPAddr:     env.String(EnvHTTPAddr, DefaultHTTPAddr),
+		MaxPackages:  env.Int(EnvMaxPackages, DefaultMaxPackages),
+		Version:      env.String(EnvVersion, "dev"),
+		Streams: bus.StreamConfig{
+			Replicas:     env.Int(config.StreamReplicas, 1),
+			EventsMaxAge: env.Duration(config.EventsMaxAge, 0),
+		},
+		PublishWindow:         env.Int(EnvPublishWindow, DefaultPublishWindow),
+		LookupParallel:        env.Int(EnvLookupParallel, DefaultLookupParallel),
+		UnknownPackageRetries: env.Int(EnvUnknownPackageRetries, DefaultUnknownPackageRetries),
+		UnknownPackageDelay:   env.Duration(EnvUnknownPackageDelay, DefaultUnknownPackageDelay),
+		TopologyPoll:          env.Duration(EnvTopologyPoll, DefaultTopologyPoll),
+		PlanPartBytes:         env.Int(EnvPlanPartBytes, 0),
+		Dedup:                 env.Bool(EnvDedup, false),
+		InflightTTL:           env.Duration(EnvInflightTTL, 24*time.Hour),
+		LedgerURL:             env.String(EnvLedgerURL, ""),
+		LedgerToken:           env.String(EnvLedgerToken, ""),
+		ReconcileInterval:     env.Duration(EnvReconcileInterval, DefaultReconcileInterval),
+		StallAfter:            env.Duration(EnvStallAfter, DefaultStallAfter),
+		MaxReissues:           env.Int(EnvMaxReissues, DefaultMaxReissues),
+	}
+	switch cfg.HTTPAddr {
+	case "off", "none", "-":
+		cfg.HTTPAddr = ""
+	}
+	if err := env.Err(); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.validate()
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("NATS URL is required ("+config.NATSURL+")"))
+	}
+	if c.TopologyFile == "" {
+		errs = append(errs, errors.New("topology file is required ("+config.Topology+")"))
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{EnvMaxPackages, c.MaxPackages}, {EnvPublishWindow, c.PublishWindow}, {EnvLookupParallel, c.LookupParallel}, {EnvUnknownPackageRetries, c.UnknownPackageRetries}, {EnvPlanPartBytes, c.PlanPartBytes}, {EnvMaxReissues, c.MaxReissues}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative (got %d)", n.name, n.v))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxPackages == 0 {
+		c.MaxPackages = DefaultMaxPackages
+	}
+	if c.PublishWindow == 0 {
+		c.PublishWindow = DefaultPublishWindow
+	}
+	if c.LookupParallel == 0 {
+		c.LookupParallel = DefaultLookupParallel
+	}
+	if c.UnknownPackageRetries == 0 {
+		c.UnknownPackageRetries = DefaultUnknownPackageRetries
+	}
+	if c.UnknownPackageDelay == 0 {
+		c.UnknownPackageDelay = DefaultUnknownPackageDelay
+	}
+	if c.TopologyPoll == 0 {
+		c.TopologyPoll = DefaultTopologyPoll
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = DefaultReconcileInterval
+	}
+	if c.StallAfter <= 0 {
+		c.StallAfter = DefaultStallAfter
+	}
+	if c.MaxReissues == 0 {
+		c.MaxReissues = DefaultMaxReissues
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	return c
+}

@@ -1,0 +1,70 @@
+package planner
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics live on the registry of one Run, so several planners in one
+// process (demo, tests) never collide.
+type metrics struct {
+	submits         *prometheus.CounterVec // outcome: planned, duplicate, rejected, retried
+	rejections      *prometheus.CounterVec // reason
+	requests        *prometheus.CounterVec // site, priority
+	packageFailed   *prometheus.CounterVec // reason (no_source)
+	planSeconds     prometheus.Histogram
+	catalog         *prometheus.CounterVec // outcome: added, replaced, unchanged, removed, conflict, invalid, ignored
+	topology        *prometheus.CounterVec // outcome: reloaded, failed
+	sites           prometheus.Gauge
+	followed        prometheus.Counter
+	reconcileRounds *prometheus.CounterVec // outcome: ok, failed
+	reissued        prometheus.Counter
+	gaveUp          *prometheus.CounterVec // reason
+}
+
+func newMetrics(reg prometheus.Registerer, version string) *metrics {
+	m := &metrics{
+		submits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_submits_total", Help: "staging.submit events handled, by outcome (planned, duplicate, rejected, retried).",
+		}, []string{"outcome"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_rejections_total", Help: "staging.rejected events published, by reason.",
+		}, []string{"reason"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_requests_published_total", Help: "staging.request events acknowledged by JetStream (duplicates included), by site and priority.",
+		}, []string{"site", "priority"}),
+		packageFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_packages_unplanned_total", Help: "packages planned as failed, by reason.",
+		}, []string{"reason"}),
+		planSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "planner_plan_seconds", Help: "time from receiving a submit to every publication acknowledged.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
+		}),
+		catalog: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_catalog_events_total", Help: "archive.* events handled by the catalog, by outcome.",
+		}, []string{"outcome"}),
+		topology: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_topology_reloads_total", Help: "topology reloads, by outcome (reloaded, failed).",
+		}, []string{"outcome"}),
+		followed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "planner_packages_following_total", Help: "packages planned to follow another job's request (cross-job dedup).",
+		}),
+		reconcileRounds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_reconcile_rounds_total", Help: "reconciler rounds, by outcome (ok, failed).",
+		}, []string{"outcome"}),
+		reissued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "planner_requests_reissued_total", Help: "lost requests re-issued as a new generation by the reconciler.",
+		}),
+		gaveUp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_packages_given_up_total", Help: "packages the reconciler failed for good, by reason (stalled, no_source, ...).",
+		}, []string{"reason"}),
+		sites: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "planner_sites", Help: "sites in the topology in use.",
+		}),
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "planner_build_info", Help: "always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version},
+	})
+	info.Set(1)
+	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, info)
+	return m
+}

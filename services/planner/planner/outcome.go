@@ -1,0 +1,51 @@
+package planner
+
+import (
+	"context"
+
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// handleOutcome frees a package at a location once the request staging it
+// there has ended (done, or failed for good), so the next job that needs it
+// gets a request of its own. Outcomes of other requests change nothing.
+func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
+	log := s.log.With().Str("consumer", "planner-outcomes").Logger()
+	var o event.Outcome
+	final := false
+	env, err := event.Decode(m.Data())
+	if err == nil {
+		log = log.With().Str(logx.EventID, env.ID).Str(logx.EventType, env.Type).Logger()
+		switch env.Type {
+		case event.TypeDone:
+			var d event.Done
+			d, err = event.DataAs[event.Done](env)
+			o, final = d.Outcome, true
+		case event.TypeFailed:
+			var f event.Failed
+			f, err = event.DataAs[event.Failed](env)
+			o, final = f.Outcome, f.Permanent || f.Reason == event.ReasonRetriesExhausted
+		}
+	}
+	if err != nil {
+		// Not ours to judge: the ledger records bad outcomes; the planner
+		// only must not redeliver them forever.
+		bus.Settle(ctx, m, fault.Permanent(reasonOf(err), err), log)
+		return
+	}
+	if final && o.RequestID != "" {
+		freed, err := s.inflight.Release(ctx, o.Location, o.PackageID, o.RequestID)
+		if err != nil {
+			bus.Settle(ctx, m, err, log)
+			return
+		}
+		if freed {
+			log.Debug().Str(logx.JobID, o.JobID).Str(logx.PackageID, o.PackageID).Str(logx.Location, o.Location).Msg("package free for the next job")
+		}
+	}
+	bus.Settle(ctx, m, nil, log)
+}

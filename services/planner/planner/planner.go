@@ -1,0 +1,310 @@
+// Package planner is the planner service: it keeps the package catalog from
+// archive.* announcements, turns each staging.submit into a plan
+// (staging.planned) and one staging.request.<site>.<priority> per package,
+// or refuses it (staging.rejected), and provisions the work consumers of
+// every site in the topology. Run is the whole service; the demo and the
+// end-to-end tests start it in-process, several at once, so it keeps no
+// global state and handles no signals.
+package planner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/services/planner/catalog"
+	"github.com/ccatobs/ccat-staging/services/planner/inflight"
+	"github.com/ccatobs/ccat-staging/services/planner/jobs"
+	"github.com/ccatobs/ccat-staging/services/planner/reissue"
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
+	"github.com/ccatobs/ccat-staging/shared/obs"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/ccatobs/ccat-staging/shared/topology"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Source is the CloudEvents source of everything the planner publishes.
+const Source = "ccat-staging/planner"
+
+// Consumer settings of the planner's own durables.
+const (
+	submitAckWait  = 60 * time.Second
+	catalogAckWait = 30 * time.Second
+)
+
+// service is one running planner.
+type service struct {
+	cfg           Config
+	log           zerolog.Logger
+	nc            *nats.Conn
+	js            jetstream.JetStream // windowed async publishing and everything else
+	topo          atomic.Pointer[topology.Topology]
+	catalog       *catalog.Catalog
+	jobs          *jobs.Store
+	inflight      *inflight.Table   // nil unless Config.Dedup
+	ledger        *ledgerapi.Client // nil unless Config.LedgerURL
+	reissues      *reissue.Store
+	catCons       jetstream.Consumer
+	archiveStream jetstream.Stream // ARCHIVE, to see how far the catalog is behind
+	m             *metrics
+	// maxPayload is the server's limit on one message; plans and requests
+	// are sized against it.
+	maxPayload int64
+}
+
+// Run provisions what the planner needs, serves until ctx is cancelled, then
+// lets the message in hand finish, and returns nil. It returns an error
+// only when start-up fails; being cancelled during start-up is not a
+// failure.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	err := run(ctx, cfg, log)
+	if err != nil && ctx.Err() != nil {
+		log.Info().Err(err).Msg("planner cancelled while starting")
+		return nil
+	}
+	return err
+}
+
+func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("planner config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	log = log.With().Str("component", "planner").Logger()
+	topo, err := topology.Load(cfg.TopologyFile)
+	if err != nil {
+		return err
+	}
+	nc, _, err := bus.Connect(ctx, cfg.NATSURL, "ccat-staging planner", log)
+	if err != nil {
+		return err
+	}
+	defer closeConn(nc)
+	js, err := jetstream.New(nc,
+		// Above the publish window, so PublishMsgAsync never stalls.
+		jetstream.WithPublishAsyncMaxPending(2*cfg.PublishWindow),
+		jetstream.WithPublishAsyncTimeout(30*time.Second),
+	)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	s := &service{cfg: cfg, log: log, nc: nc, js: js, maxPayload: nc.MaxPayload()}
+	if limit := int(s.maxPayload * 3 / 4); s.cfg.PlanPartBytes == 0 || s.cfg.PlanPartBytes > limit {
+		s.cfg.PlanPartBytes = limit
+	}
+	s.topo.Store(topo)
+
+	if err := bus.Provision(ctx, js, cfg.Streams); err != nil {
+		return err
+	}
+	if err := s.provisionSites(ctx, topo); err != nil {
+		return err
+	}
+	if s.catalog, err = catalog.Open(ctx, js, cfg.Streams.Replicas); err != nil {
+		return err
+	}
+	if s.jobs, err = jobs.Open(ctx, js, cfg.Streams.Replicas); err != nil {
+		return err
+	}
+	if s.archiveStream, err = js.Stream(ctx, subject.ArchiveStream); err != nil {
+		return fmt.Errorf("stream %s: %w", subject.ArchiveStream, err)
+	}
+	s.catCons, err = js.CreateOrUpdateConsumer(ctx, subject.ArchiveStream, jetstream.ConsumerConfig{
+		Durable:       subject.PlannerCatalog,
+		Description:   "planner: archive.* into the CATALOG bucket",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       catalogAckWait,
+	})
+	if err != nil {
+		return fmt.Errorf("provision consumer %s: %w", subject.PlannerCatalog, err)
+	}
+	subCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+		Durable:       subject.PlannerSubmit,
+		Description:   "planner: staging.submit into plans and requests",
+		FilterSubject: subject.Submit,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       submitAckWait,
+	})
+	if err != nil {
+		return fmt.Errorf("provision consumer %s: %w", subject.PlannerSubmit, err)
+	}
+
+	if cfg.LedgerURL != "" {
+		s.ledger = &ledgerapi.Client{BaseURL: cfg.LedgerURL, Token: cfg.LedgerToken}
+		if s.reissues, err = reissue.Open(ctx, js, cfg.Streams.Replicas, 0); err != nil {
+			return err
+		}
+	}
+	var outIt jetstream.MessagesContext
+	if cfg.Dedup {
+		if s.inflight, err = inflight.Open(ctx, js, cfg.Streams.Replicas, cfg.InflightTTL); err != nil {
+			return err
+		}
+		outCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+			Durable:        subject.PlannerOutcomes,
+			Description:    "planner: staging outcomes free packages for cross-job dedup",
+			FilterSubjects: []string{subject.Done, subject.Failed},
+			AckPolicy:      jetstream.AckExplicitPolicy,
+			DeliverPolicy:  jetstream.DeliverAllPolicy,
+			AckWait:        catalogAckWait,
+		})
+		if err != nil {
+			return fmt.Errorf("provision consumer %s: %w", subject.PlannerOutcomes, err)
+		}
+		if outIt, err = outCons.Messages(jetstream.PullMaxMessages(64)); err != nil {
+			return fmt.Errorf("consume %s: %w", subject.PlannerOutcomes, err)
+		}
+		defer outIt.Stop()
+	}
+
+	reg := obs.NewRegistry()
+	s.m = newMetrics(reg, cfg.Version)
+	s.m.sites.Set(float64(len(topo.Sites)))
+
+	// Everything below stops on runCtx, so a failing HTTP listener stops
+	// the consumers too instead of leaving Run waiting for them.
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	catIt, err := s.catCons.Messages(jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", subject.PlannerCatalog, err)
+	}
+	// One submit at a time per instance: a plan takes well under a second,
+	// and pre-fetched submits would only age towards their AckWait.
+	subIt, err := subCons.Messages(jetstream.PullMaxMessages(1))
+	if err != nil {
+		catIt.Stop()
+		return fmt.Errorf("consume %s: %w", subject.PlannerSubmit, err)
+	}
+	wg.Go(func() { s.loop(runCtx, catIt, catalogAckWait, s.handleArchive) })
+	wg.Go(func() { s.loop(runCtx, subIt, submitAckWait, s.handleSubmit) })
+	wg.Go(func() { s.watchTopology(runCtx) })
+	if outIt != nil {
+		wg.Go(func() { s.loop(runCtx, outIt, catalogAckWait, s.handleOutcome) })
+	}
+	if s.ledger != nil {
+		wg.Go(func() { s.reconcile(runCtx) })
+	}
+	if cfg.HTTPAddr != "" {
+		mux := http.NewServeMux()
+		obs.Mount(mux, reg, map[string]obs.Check{"nats": func(context.Context) error {
+			if st := nc.Status(); st != nats.CONNECTED {
+				return fmt.Errorf("nats connection is %s", st)
+			}
+			return nil
+		}})
+		wg.Go(func() {
+			err := obs.Serve(runCtx, cfg.HTTPAddr, mux, log, cfg.OnHTTP)
+			switch {
+			case err == nil:
+			case cfg.HTTPAddr == DefaultHTTPAddr && errors.Is(err, syscall.EADDRINUSE):
+				// Several planners in one host or process (tests, the demo)
+				// that did not choose an address: an explicitly empty
+				// PLANNER_HTTP_ADDR reads as unset, so the default cannot
+				// be fatal. Planning does not need the endpoints.
+				log.Warn().Err(err).Str("addr", cfg.HTTPAddr).Msg("default HTTP address taken; serving no /metrics (set PLANNER_HTTP_ADDR)")
+			default:
+				errc <- fmt.Errorf("http %s: %w", cfg.HTTPAddr, err)
+			}
+		})
+	}
+	log.Info().Str("version", cfg.Version).Strs("sites", topo.SiteNames()).Msg("planner started")
+	if cfg.OnReady != nil {
+		cfg.OnReady()
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		log.Error().Err(runErr).Msg("stopping")
+	}
+	stop()
+	catIt.Stop()
+	subIt.Stop()
+	if outIt != nil {
+		outIt.Stop()
+	}
+	wg.Wait()
+	log.Info().Msg("planner stopped")
+	return runErr
+}
+
+// closeConn drains the connection so the last acks and publications go out
+// before it closes.
+func closeConn(nc *nats.Conn) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		nc.Close()
+	}
+}
+
+// handler handles one message and settles it itself.
+type handler func(ctx context.Context, m jetstream.Msg)
+
+// loop feeds messages to h until the iterator is stopped. A message in hand
+// when ctx ends is still finished (with its own deadline), so shutdown
+// never leaves a half-published plan waiting for AckWait.
+func (s *service) loop(ctx context.Context, it jetstream.MessagesContext, limit time.Duration, h handler) {
+	for {
+		m, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return
+		}
+		if err != nil {
+			s.log.Warn().Err(err).Msg("pull from consumer")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), limit)
+		h(hctx, m)
+		cancel()
+	}
+}
+
+// provisionSites creates the work consumers of every site that lacks them:
+// queue discovery, so requests for a site wait in their own consumer even
+// before the site's first stager starts. Consumers that exist are left as
+// they are, so a stager's own settings are never overridden.
+func (s *service) provisionSites(ctx context.Context, t *topology.Topology) error {
+	for _, site := range t.SiteNames() {
+		for _, p := range subject.Priorities {
+			name := subject.StagerDurable(site, p)
+			_, err := s.js.Consumer(ctx, subject.RequestsStream, name)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("look up consumer %s: %w", name, err)
+			}
+			_, err = s.js.CreateConsumer(ctx, subject.RequestsStream, bus.StagerConsumer(site, p, s.cfg.Stager))
+			if err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+				return fmt.Errorf("provision consumer %s: %w", name, err)
+			}
+			s.log.Info().Str("site", site).Str("priority", p).Str("consumer", name).Msg("provisioned site work consumer")
+		}
+	}
+	return nil
+}
