@@ -84,10 +84,12 @@ func Streams(c StreamConfig) []jetstream.StreamConfig {
 }
 
 // Provision creates or updates every stream. It is idempotent, so every
-// service calls it at start-up and the first one to run sets things up.
+// service calls it at start-up and the first one to run sets things up. A
+// stream that already matches is left alone (EnsureStream), so a service
+// without the right to change streams starts once they are provisioned.
 func Provision(ctx context.Context, js jetstream.StreamManager, c StreamConfig) error {
 	for _, sc := range Streams(c) {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+		if _, err := EnsureStream(ctx, js, sc); err != nil {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
 	}

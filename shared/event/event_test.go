@@ -32,6 +32,11 @@ var samples = []event.Data{
 	event.Done{Outcome: outcome, Path: "/data/proc/pkg-1", SizeBytes: 10240, Files: 3, DurationSeconds: 1.5},
 	event.Failed{Outcome: outcome, Reason: event.ReasonChecksumMismatch, Message: "x", Permanent: true},
 	event.Progress{Outcome: outcome, BytesDone: 10, BytesTotal: 100, RateBytesPerSecond: 5.5},
+	event.Cancel{JobID: "job-1", Reason: "wrong packages", RequestedBy: "alice"},
+	event.Release{JobID: "job-1", RequestedBy: "alice"},
+	event.PackageRemoved{PackageID: "pkg-1", Location: "cologne-lta", Key: "obs/1/pkg-1.tar", Reason: "tape retired"},
+	event.Planned{JobID: "job-2", RequestedBy: "bob", Priority: "low", Destination: event.Target{Site: "us", Location: "us-proc"}, Part: 2, Parts: 3,
+		Packages: []event.PlannedPackage{{PackageID: "pkg-9", Status: "scheduled", RequestID: "request:job-2:pkg-9:1"}}},
 }
 
 func TestEveryTypeRoundTripsAndValidates(t *testing.T) {

@@ -134,6 +134,12 @@ type Planned struct {
 	Note        string           `json:"note,omitempty"`
 	Destination Target           `json:"destination"`
 	Packages    []PlannedPackage `json:"packages"`
+	// Part and Parts are set when a plan too large for one message is split:
+	// part 1 has id planned:<job_id>, part n > 1 planned:<job_id>:<n>, and
+	// every part repeats the job's fields and lists some of its packages.
+	// Both are absent (0) for a plan in one message.
+	Part  int `json:"part,omitempty"`
+	Parts int `json:"parts,omitempty"`
 }
 
 func (Planned) EventType() string { return TypePlanned }

@@ -39,6 +39,17 @@ func Bucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstrea
 	if replicas == 0 {
 		replicas = 1
 	}
+	// Look before changing anything: under the least-privilege permissions
+	// of deploy/nats a stager may put its own keys but not update the bucket,
+	// and a refused update only times out.
+	if kv, err := js.KeyValue(ctx, subject.StagerBucket); err == nil {
+		if st, err := kv.Status(ctx); err == nil {
+			c := st.Config()
+			if c.TTL == TTL && c.History == 1 && c.Replicas == replicas && c.Storage == jetstream.FileStorage {
+				return kv, nil
+			}
+		}
+	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      subject.StagerBucket,
 		Description: "live stager instances: <site>.<instance> -> heartbeat.Beat",

@@ -45,6 +45,10 @@ func Start(o Options) (*server.Server, error) {
 		StoreDir:           o.StoreDir,
 		JetStreamMaxMemory: 64 << 20,
 		JetStreamMaxStore:  o.MaxStore,
+		// As deploy/nats/nats-server.conf: events may be up to
+		// event.MaxSize (a 10,000-package plan is ~2.5 MB), more than the
+		// server's 1 MB default.
+		MaxPayload: 8 << 20,
 		// The server must not take SIGINT/SIGTERM from the process that embeds
 		// it: that process owns its own shutdown.
 		NoSigs: true,

@@ -1,0 +1,4 @@
+package subject
+
+// Removed is the subject of archive.package.removed events (ARCHIVE stream).
+const Removed = "archive.package.removed"

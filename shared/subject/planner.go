@@ -1,0 +1,22 @@
+package subject
+
+// PlannerJobsBucket is the JetStream KV bucket where the planner remembers
+// each job id it has accepted (job id -> hash of the submit's content), so a
+// resubmit is a no-op and a different job under the same id is refused.
+const PlannerJobsBucket = "PLANNER_JOBS"
+
+// PlannerInflightBucket is where the planner records, per processing
+// location and package, the request currently staging that package there
+// (cross-job deduplication): <location>.<package key> -> request id.
+const PlannerInflightBucket = "PLANNER_INFLIGHT"
+
+// PlannerOutcomes is the planner's durable on STAGING_EVENTS for
+// staging.done and staging.failed: an outcome frees the package for the
+// next job that needs it.
+const PlannerOutcomes = "planner-outcomes"
+
+// PlannerReissuesBucket is where the planner's reconciler records the
+// request generation of each package it re-issued (<job>.<package> ->
+// generation), so that several planners agree on the next generation by
+// compare-and-set and only one publishes it.
+const PlannerReissuesBucket = "PLANNER_REISSUES"
