@@ -1,0 +1,285 @@
+// Package stager is the stager service: it takes its site's staging requests
+// from the work queue, highest priority first, streams each package once from
+// its archive location into a hidden directory at the destination, verifies
+// it, moves it into place atomically, and reports every attempt as events.
+package stager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/services/stager/archive"
+	"github.com/ccatobs/ccat-staging/services/stager/dest"
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/ccatobs/ccat-staging/shared/obs"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/ccatobs/ccat-staging/shared/topology"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// service is one running stager instance; Run owns it.
+type service struct {
+	cfg    Config
+	log    zerolog.Logger
+	topo   *topology.Topology
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	source string // CloudEvents source of everything this instance emits
+	m      *metrics
+	dests  map[string]dest.Location // processing locations of the site, by name
+
+	mu       sync.Mutex
+	backends map[string]archive.Backend
+	reserved map[string]int64         // bytes promised to packages in flight, by location
+	locks    map[string]chan struct{} // one extraction per package and location at a time
+	busy     int
+	started  time.Time
+	lastWarn atomic.Int64 // unix nanos of the last fetch warning
+
+	// ready receives the HTTP listener's address (tests use it).
+	ready func(net.Addr)
+}
+
+// Run runs a stager instance until ctx is cancelled, then stops pulling,
+// lets in-flight packages finish within cfg.ShutdownGrace (interrupting,
+// cleaning up and handing back the rest), and returns nil. It returns an
+// error only when start-up fails.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	return run(ctx, cfg, log, nil)
+}
+
+func run(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.Addr)) error {
+	err := start(ctx, cfg, log, ready)
+	if err != nil && ctx.Err() != nil {
+		// Stopped while starting: that is a shutdown, not a failure.
+		log.Info().Err(err).Msg("stopped during start-up")
+		return nil
+	}
+	return err
+}
+
+func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.Addr)) error {
+	cfg = cfg.withDefaults()
+	topo := cfg.Topology
+	if topo == nil {
+		t, err := topology.Load(cfg.TopologyFile)
+		if err != nil {
+			return err
+		}
+		topo = t
+		cfg.Topology = t
+	}
+	if err := cfg.check(); err != nil {
+		return fmt.Errorf("stager config: %w", err)
+	}
+	instance := dest.SafeInstance(cfg.Instance)
+	log = log.With().Str(logx.Site, cfg.Site).Str(logx.Instance, instance).Logger()
+	s := &service{
+		cfg:      cfg,
+		log:      log,
+		topo:     topo,
+		source:   "ccat-staging/stager/" + cfg.Site + "/" + instance,
+		m:        newMetrics(),
+		dests:    map[string]dest.Location{},
+		backends: map[string]archive.Backend{},
+		reserved: map[string]int64{},
+		locks:    map[string]chan struct{}{},
+		started:  time.Now().UTC(),
+		ready:    ready,
+	}
+	for _, l := range topo.Processing(cfg.Site) {
+		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance}
+		if err := d.Prepare(); err != nil {
+			return err
+		}
+		// A crash or kill -9 leaves only temp dirs behind; they are ours.
+		n, err := d.Sweep()
+		if err != nil {
+			log.Warn().Err(err).Str(logx.Location, l.Name).Msg("sweeping temp dirs")
+		}
+		if n > 0 {
+			log.Info().Int("removed", n).Str(logx.Location, l.Name).Msg("swept temp dirs of an earlier run")
+		}
+		s.dests[l.Name] = d
+	}
+
+	nc, js, err := bus.Connect(ctx, cfg.NATSURL, "stager-"+cfg.Site+"-"+instance, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Drain()
+	s.nc, s.js = nc, js
+	sc := bus.StreamConfig{Replicas: cfg.Replicas, EventsMaxAge: cfg.EventsMaxAge}
+	if err := bus.Provision(ctx, js, sc); err != nil {
+		return err
+	}
+	if err := bus.ProvisionDeadLetter(ctx, js, sc); err != nil {
+		return err
+	}
+	consumers, err := bus.ProvisionStager(ctx, js, cfg.Site, bus.StagerConsumerConfig{
+		AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,
+	})
+	if err != nil {
+		return err
+	}
+	advisories, err := js.CreateOrUpdateConsumer(ctx, subject.AdvisoryStream, bus.StagerAdvisoryConsumer(cfg.Site))
+	if err != nil {
+		return fmt.Errorf("provision advisory consumer: %w", err)
+	}
+	kv, err := heartbeat.Bucket(ctx, js, cfg.Replicas)
+	if err != nil {
+		return err
+	}
+
+	// Work outlives ctx by the grace period: shutdown stops the pulling at
+	// once, but a package a minute from done should get to finish.
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		<-ctx.Done()
+		t := time.NewTimer(cfg.ShutdownGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			log.Warn().Dur("grace", cfg.ShutdownGrace).Msg("grace period over: interrupting in-flight packages")
+			stopWork()
+		case <-work.Done():
+		}
+	})
+
+	httpErr := make(chan error, 1)
+	if cfg.HTTPAddr != "" {
+		mux := http.NewServeMux()
+		obs.Mount(mux, s.m.reg, map[string]obs.Check{"nats": func(context.Context) error {
+			if !nc.IsConnected() {
+				return errors.New(nc.Status().String())
+			}
+			return nil
+		}})
+		bg.Go(func() { httpErr <- obs.Serve(ctx, cfg.HTTPAddr, mux, log, s.ready) })
+	}
+
+	log.Info().Int("workers", cfg.Workers).Str("version", cfg.Version).Msg("stager started")
+	bg.Go(func() { s.beat(ctx, kv) })
+	bg.Go(func() { s.deadLetters(ctx, advisories) })
+	var workers sync.WaitGroup
+	for i := range cfg.Workers {
+		workers.Go(func() { s.worker(ctx, work, consumers, i) })
+	}
+	workers.Wait()
+	stopWork()
+	bg.Wait()
+	select {
+	case err := <-httpErr:
+		if err != nil {
+			log.Error().Err(err).Msg("http server")
+		}
+	default:
+	}
+	log.Info().Msg("stager stopped")
+	return nil
+}
+
+// worker pulls one message at a time, asking the consumers in priority
+// order, and handles it under work (which outlives ctx by the grace period).
+func (s *service) worker(ctx, work context.Context, consumers []jetstream.Consumer, id int) {
+	const minIdle, maxIdle = 20 * time.Millisecond, 500 * time.Millisecond
+	idle := minIdle
+	for ctx.Err() == nil {
+		m := s.next(ctx, consumers)
+		if m == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(idle):
+			}
+			idle = min(idle*2, maxIdle)
+			continue
+		}
+		idle = minIdle
+		s.handle(work, m)
+	}
+}
+
+// next returns the first message waiting at the highest priority, or nil.
+func (s *service) next(ctx context.Context, consumers []jetstream.Consumer) jetstream.Msg {
+	for _, c := range consumers {
+		b, err := c.FetchNoWait(1)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.warnFetch(err)
+			}
+			return nil
+		}
+		for m := range b.Messages() {
+			return m
+		}
+		if err := b.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
+			s.warnFetch(err)
+		}
+	}
+	return nil
+}
+
+// warnFetch logs a fetch failure at most every 10 s: during a broker outage
+// every worker fails every half second, and one line says it all.
+func (s *service) warnFetch(err error) {
+	now := time.Now().UnixNano()
+	last := s.lastWarn.Load()
+	if now-last < int64(10*time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn().Err(err).Msg("fetching requests")
+}
+
+// beat announces the instance in the STAGERS bucket until ctx ends, then
+// removes the key so the instance disappears at once rather than after TTL.
+func (s *service) beat(ctx context.Context, kv jetstream.KeyValue) {
+	key := heartbeat.Key(s.cfg.Site, dest.SafeInstance(s.cfg.Instance))
+	put := func() {
+		s.mu.Lock()
+		busy := s.busy
+		s.mu.Unlock()
+		var free int64
+		for _, d := range s.dests {
+			if f, err := d.Free(); err == nil {
+				free += f
+			}
+		}
+		b := heartbeat.Beat{
+			Site: s.cfg.Site, Instance: dest.SafeInstance(s.cfg.Instance), Version: s.cfg.Version,
+			Workers: s.cfg.Workers, Busy: busy, FreeBytes: free, StartedAt: s.started, At: time.Now().UTC(),
+		}
+		raw, _ := json.Marshal(b)
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := kv.Put(pctx, key, raw); err != nil {
+			s.log.Warn().Err(err).Msg("heartbeat")
+		}
+	}
+	put()
+	t := time.NewTicker(heartbeat.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = kv.Delete(dctx, key)
+			cancel()
+			return
+		case <-t.C:
+			put()
+		}
+	}
+}

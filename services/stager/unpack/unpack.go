@@ -1,0 +1,615 @@
+// Package unpack extracts a tar stream in one pass: every byte read from the
+// source is hashed while the entries are written, so a package of any size is
+// read once, held in memory only a buffer at a time, and verified (size,
+// sha256 of the tar, and each file's sha256 when a manifest is given) before
+// the caller makes it visible. It refuses anything that could write outside
+// the target directory.
+package unpack
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/fault"
+)
+
+// Options describe what the stream must be.
+type Options struct {
+	// Size is the exact length of the tar stream in bytes; reading more or
+	// fewer is a size mismatch.
+	Size int64
+	// SHA256 is the expected lower-case hex digest of the whole tar stream.
+	SHA256 string
+	// Files, when not empty, is the package's manifest: each listed file must
+	// be in the archive with this size and sha256.
+	Files []event.File
+	// MaxEntries bounds the number of entries (0 = 1,000,000).
+	MaxEntries int
+	// MaxTotalBytes bounds the sum of the entries' sizes (0 = Size). A plain
+	// tar cannot unpack to more than its own size, so anything claiming more
+	// is hostile.
+	MaxTotalBytes int64
+	// HashFiles computes each file's sha256 for the Result even without a
+	// manifest. It costs a second hash pass over the data; the tar's own
+	// sha256 already proves every byte.
+	HashFiles bool
+	// Read, when not nil, is advanced by every byte read from the source, so
+	// the caller can report progress from another goroutine.
+	Read *atomic.Int64
+}
+
+// Result describes what was written.
+type Result struct {
+	Files  []event.File // regular files (hard links included), in archive order
+	Dirs   int
+	Bytes  int64  // bytes of the tar stream read
+	SHA256 string // hex digest of the tar stream
+}
+
+const copyBuf = 1 << 20
+
+// Extract reads the tar stream src and unpacks it under dir, which must exist
+// and be empty; it syncs every file and directory it wrote before returning.
+// On error dir may hold a partial tree: the caller removes it. Errors carry a
+// fault reason: unsafe_archive, checksum_mismatch and size_mismatch are
+// permanent; source read errors (io_error), a full disk (no_space) and
+// cancellation are transient.
+func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result, error) {
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = 1_000_000
+	}
+	if o.MaxTotalBytes <= 0 {
+		o.MaxTotalBytes = o.Size
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return Result{}, fault.Transient(event.ReasonIOError, fmt.Errorf("open target %s: %w", dir, err))
+	}
+	defer root.Close()
+
+	s := newSource(ctx, src, o)
+	defer close(s.quit)
+	x := &extractor{
+		root:   root,
+		o:      o,
+		tr:     tar.NewReader(s),
+		seen:   map[string]byte{},
+		files:  map[string]int{},
+		dirs:   map[string]bool{".": true},
+		buf:    make([]byte, copyBuf),
+		fh:     sha256.New(),
+		hash:   o.HashFiles || len(o.Files) > 0,
+		syncer: newSyncer(),
+	}
+	err = x.run()
+	if serr := x.syncer.wait(); err == nil && serr != nil {
+		err = serr
+	}
+	if err != nil {
+		return Result{}, s.classify(err)
+	}
+	// The end-of-archive marker may be followed by padding up to the record
+	// size; it is part of the package's bytes and of its checksum.
+	if _, err := io.Copy(io.Discard, s); err != nil {
+		return Result{}, s.classify(err)
+	}
+	if err := s.verify(); err != nil {
+		return Result{}, err
+	}
+	if err := x.checkManifest(); err != nil {
+		return Result{}, err
+	}
+	if err := x.syncDirs(); err != nil {
+		return Result{}, err
+	}
+	return Result{Files: x.out, Dirs: len(x.dirs), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil))}, nil
+}
+
+// source reads, hashes and counts the archive in its own goroutine and
+// hands the bytes on in chunks, so that hashing the stream on one core
+// overlaps with parsing and writing on another. The goroutine owns n, h,
+// err and tooBig until it sends its last chunk (the one with an error);
+// the consumer reads them only after receiving that chunk.
+type source struct {
+	ctx   context.Context
+	r     io.Reader
+	h     hash.Hash
+	limit int64  // the package's size
+	want  string // the package's sha256
+	read  *atomic.Int64
+	out   chan chunk
+	free  chan []byte
+	quit  chan struct{} // closed when Extract returns: stop, whatever the state
+
+	n      int64
+	err    error // a read error of the source itself
+	tooBig bool
+
+	cur   chunk // consumer side
+	off   int
+	final error // the last chunk's error, once received
+}
+
+type chunk struct {
+	b   []byte
+	n   int
+	err error
+}
+
+const chunks, chunkSize = 4, 1 << 20
+
+var errTooBig = errors.New("source is longer than the package size")
+
+func newSource(ctx context.Context, r io.Reader, o Options) *source {
+	s := &source{ctx: ctx, r: r, h: sha256.New(), limit: o.Size, want: o.SHA256, read: o.Read,
+		out: make(chan chunk, chunks), free: make(chan []byte, chunks), quit: make(chan struct{})}
+	for range chunks {
+		s.free <- make([]byte, chunkSize)
+	}
+	go s.loop()
+	return s
+}
+
+func (s *source) loop() {
+	for {
+		var buf []byte
+		select {
+		case buf = <-s.free:
+		case <-s.quit:
+			return
+		}
+		n, err := 0, s.ctx.Err()
+		if err == nil {
+			n, err = io.ReadFull(s.r, buf)
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+		}
+		if n > 0 {
+			s.h.Write(buf[:n])
+			s.n += int64(n)
+			if s.read != nil {
+				s.read.Add(int64(n))
+			}
+			if s.n > s.limit {
+				s.tooBig, err = true, errTooBig
+			}
+		}
+		if err != nil && err != io.EOF && err != errTooBig && s.ctx.Err() == nil {
+			s.err = err
+		}
+		select {
+		case s.out <- chunk{buf, n, err}:
+		case <-s.quit:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Read hands on the bytes the goroutine read, then its final error.
+func (s *source) Read(p []byte) (int, error) {
+	for s.off >= s.cur.n {
+		if s.final != nil {
+			return 0, s.final
+		}
+		if s.cur.b != nil {
+			s.free <- s.cur.b
+		}
+		s.cur, s.off = <-s.out, 0
+		s.final = s.cur.err
+	}
+	n := copy(p, s.cur.b[s.off:s.cur.n])
+	s.off += n
+	return n, nil
+}
+
+// verify checks the stream's length and digest once it has been read to EOF.
+func (s *source) verify() error {
+	if s.tooBig || s.n != s.limit {
+		return fault.Permanent(event.ReasonSizeMismatch, fmt.Errorf("archive is %s bytes, want %d", s.sizeString(), s.limit))
+	}
+	if got := hex.EncodeToString(s.h.Sum(nil)); got != s.want {
+		return fault.Permanent(event.ReasonChecksumMismatch, fmt.Errorf("archive sha256 %s, want %s", got, s.want))
+	}
+	return nil
+}
+
+func (s *source) sizeString() string {
+	if s.tooBig {
+		return fmt.Sprintf("more than %d", s.limit)
+	}
+	return fmt.Sprint(s.n)
+}
+
+// classify turns a failure during extraction into a reasoned error. A
+// classified error (unsafe entry, full disk) stands. Otherwise the rest of
+// the stream is read (which also makes the reader's state safe to look at):
+// a source error or cancellation is transient; bytes that are not the
+// package's are the real reason; and if the bytes are right, the package
+// itself is a malformed tar.
+func (s *source) classify(err error) error {
+	if _, ok := errors.AsType[*fault.Error](err); ok {
+		return err
+	}
+	if s.final == nil {
+		_, _ = io.Copy(io.Discard, s)
+	}
+	switch {
+	case s.ctx.Err() != nil:
+		return fault.Transient(event.ReasonIOError, fmt.Errorf("interrupted: %w", s.ctx.Err()))
+	case s.err != nil:
+		return fault.Transient(event.ReasonIOError, fmt.Errorf("read archive: %w", s.err))
+	}
+	if verr := s.verify(); verr != nil {
+		return verr
+	}
+	return fault.Permanent(event.ReasonUnsafeArchive, fmt.Errorf("malformed tar: %w", err))
+}
+
+type extractor struct {
+	root    *os.Root
+	o       Options
+	tr      *tar.Reader
+	seen    map[string]byte // entry name -> tar type flag
+	files   map[string]int  // regular file name -> index in out
+	dirs    map[string]bool // every directory written to, for the final sync
+	out     []event.File
+	entries int
+	total   int64
+	buf     []byte
+	fh      hash.Hash
+	hash    bool // compute each file's sha256
+	syncer  *syncer
+}
+
+func unsafeErr(format string, args ...any) error {
+	return fault.Permanent(event.ReasonUnsafeArchive, fmt.Errorf(format, args...))
+}
+
+// writeErr classifies a failure to write the target tree.
+func writeErr(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fault.Transient(event.ReasonNoSpace, fmt.Errorf("%s: %w", what, err))
+	}
+	return fault.Transient(event.ReasonIOError, fmt.Errorf("%s: %w", what, err))
+}
+
+func (x *extractor) run() error {
+	for {
+		hdr, err := x.tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue
+		}
+		x.entries++
+		if x.entries > x.o.MaxEntries {
+			return unsafeErr("more than %d entries", x.o.MaxEntries)
+		}
+		name, err := CleanName(hdr.Name)
+		if err != nil {
+			return err
+		}
+		if name == "." {
+			if hdr.Typeflag != tar.TypeDir {
+				return unsafeErr("entry %q is not a directory", hdr.Name)
+			}
+			continue
+		}
+		if _, dup := x.seen[name]; dup {
+			return unsafeErr("duplicate entry %q", name)
+		}
+		if err := x.checkParents(name); err != nil {
+			return err
+		}
+		switch hdr.Typeflag {
+		case tar.TypeReg:
+			err = x.file(name, hdr)
+		case tar.TypeDir:
+			err = x.dir(name)
+		case tar.TypeSymlink:
+			err = x.symlink(name, hdr.Linkname)
+		case tar.TypeLink:
+			err = x.hardlink(name, hdr.Linkname)
+		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+			err = unsafeErr("entry %q is a device or FIFO", name)
+		default:
+			err = unsafeErr("entry %q has unsupported type %q", name, hdr.Typeflag)
+		}
+		if err != nil {
+			return err
+		}
+		x.seen[name] = hdr.Typeflag
+	}
+}
+
+// CleanName turns a tar entry name into a clean relative slash path, or
+// refuses it: empty, absolute, NUL, or any ".." element. "." is the root.
+func CleanName(raw string) (string, error) {
+	switch {
+	case raw == "":
+		return "", unsafeErr("empty entry name")
+	case strings.ContainsRune(raw, 0):
+		return "", unsafeErr("entry name with NUL")
+	case strings.HasPrefix(raw, "/"):
+		return "", unsafeErr("absolute entry name %q", raw)
+	}
+	if slices.Contains(strings.Split(raw, "/"), "..") {
+		return "", unsafeErr("entry name %q climbs out with ..", raw)
+	}
+	return path.Clean(raw), nil
+}
+
+// checkParents refuses an entry below something that is not a directory of
+// this archive: writing through a symlink the archive itself planted is the
+// classic two-step escape, and os.Root would only catch the ones leaving dir.
+func (x *extractor) checkParents(name string) error {
+	for p := path.Dir(name); p != "."; p = path.Dir(p) {
+		if t, ok := x.seen[p]; ok && t != tar.TypeDir {
+			return unsafeErr("entry %q lies below non-directory %q", name, p)
+		}
+	}
+	return nil
+}
+
+func (x *extractor) mkParents(name string) error {
+	parent := path.Dir(name)
+	if x.dirs[parent] {
+		return nil
+	}
+	if err := x.root.MkdirAll(parent, 0o755); err != nil {
+		return writeErr("create "+parent, err)
+	}
+	for p := parent; p != "." && !x.dirs[p]; p = path.Dir(p) {
+		x.dirs[p] = true
+	}
+	return nil
+}
+
+func (x *extractor) dir(name string) error {
+	if err := x.mkParents(name); err != nil {
+		return err
+	}
+	if err := x.root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return writeErr("create "+name, err)
+	}
+	x.dirs[name] = true
+	return nil
+}
+
+func (x *extractor) file(name string, hdr *tar.Header) error {
+	if hdr.Size < 0 {
+		return unsafeErr("entry %q has negative size", name)
+	}
+	x.total += hdr.Size
+	if x.total > x.o.MaxTotalBytes {
+		return unsafeErr("entries add up to more than %d bytes", x.o.MaxTotalBytes)
+	}
+	if err := x.mkParents(name); err != nil {
+		return err
+	}
+	perm := fs.FileMode(0o644)
+	if hdr.Mode&0o111 != 0 {
+		perm = 0o755
+	}
+	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return writeErr("create "+name, err)
+	}
+	w := &fileWriter{f: f}
+	var dst io.Writer = w
+	if x.hash {
+		x.fh.Reset()
+		dst = io.MultiWriter(w, x.fh)
+	}
+	n, err := io.CopyBuffer(dst, x.tr, x.buf)
+	if err != nil {
+		f.Close()
+		if w.err != nil {
+			return writeErr("write "+name, w.err)
+		}
+		return err // a read error: the caller blames the source or the tar
+	}
+	if !hdr.ModTime.IsZero() {
+		// Scientists sort by mtime; a failure here is not worth the package.
+		_ = x.root.Chtimes(name, hdr.ModTime, hdr.ModTime)
+	}
+	// Synced in the background while the next entry streams, so that the
+	// disk flush overlaps the reading rather than stalling it.
+	if err := x.syncer.add(f, name); err != nil {
+		return err
+	}
+	rec := event.File{Path: name, SizeBytes: n}
+	if x.hash {
+		rec.SHA256 = hex.EncodeToString(x.fh.Sum(nil))
+	}
+	x.files[name] = len(x.out)
+	x.out = append(x.out, rec)
+	return nil
+}
+
+// fileWriter remembers a write error, so that it is not mistaken for a read
+// error of the source (both are *fs.PathError).
+type fileWriter struct {
+	f   *os.File
+	err error
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+func (x *extractor) symlink(name, target string) error {
+	switch {
+	case target == "" || strings.ContainsRune(target, 0):
+		return unsafeErr("symlink %q has an invalid target", name)
+	case strings.HasPrefix(target, "/"):
+		return unsafeErr("symlink %q points to absolute path %q", name, target)
+	}
+	resolved := path.Join(path.Dir(name), target)
+	if resolved == ".." || strings.HasPrefix(resolved, "../") {
+		return unsafeErr("symlink %q points outside the package (%q)", name, target)
+	}
+	if err := x.mkParents(name); err != nil {
+		return err
+	}
+	if err := x.root.Symlink(target, name); err != nil {
+		return writeErr("symlink "+name, err)
+	}
+	return nil
+}
+
+func (x *extractor) hardlink(name, target string) error {
+	t, err := CleanName(target)
+	if err != nil {
+		return err
+	}
+	i, ok := x.files[t]
+	if !ok {
+		return unsafeErr("hard link %q to %q, which is not a file of this archive", name, target)
+	}
+	if err := x.mkParents(name); err != nil {
+		return err
+	}
+	if err := x.root.Link(t, name); err != nil {
+		return writeErr("link "+name, err)
+	}
+	f := x.out[i]
+	f.Path = name
+	x.files[name] = len(x.out)
+	x.out = append(x.out, f)
+	return nil
+}
+
+func (x *extractor) checkManifest() error {
+	for _, want := range x.o.Files {
+		name, err := CleanName(want.Path)
+		if err != nil {
+			return fault.Permanent(event.ReasonBadRequest, fmt.Errorf("manifest path %q: %w", want.Path, err))
+		}
+		i, ok := x.files[name]
+		if !ok {
+			return fault.Permanent(event.ReasonChecksumMismatch, fmt.Errorf("manifest file %q is not in the archive", want.Path))
+		}
+		got := x.out[i]
+		if !x.hash {
+			return fmt.Errorf("manifest given but files not hashed") // unreachable: a manifest turns hashing on
+		}
+		if got.SizeBytes != want.SizeBytes || got.SHA256 != want.SHA256 {
+			return fault.Permanent(event.ReasonChecksumMismatch,
+				fmt.Errorf("file %q is %d bytes sha256 %s, manifest says %d bytes sha256 %s", want.Path, got.SizeBytes, got.SHA256, want.SizeBytes, want.SHA256))
+		}
+	}
+	return nil
+}
+
+// syncDirs makes the directory entries durable, deepest first, so that after
+// the caller's rename a crash cannot leave a verified package missing names.
+func (x *extractor) syncDirs() error {
+	dirs := make([]string, 0, len(x.dirs))
+	for d := range x.dirs {
+		dirs = append(dirs, d)
+	}
+	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	slices.SortStableFunc(dirs, func(a, b string) int {
+		if a == "." {
+			return 1
+		}
+		if b == "." {
+			return -1
+		}
+		return 0
+	})
+	for _, d := range dirs {
+		f, err := x.root.Open(d)
+		if err != nil {
+			return writeErr("open "+d, err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return writeErr("sync "+d, err)
+		}
+	}
+	return nil
+}
+
+// syncer fsyncs and closes written files in the background, a bounded
+// number at a time, and reports the first failure.
+type syncer struct {
+	q    chan syncItem
+	done chan struct{}
+	mu   sync.Mutex
+	err  error
+}
+
+type syncItem struct {
+	f    *os.File
+	name string
+}
+
+func newSyncer() *syncer {
+	s := &syncer{q: make(chan syncItem, 64), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for it := range s.q {
+			err := it.f.Sync()
+			if cerr := it.f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				s.mu.Lock()
+				if s.err == nil {
+					s.err = writeErr("sync "+it.name, err)
+				}
+				s.mu.Unlock()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *syncer) add(f *os.File, name string) error {
+	s.mu.Lock()
+	err := s.err
+	s.mu.Unlock()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	s.q <- syncItem{f, name}
+	return nil
+}
+
+// wait syncs what is queued and returns the first error.
+func (s *syncer) wait() error {
+	close(s.q)
+	<-s.done
+	return s.err
+}
