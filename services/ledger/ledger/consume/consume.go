@@ -1,0 +1,266 @@
+// Package consume feeds the ledger's projection from a JetStream durable
+// consumer: it pulls batches, sorts valid events from poison, applies the
+// batch in one transaction and acks only after the commit. Several ledger
+// instances may share one durable; the projection's SQL guards make that safe.
+package consume
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Metrics are the projection's Prometheus metrics, shared by the consumers
+// of one Run.
+type Metrics struct {
+	Applied    *prometheus.CounterVec
+	Duplicates prometheus.Counter
+	Poison     *prometheus.CounterVec
+	Batch      prometheus.Histogram
+	Latency    prometheus.Histogram
+	Failures   prometheus.Counter
+	Pending    *prometheus.GaugeVec
+}
+
+// NewMetrics registers the projection metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Applied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ledger_events_applied_total",
+			Help: "Events applied to the projection, by type."}, []string{"type"}),
+		Duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_events_duplicate_total",
+			Help: "Events already in the log (redeliveries, re-publications), ignored."}),
+		Poison: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ledger_events_poison_total",
+			Help: "Messages recorded as poison, by reason."}, []string{"reason"}),
+		Batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ledger_batch_size",
+			Help: "Messages per applied batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
+		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ledger_batch_apply_seconds",
+			Help: "Time to apply and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		Failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_batch_failures_total",
+			Help: "Batches that failed to apply and were handed back for redelivery."}),
+		Pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ledger_consumer_pending",
+			Help: "Messages still to deliver to the ledger's consumer, as of the last batch."}, []string{"durable"}),
+	}
+	reg.MustRegister(m.Applied, m.Duplicates, m.Poison, m.Batch, m.Latency, m.Failures, m.Pending)
+	return m
+}
+
+// Consumer applies one durable consumer's messages to the store.
+type Consumer struct {
+	Store   *store.Store
+	Cons    jetstream.Consumer
+	Stream  string
+	Durable string
+	Batch   int
+	// MaxWait bounds how long one pull waits for a first message, and so how
+	// long Run takes to notice cancellation.
+	MaxWait time.Duration
+	Log     zerolog.Logger
+	Metrics *Metrics
+	// Applied, when not nil, is called after each committed batch.
+	Applied func(store.Result)
+}
+
+// Run consumes until ctx is cancelled and returns nil then.
+func (c *Consumer) Run(ctx context.Context) error {
+	if c.Batch <= 0 {
+		c.Batch = 500
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = time.Second
+	}
+	for ctx.Err() == nil {
+		msgs, err := c.fetch()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			c.Log.Warn().Err(err).Str("durable", c.Durable).Msg("fetch failed")
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if len(msgs) > 0 {
+			c.handle(ctx, msgs)
+		}
+	}
+	return nil
+}
+
+// fetch waits up to MaxWait for one message, then takes whatever else is
+// already waiting, up to Batch: low latency when idle, big batches under load.
+func (c *Consumer) fetch() ([]jetstream.Msg, error) {
+	first, err := c.Cons.Fetch(1, jetstream.FetchMaxWait(c.MaxWait))
+	if err != nil {
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range first.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := first.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		return msgs, err
+	}
+	if len(msgs) == 0 || c.Batch == 1 {
+		return msgs, nil
+	}
+	rest, err := c.Cons.FetchNoWait(c.Batch - 1)
+	if err != nil {
+		return msgs, nil // the first one is still worth applying
+	}
+	for m := range rest.Messages() {
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+// Sort separates valid events from poison, the way Apply expects them.
+func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
+	events := make([]store.Event, 0, len(msgs))
+	var poison []store.Poison
+	for _, m := range msgs {
+		var seq uint64
+		var ts time.Time
+		if md, err := m.Metadata(); err == nil {
+			seq, ts = md.Sequence.Stream, md.Timestamp
+		}
+		ev, p, ok := Classify(stream, m.Subject(), seq, ts, m.Data())
+		if ok {
+			events = append(events, ev)
+		} else {
+			poison = append(poison, p)
+		}
+	}
+	return events, poison
+}
+
+// ReasonWrongSubject is the poison reason of an event whose type does not
+// belong on the subject it arrived on.
+const ReasonWrongSubject = "wrong_subject"
+
+// subjectOf is the one subject each event type may arrive on.
+var subjectOf = map[string]string{
+	event.TypePackageArchived: subject.Archived,
+	event.TypePackageRemoved:  subject.Removed,
+	event.TypeSubmit:          subject.Submit,
+	event.TypePlanned:         subject.Planned,
+	event.TypeRejected:        subject.Rejected,
+	event.TypeStarted:         subject.Started,
+	event.TypeProgress:        subject.Progress,
+	event.TypeDone:            subject.Done,
+	event.TypeFailed:          subject.Failed,
+	event.TypeCancel:          subject.Cancel,
+	event.TypeRelease:         subject.Release,
+}
+
+// Classify validates one raw message: a valid event, or poison with the
+// reason why not. subj is the subject it arrived on ("" skips that check,
+// for callers that do not know it).
+func Classify(stream, subj string, seq uint64, ts time.Time, raw []byte) (store.Event, store.Poison, bool) {
+	env, err := event.Validate(raw)
+	if err == nil && (bytes.Contains(env.Data, []byte(`\u0000`)) || !utf8.Valid(env.Data)) {
+		// Valid JSON, but PostgreSQL's jsonb and text hold neither NUL nor
+		// invalid UTF-8: the batch would fail on every delivery.
+		err = &event.InvalidError{Reason: event.ReasonInvalidData, Msg: "data contains NUL (\\u0000) or invalid UTF-8, which the ledger cannot store"}
+	}
+	if err == nil {
+		if want, ok := subjectOf[env.Type]; ok && subj != "" && subj != want {
+			// NATS permissions decide who may publish on which subject
+			// (deploy/nats): a stager outcome or a plan arriving on
+			// staging.submit, where any client may publish, is forged.
+			return store.Event{}, store.Poison{Stream: stream, StreamSeq: seq, Subject: subj, Reason: ReasonWrongSubject,
+				Message: fmt.Sprintf("type %s must arrive on %s, not %s", env.Type, want, subj), EventID: env.ID,
+				EventType: env.Type, Raw: raw}, false
+		}
+		t := env.Time
+		if t.IsZero() {
+			t = ts
+		}
+		return store.Event{Env: env, Stream: stream, StreamSeq: seq, Time: t.UTC()}, store.Poison{}, true
+	}
+	reason := event.ReasonInvalidEnvelope
+	if ie, ok := errors.AsType[*event.InvalidError](err); ok {
+		reason = ie.Reason
+	}
+	return store.Event{}, store.Poison{Stream: stream, StreamSeq: seq, Subject: subj, Reason: reason, Message: err.Error(),
+		EventID: env.ID, EventType: env.Type, Raw: raw}, false
+}
+
+func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
+	events, poison := Sort(c.Stream, msgs)
+	start := time.Now()
+	// A batch already fetched is finished even when shutdown begins, so a
+	// stop does not turn into a failed batch and a redelivery.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	res, err := c.Store.Apply(actx, events, poison)
+	if err != nil {
+		c.Metrics.Failures.Inc()
+		// The batch is handed back whole: every event in it is idempotent, so
+		// whatever part of it a retry finds already applied is skipped.
+		d := bus.Backoff(msgs[0])
+		c.Log.Error().Err(err).Int("batch", len(msgs)).Dur("retry_in", d).Str("durable", c.Durable).
+			Msg("apply batch failed; handing it back")
+		for _, m := range msgs {
+			_ = m.NakWithDelay(d)
+		}
+		return
+	}
+	c.Metrics.Latency.Observe(time.Since(start).Seconds())
+	c.Metrics.Batch.Observe(float64(len(msgs)))
+	c.Metrics.Duplicates.Add(float64(res.Duplicates))
+	for typ, n := range res.Applied {
+		c.Metrics.Applied.WithLabelValues(typ).Add(float64(n))
+	}
+	for _, p := range poison {
+		c.Metrics.Poison.WithLabelValues(p.Reason).Inc()
+		c.Log.Warn().Str("reason", p.Reason).Str(logx.EventID, p.EventID).Str(logx.EventType, p.EventType).
+			Uint64(logx.StreamSeq, p.StreamSeq).Str("subject", p.Subject).Str("error", p.Message).
+			Msg("poison message recorded and acked")
+	}
+	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
+		c.Metrics.Pending.WithLabelValues(c.Durable).Set(float64(md.NumPending))
+	}
+	if c.Log.GetLevel() <= zerolog.DebugLevel {
+		for _, e := range events {
+			var f struct {
+				JobID     string `json:"job_id"`
+				PackageID string `json:"package_id"`
+				Site      string `json:"site"`
+				Attempt   int    `json:"attempt"`
+			}
+			_ = json.Unmarshal(e.Env.Data, &f)
+			c.Log.Debug().Str(logx.EventID, e.Env.ID).Str(logx.EventType, e.Env.Type).Uint64(logx.StreamSeq, e.StreamSeq).
+				Str(logx.JobID, f.JobID).Str(logx.PackageID, f.PackageID).Str(logx.Site, f.Site).Int(logx.Attempt, f.Attempt).
+				Msg("event applied")
+		}
+	}
+	// Acks go out in order on one connection, so when the server confirms
+	// the last one (DoubleAck) it has processed all of them; a lost ack only
+	// means a redelivery the event log turns into a no-op.
+	for _, m := range msgs[:len(msgs)-1] {
+		_ = m.Ack()
+	}
+	ackCtx, ackCancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer ackCancel()
+	if err := msgs[len(msgs)-1].DoubleAck(ackCtx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		c.Log.Warn().Err(err).Str("durable", c.Durable).Msg("ack not confirmed; the batch may be redelivered (harmless)")
+	}
+	if c.Applied != nil {
+		c.Applied(res)
+	}
+}

@@ -1,0 +1,658 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+	"github.com/uptrace/bun/schema"
+)
+
+// Event is one valid event to apply, with where it came from.
+type Event struct {
+	Env       event.Envelope
+	Stream    string
+	StreamSeq uint64
+	// Time is the event's time attribute, or the stream's timestamp when the
+	// producer left it out; either way a replay gives the same value.
+	Time time.Time
+}
+
+// Poison is a message that could not be applied, kept with the reason.
+type Poison struct {
+	Stream    string
+	StreamSeq uint64
+	Subject   string
+	Reason    string
+	Message   string
+	EventID   string
+	EventType string
+	Raw       []byte
+}
+
+// Result says what a batch did.
+type Result struct {
+	Applied    map[string]int // new events by type
+	Duplicates int            // events already in the log
+	Poison     int
+	// Jobs lists the jobs whose state the batch touched.
+	Jobs []string
+}
+
+// decoded is an event with its typed data.
+type decoded struct {
+	Event
+	data  any
+	jobID string
+	pkgID string
+}
+
+func decode(e Event) (decoded, error) {
+	d := decoded{Event: e}
+	var err error
+	switch e.Env.Type {
+	case event.TypePackageArchived:
+		var v event.PackageArchived
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.pkgID = v, v.PackageID
+	case event.TypeSubmit:
+		var v event.Submit
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID = v, v.JobID
+	case event.TypePlanned:
+		var v event.Planned
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID = v, v.JobID
+	case event.TypeRejected:
+		var v event.Rejected
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID = v, v.JobID
+	case event.TypeStarted:
+		var v event.Started
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
+	case event.TypeProgress:
+		var v event.Progress
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
+	case event.TypeDone:
+		var v event.Done
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
+	case event.TypeFailed:
+		var v event.Failed
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
+	case event.TypePackageRemoved:
+		var v event.PackageRemoved
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.pkgID = v, v.PackageID
+	case event.TypeCancel:
+		var v event.Cancel
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID = v, v.JobID
+	case event.TypeRelease:
+		var v event.Release
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID = v, v.JobID
+	case event.TypeRequest:
+		// Requests live in the work queue, not in the streams the ledger
+		// reads; one arriving here is logged and otherwise ignored.
+		var v event.Request
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
+	default:
+		return d, fmt.Errorf("no projection for type %q", e.Env.Type)
+	}
+	if err != nil {
+		return d, fmt.Errorf("decode %s: %w", e.Env.Type, err)
+	}
+	return d, nil
+}
+
+// touchesJob reports whether the event changes its job's row. A rejection
+// for a job id conflict is about another submit and must leave the existing
+// job alone.
+func (d decoded) touchesJob() bool {
+	if d.jobID == "" {
+		return false
+	}
+	if r, ok := d.data.(event.Rejected); ok && r.Reason == event.ReasonJobIDConflict {
+		return false
+	}
+	_, isReq := d.data.(event.Request)
+	return !isReq
+}
+
+type logRow struct {
+	bun.BaseModel `bun:"table:event_log,alias:el"`
+	Source        string          `bun:"source"`
+	ID            string          `bun:"id"`
+	Type          string          `bun:"type"`
+	Subject       string          `bun:"subject"`
+	EventTime     time.Time       `bun:"event_time"`
+	JobID         *string         `bun:"job_id"`
+	PackageID     *string         `bun:"package_id"`
+	Stream        string          `bun:"stream"`
+	StreamSeq     int64           `bun:"stream_seq"`
+	Data          json.RawMessage `bun:"data,type:jsonb"`
+}
+
+type poisonRow struct {
+	bun.BaseModel `bun:"table:poison,alias:po"`
+	Stream        string `bun:"stream"`
+	StreamSeq     int64  `bun:"stream_seq"`
+	Subject       string `bun:"subject"`
+	Reason        string `bun:"reason"`
+	Message       string `bun:"message"`
+	EventID       string `bun:"event_id"`
+	EventType     string `bun:"event_type"`
+	Raw           string `bun:"raw"`
+}
+
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// Apply applies a batch in one transaction: poison rows, then every event not
+// yet in the log, then the derived status of every job touched. It returns
+// only once the transaction committed, so the caller may ack afterwards.
+// Events whose data cannot be decoded should have been sent as Poison; Apply
+// fails the whole batch on one (a bug, not bad input).
+func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Result, error) {
+	res := Result{Applied: map[string]int{}}
+	ds := make([]decoded, 0, len(events))
+	seen := make(map[[2]string]bool, len(events))
+	for _, e := range events {
+		k := [2]string{e.Env.Source, e.Env.ID}
+		if seen[k] {
+			res.Duplicates++
+			continue
+		}
+		seen[k] = true
+		d, err := decode(e)
+		if err != nil {
+			return res, err
+		}
+		ds = append(ds, d)
+	}
+	jobSet := map[string][2]time.Time{} // first and last event time
+	for _, d := range ds {
+		if d.touchesJob() {
+			t, ok := jobSet[d.jobID]
+			if !ok {
+				t = [2]time.Time{d.Time, d.Time}
+			}
+			if d.Time.Before(t[0]) {
+				t[0] = d.Time
+			}
+			if d.Time.After(t[1]) {
+				t[1] = d.Time
+			}
+			jobSet[d.jobID] = t
+		}
+	}
+	jobs := make([]string, 0, len(jobSet))
+	for j := range jobSet {
+		jobs = append(jobs, j)
+	}
+	slices.Sort(jobs)
+
+	var applied map[string]int
+	var dups int
+	err := s.inTx(ctx, func(ctx context.Context, tx bun.Tx) error {
+		applied, dups = map[string]int{}, 0
+		if len(poison) > 0 {
+			rows := make([]poisonRow, len(poison))
+			for i, p := range poison {
+				// Poison is whatever arrived: every text is made storable,
+				// or one bad message would fail its batch forever.
+				rows[i] = poisonRow{Stream: p.Stream, StreamSeq: int64(p.StreamSeq), Subject: toValidUTF8([]byte(p.Subject)),
+					Reason: p.Reason, Message: toValidUTF8([]byte(p.Message)), EventID: toValidUTF8([]byte(p.EventID)),
+					EventType: toValidUTF8([]byte(p.EventType)), Raw: toValidUTF8(p.Raw)}
+			}
+			if _, err := tx.NewInsert().Model(&rows).On("CONFLICT (stream, stream_seq) DO NOTHING").Exec(ctx); err != nil {
+				return fmt.Errorf("insert poison: %w", err)
+			}
+		}
+		if len(ds) == 0 {
+			return nil
+		}
+		// Lock the jobs in a fixed order before touching their packages, so
+		// two ledger instances applying events of the same job serialise
+		// instead of each deriving the job's status from a stale snapshot.
+		if len(jobs) > 0 {
+			first, last := make([]time.Time, len(jobs)), make([]time.Time, len(jobs))
+			for i, j := range jobs {
+				first[i], last[i] = jobSet[j][0], jobSet[j][1]
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (job_id, created_at, updated_at)
+				SELECT j, f, l FROM unnest(?::text[], ?::timestamptz[], ?::timestamptz[]) AS x(j, f, l) ORDER BY j
+				ON CONFLICT (job_id) DO UPDATE SET created_at = LEAST(jobs.created_at, EXCLUDED.created_at),
+					updated_at = GREATEST(jobs.updated_at, EXCLUDED.updated_at)`,
+				pgdialect.Array(jobs), pgdialect.Array(first), pgdialect.Array(last)); err != nil {
+				return fmt.Errorf("lock jobs: %w", err)
+			}
+		}
+		rows := make([]logRow, len(ds))
+		for i, d := range ds {
+			rows[i] = logRow{Source: d.Env.Source, ID: d.Env.ID, Type: d.Env.Type, Subject: d.Env.Subject, EventTime: d.Time,
+				JobID: strPtr(d.jobID), PackageID: strPtr(d.pkgID), Stream: d.Stream, StreamSeq: int64(d.StreamSeq), Data: d.Env.Data}
+		}
+		var fresh []struct {
+			Source string `bun:"source"`
+			ID     string `bun:"id"`
+		}
+		if _, err := tx.NewInsert().Model(&rows).On("CONFLICT (source, id) DO NOTHING").Returning("source, id").Exec(ctx, &fresh); err != nil {
+			return fmt.Errorf("insert event log: %w", err)
+		}
+		isNew := make(map[[2]string]bool, len(fresh))
+		for _, f := range fresh {
+			isNew[[2]string{f.Source, f.ID}] = true
+		}
+		a := applier{tx: tx, gen: s.db.QueryGen(), sites: map[string]bool{}, locs: map[[2]string]bool{}}
+		var hot []decoded
+		for _, d := range ds {
+			if !isNew[[2]string{d.Env.Source, d.Env.ID}] {
+				dups++
+				continue
+			}
+			applied[d.Env.Type]++
+			if isHot(d) {
+				hot = append(hot, d)
+				continue
+			}
+			if err := a.apply(ctx, d); err != nil {
+				return fmt.Errorf("apply %s %s: %w", d.Env.Type, d.Env.ID, err)
+			}
+		}
+		if err := a.applyHot(ctx, hot); err != nil {
+			return fmt.Errorf("apply stager events: %w", err)
+		}
+		if err := a.places(ctx); err != nil {
+			return err
+		}
+		if err := a.copies(ctx); err != nil {
+			return err
+		}
+		if len(jobs) > 0 {
+			if err := a.deriveJobs(ctx, jobs); err != nil {
+				return err
+			}
+		}
+		return a.flush(ctx)
+	})
+	if err != nil {
+		return res, err
+	}
+	res.Applied, res.Duplicates, res.Poison, res.Jobs = applied, res.Duplicates+dups, len(poison), jobs
+	return res, nil
+}
+
+// toValidUTF8 makes raw bytes storable as PostgreSQL text, which refuses NUL
+// and invalid UTF-8; ranging over a string yields U+FFFD for invalid bytes.
+func toValidUTF8(b []byte) string {
+	s := string(b)
+	out := make([]rune, 0, len(s))
+	for _, r := range s {
+		if r == 0 {
+			r = '\uFFFD' // PostgreSQL text cannot hold NUL
+		}
+		out = append(out, r)
+	}
+	return string(out)
+}
+
+// applier applies single events inside one batch's transaction and collects
+// the sites and locations they mention.
+type applier struct {
+	tx       bun.Tx
+	gen      schema.QueryGen
+	queue    []string // formatted statements, run by flush
+	staged   []string // packages with a new done
+	released []string // jobs released
+	sites    map[string]bool
+	locs     map[[2]string]bool // location, site
+}
+
+func (a *applier) place(site, loc string) {
+	if site != "" {
+		a.sites[site] = true
+	}
+	if loc != "" {
+		a.locs[[2]string{loc, site}] = true
+	}
+}
+
+// places records sites and locations named by events, so /v1/sites knows
+// them even without a topology file. Sorted, to take row locks in order.
+func (a *applier) places(ctx context.Context) error {
+	sites := slices.Sorted(func(yield func(string) bool) {
+		for s := range a.sites {
+			if !yield(s) {
+				return
+			}
+		}
+	})
+	if len(sites) > 0 {
+		if _, err := a.tx.ExecContext(ctx, `INSERT INTO sites (name) SELECT s FROM unnest(?::text[]) AS x(s) ORDER BY s ON CONFLICT DO NOTHING`,
+			pgdialect.Array(sites)); err != nil {
+			return fmt.Errorf("record sites: %w", err)
+		}
+	}
+	if len(a.locs) > 0 {
+		keys := make([][2]string, 0, len(a.locs))
+		for k := range a.locs {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, func(x, y [2]string) int { return cmp.Compare(x[0], y[0]) })
+		names, sitesOf := make([]string, len(keys)), make([]string, len(keys))
+		for i, k := range keys {
+			names[i], sitesOf[i] = k[0], k[1]
+		}
+		if _, err := a.tx.ExecContext(ctx, `INSERT INTO locations (name, site)
+			SELECT DISTINCT ON (n) n, s FROM unnest(?::text[], ?::text[]) AS x(n, s) ORDER BY n, s DESC
+			ON CONFLICT (name) DO UPDATE SET site = EXCLUDED.site WHERE locations.site = '' AND EXCLUDED.site <> ''`,
+			pgdialect.Array(names), pgdialect.Array(sitesOf)); err != nil {
+			return fmt.Errorf("record locations: %w", err)
+		}
+	}
+	return nil
+}
+
+func (a *applier) apply(ctx context.Context, d decoded) error {
+	switch v := d.data.(type) {
+	case event.Submit:
+		return a.submit(ctx, d, v)
+	case event.Planned:
+		return a.planned(ctx, d, v)
+	case event.Rejected:
+		return a.rejected(ctx, d, v)
+	case event.PackageRemoved:
+		return a.removed(ctx, d, v)
+	case event.Cancel:
+		return a.exec(ctx, "cancel job", `UPDATE jobs SET cancelled = true,
+				cancelled_at = LEAST(cancelled_at, ?), cancel_reason = CASE WHEN cancelled_at IS NULL OR ? < cancelled_at THEN ? ELSE cancel_reason END,
+				cancelled_by = CASE WHEN cancelled_at IS NULL OR ? < cancelled_at THEN ? ELSE cancelled_by END
+			WHERE job_id = ?`, d.Time, d.Time, v.Reason, d.Time, v.RequestedBy, v.JobID)
+	case event.Release:
+		return a.release(ctx, d, v)
+	}
+	return nil // logged only
+}
+
+// exec queues a statement. The queue goes to the server in one round trip
+// (flush): a batch is hundreds of statements, and waiting for each one is
+// what limits throughput, not executing them.
+func (a *applier) exec(_ context.Context, _ string, query string, args ...any) error {
+	a.queue = append(a.queue, a.gen.FormatQuery(query, args...))
+	return nil
+}
+
+// flush runs the queued statements as one multi-statement simple query. It
+// goes through database/sql directly because the text is already formatted:
+// bun would take a '?' inside a quoted value for a placeholder.
+func (a *applier) flush(ctx context.Context) error {
+	if len(a.queue) == 0 {
+		return nil
+	}
+	q := strings.Join(a.queue, ";\n")
+	a.queue = a.queue[:0]
+	if _, err := a.tx.Tx.ExecContext(ctx, q); err != nil {
+		return fmt.Errorf("apply batch: %w", err)
+	}
+	return nil
+}
+
+// removed marks an archive copy gone. Arriving before the copy's archived
+// event, it leaves a placeholder that the archived event fills in; a copy
+// archived again after its removal is active again.
+func (a *applier) removed(ctx context.Context, d decoded, v event.PackageRemoved) error {
+	a.place("", v.Location)
+	return a.exec(ctx, "remove archive copy", `INSERT INTO archive_copies (package_id, location, key, size_bytes, checksum, format,
+			archived_at, status, removed_at, removed_reason)
+		VALUES (?, ?, ?, 0, '', '', ?, 'removed', ?, ?)
+		ON CONFLICT (package_id, location) DO UPDATE SET
+			status = CASE WHEN EXCLUDED.removed_at >= archive_copies.archived_at THEN 'removed' ELSE archive_copies.status END,
+			removed_at = CASE WHEN EXCLUDED.removed_at >= archive_copies.archived_at
+				THEN GREATEST(archive_copies.removed_at, EXCLUDED.removed_at) ELSE archive_copies.removed_at END,
+			removed_reason = CASE WHEN EXCLUDED.removed_at >= archive_copies.archived_at
+				AND (archive_copies.removed_at IS NULL OR EXCLUDED.removed_at >= archive_copies.removed_at)
+				THEN EXCLUDED.removed_reason ELSE archive_copies.removed_reason END`,
+		v.PackageID, v.Location, v.Key, d.Time, d.Time, v.Reason)
+}
+
+// release records that a job no longer needs its staged copies; a copy no
+// other unreleased job holds becomes deletion_scheduled (CCAT's status).
+func (a *applier) release(ctx context.Context, d decoded, v event.Release) error {
+	a.released = append(a.released, v.JobID)
+	return a.exec(ctx, "release job", `UPDATE jobs SET released_at = LEAST(released_at, ?),
+			released_by = CASE WHEN released_at IS NULL OR ? < released_at THEN ? ELSE released_by END
+		WHERE job_id = ?`, d.Time, d.Time, v.RequestedBy, v.JobID)
+}
+
+// copies derives the status of the staged copies the batch touched: staged
+// while some unreleased job holds the copy, deletion_scheduled once none
+// does. Deriving it (rather than setting it per event) keeps the result the
+// same whether a release arrives before or after the done.
+func (a *applier) copies(ctx context.Context) error {
+	if len(a.staged) == 0 && len(a.released) == 0 {
+		return nil
+	}
+	return a.exec(ctx, "staged copy status", `UPDATE staged_copies sc SET status = CASE WHEN EXISTS (
+				SELECT 1 FROM job_packages h JOIN jobs j USING (job_id)
+				WHERE h.package_id = sc.package_id AND h.dest_location = sc.location AND h.status = 'completed'
+					AND j.released_at IS NULL) THEN 'staged' ELSE 'deletion_scheduled' END
+		WHERE sc.status IN ('staged', 'deletion_scheduled') AND (sc.package_id = ANY(?::text[])
+			OR sc.package_id IN (SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
+		pgdialect.Array(a.staged), pgdialect.Array(a.released))
+}
+
+func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {
+	prio := cmp.Or(v.Priority, event.PriorityNormal)
+	// The first submit seen for a job id owns it; a later, conflicting one
+	// (the planner rejects it with job_id_conflict) changes nothing. A plan
+	// already applied is authoritative, so the submit only fills what is
+	// still empty, and adds packages only to a job without a plan.
+	return a.exec(ctx, "submit", `WITH owner AS (
+			UPDATE jobs SET submit_id = ?,
+				requested_by = CASE WHEN planned THEN requested_by ELSE ? END,
+				priority = CASE WHEN planned THEN priority ELSE ? END,
+				note = CASE WHEN planned THEN note ELSE ? END,
+				dest_site = CASE WHEN planned THEN dest_site ELSE ? END,
+				dest_location = CASE WHEN planned THEN dest_location ELSE ? END,
+				updated_at = GREATEST(updated_at, ?)
+			WHERE job_id = ? AND (submit_id IS NULL OR submit_id = ?)
+			RETURNING NOT planned AS owns)
+		INSERT INTO job_packages (job_id, package_id, dest_site, dest_location, updated_at)
+		SELECT ?, p, ?, ?, ? FROM unnest(?::text[]) AS x(p), owner WHERE owner.owns ORDER BY p
+		ON CONFLICT (job_id, package_id) DO NOTHING`,
+		d.Env.ID, v.RequestedBy, prio, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID, d.Env.ID,
+		v.JobID, v.Destination.Site, v.Destination.Location, d.Time, pgdialect.Array(v.Packages))
+}
+
+type plannedRow struct {
+	bun.BaseModel `bun:"table:job_packages,alias:jp"`
+	JobID         string       `bun:"job_id"`
+	PackageID     string       `bun:"package_id"`
+	Status        string       `bun:"status"`
+	Reason        string       `bun:"reason"`
+	Message       string       `bun:"message"`
+	RequestID     string       `bun:"request_id"`
+	SrcLocation   string       `bun:"src_location"`
+	SrcSite       string       `bun:"src_site"`
+	SrcStorage    string       `bun:"src_storage"`
+	SrcKey        string       `bun:"src_key"`
+	DestSite      string       `bun:"dest_site"`
+	DestLocation  string       `bun:"dest_location"`
+	SizeBytes     int64        `bun:"size_bytes"`
+	Checksum      string       `bun:"checksum"`
+	PlannedAt     time.Time    `bun:"planned_at"`
+	CompletedAt   bun.NullTime `bun:"completed_at"`
+	UpdatedAt     time.Time    `bun:"updated_at"`
+}
+
+func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error {
+	a.place(v.Destination.Site, v.Destination.Location)
+	if err := a.exec(ctx, "plan job", `UPDATE jobs SET planned = true, requested_by = ?, priority = ?, note = ?,
+			dest_site = ?, dest_location = ?, updated_at = GREATEST(updated_at, ?)
+		WHERE job_id = ?`,
+		v.RequestedBy, v.Priority, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID); err != nil {
+		return err
+	}
+	ids := make([]string, len(v.Packages))
+	rows := make([]plannedRow, len(v.Packages))
+	for i, p := range v.Packages {
+		ids[i] = p.PackageID
+		r := plannedRow{JobID: v.JobID, PackageID: p.PackageID, Status: p.Status, Reason: p.Reason, Message: p.Message,
+			RequestID: p.RequestID, DestSite: v.Destination.Site, DestLocation: v.Destination.Location,
+			SizeBytes: p.SizeBytes, Checksum: p.Checksum, PlannedAt: d.Time, UpdatedAt: d.Time}
+		if p.Status == event.StatusFailed {
+			r.CompletedAt = bun.NullTime{Time: d.Time}
+		}
+		if p.Source != nil {
+			r.SrcLocation, r.SrcSite, r.SrcStorage, r.SrcKey = p.Source.Location, p.Source.Site, p.Source.Storage, p.Source.Key
+			a.place(p.Source.Site, p.Source.Location)
+		}
+		rows[i] = r
+	}
+	// Packages a conflicting submit may have added before the plan arrived
+	// are not part of the job: a plan in one message lists every package of
+	// it. (A plan split in parts cannot say so; its parts all arrive soon.)
+	if v.Parts <= 1 {
+		if err := a.exec(ctx, "drop unplanned packages", `DELETE FROM job_packages WHERE job_id = ? AND package_id <> ALL(?::text[])`,
+			v.JobID, pgdialect.Array(ids)); err != nil {
+			return err
+		}
+	}
+	if len(rows) == 0 {
+		return nil // a plan without packages: the job has none
+	}
+	slices.SortFunc(rows, func(x, y plannedRow) int { return cmp.Compare(x.PackageID, y.PackageID) })
+	q, err := a.tx.NewInsert().Model(&rows).
+		On("CONFLICT (job_id, package_id) DO UPDATE").
+		Set(`status = CASE WHEN `+sqlTerminal+` THEN jp.status
+			WHEN EXCLUDED.status = 'failed' THEN 'failed'
+			WHEN jp.status = 'pending' THEN 'scheduled' ELSE jp.status END`).
+		Set(`reason = CASE WHEN `+sqlTerminal+` OR EXCLUDED.status <> 'failed' THEN jp.reason ELSE EXCLUDED.reason END`).
+		Set(`message = CASE WHEN `+sqlTerminal+` OR EXCLUDED.status <> 'failed' THEN jp.message ELSE EXCLUDED.message END`).
+		Set(`completed_at = CASE WHEN `+sqlTerminal+` THEN jp.completed_at ELSE EXCLUDED.completed_at END`).
+		Set("request_id = EXCLUDED.request_id, src_location = EXCLUDED.src_location, src_site = EXCLUDED.src_site").
+		Set("src_storage = EXCLUDED.src_storage, src_key = EXCLUDED.src_key").
+		Set("dest_site = EXCLUDED.dest_site, dest_location = EXCLUDED.dest_location").
+		Set("size_bytes = CASE WHEN jp.status = 'completed' THEN jp.size_bytes ELSE EXCLUDED.size_bytes END").
+		Set("checksum = EXCLUDED.checksum, planned_at = EXCLUDED.planned_at, updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)").
+		AppendQuery(a.gen, nil)
+	if err != nil {
+		return fmt.Errorf("plan packages: %w", err)
+	}
+	a.queue = append(a.queue, string(q))
+	return nil
+}
+
+func (a *applier) rejected(ctx context.Context, d decoded, v event.Rejected) error {
+	if !d.touchesJob() {
+		return nil // recorded in the log only
+	}
+	return a.exec(ctx, "reject job", `UPDATE jobs SET rejected = true, reason = ?, message = ?,
+			submit_id = COALESCE(submit_id, ?), completed_at = ?, updated_at = GREATEST(updated_at, ?)
+		WHERE job_id = ? AND NOT planned AND (submit_id IS NULL OR submit_id = ?)`,
+		v.Reason, v.Message, v.SubmitID, d.Time, d.Time, v.JobID, v.SubmitID)
+}
+
+// The status of a package under attempts: the highest attempt number seen
+// decides, and whether that attempt failed. This makes started, progress and
+// failed commute, so any arrival order gives the same row. Terminal states
+// never change.
+const (
+	sqlTerminal = `jp.status IN ('completed', 'failed', 'cancelled')`
+	// sqlFinal: outcomes a cancel cannot undo. A done or a permanent failure
+	// arriving after the cancel still records what really happened to the
+	// package (its bytes are there, or it failed), whatever the order.
+	sqlFinal = `jp.status IN ('completed', 'failed')`
+	// sqlNewerProgress: the latest progress is the one of the highest
+	// attempt, then the most bytes, then the latest time.
+	sqlNewerProgress = `(EXCLUDED.progress_attempt, EXCLUDED.progress_bytes_done, EXCLUDED.progress_updated_at) >
+		(jp.progress_attempt, jp.progress_bytes_done, jp.progress_updated_at)`
+)
+
+// deriveJobs recomputes the counts, bytes and status of jobs from their
+// packages: all completed → completed; all terminal with any failed →
+// failed; any attempt started → in_progress; all pending → pending; else
+// scheduled. A rejected job stays rejected.
+func (a *applier) deriveJobs(ctx context.Context, jobs []string) error {
+	// A cancelled job's unfinished packages are cancelled, whenever their
+	// events arrive relative to the cancel; only a done or a permanent
+	// failure (what really happened) overrides that.
+	if err := a.exec(ctx, "cancel packages", `UPDATE job_packages jp SET status = 'cancelled', reason = 'cancelled',
+			message = CASE WHEN j.cancel_reason <> '' THEN j.cancel_reason ELSE 'job cancelled' END,
+			completed_at = j.cancelled_at
+		FROM jobs j WHERE j.job_id = jp.job_id AND j.job_id = ANY(?::text[]) AND j.cancelled AND jp.status IN ('pending', 'scheduled', 'in_progress')`,
+		pgdialect.Array(jobs)); err != nil {
+		return err
+	}
+	return a.exec(ctx, "derive job status", `WITH c AS (
+			SELECT job_id,
+				count(*) AS total,
+				count(*) FILTER (WHERE status = 'pending') AS pending,
+				count(*) FILTER (WHERE status = 'scheduled') AS scheduled,
+				count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
+				count(*) FILTER (WHERE status = 'completed') AS completed,
+				count(*) FILTER (WHERE status = 'failed') AS failed,
+				count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+				bool_or(attempts > 0 OR status IN ('in_progress', 'completed')) AS started,
+				max(completed_at) AS last_end,
+				min(reason) FILTER (WHERE status = 'failed') AS fail_reason,
+				sum(GREATEST(size_bytes, progress_bytes_total)) AS bytes_total,
+				sum(CASE WHEN status = 'completed' THEN size_bytes
+					WHEN status = 'in_progress' AND progress_attempt = attempts THEN progress_bytes_done
+					ELSE 0 END) AS bytes_done
+			FROM job_packages WHERE job_id = ANY(?::text[]) GROUP BY job_id
+		), d AS (
+			SELECT ids.job_id, COALESCE(c.total, 0) AS total, COALESCE(c.pending, 0) AS pending,
+				COALESCE(c.scheduled, 0) AS scheduled, COALESCE(c.in_progress, 0) AS in_progress,
+				COALESCE(c.completed, 0) AS completed, COALESCE(c.failed, 0) AS failed, COALESCE(c.cancelled, 0) AS cancelled,
+				COALESCE(c.started, false) AS started, c.last_end, c.fail_reason,
+				COALESCE(c.bytes_total, 0) AS bytes_total, COALESCE(c.bytes_done, 0) AS bytes_done
+			FROM unnest(?::text[]) AS ids(job_id) LEFT JOIN c USING (job_id)
+		)
+		UPDATE jobs j SET
+			n_total = d.total, n_pending = d.pending, n_scheduled = d.scheduled, n_in_progress = d.in_progress,
+			n_completed = d.completed, n_failed = d.failed, n_cancelled = d.cancelled, bytes_total = d.bytes_total, bytes_done = d.bytes_done,
+			status = CASE WHEN j.rejected THEN 'rejected'
+				WHEN d.total = 0 AND j.cancelled THEN 'cancelled'
+				WHEN d.total = 0 THEN 'pending'
+				WHEN d.completed = d.total THEN 'completed'
+				WHEN d.cancelled > 0 OR j.cancelled THEN 'cancelled'
+				WHEN d.completed + d.failed = d.total THEN 'failed'
+				WHEN d.started THEN 'in_progress'
+				WHEN d.pending = d.total THEN 'pending'
+				ELSE 'scheduled' END,
+			reason = CASE WHEN j.rejected THEN j.reason
+				WHEN j.cancelled AND d.completed < d.total THEN 'cancelled'
+				WHEN d.total > 0 AND d.completed + d.failed = d.total AND d.failed > 0 THEN COALESCE(d.fail_reason, '')
+				ELSE '' END,
+			message = CASE WHEN j.rejected THEN j.message
+				WHEN j.cancelled AND d.completed < d.total THEN 'cancelled by ' || j.cancelled_by ||
+					CASE WHEN j.cancel_reason <> '' THEN ': ' || j.cancel_reason ELSE '' END
+				WHEN d.total > 0 AND d.completed + d.failed = d.total AND d.failed > 0
+					THEN d.failed || ' of ' || d.total || ' packages failed'
+				ELSE '' END,
+			completed_at = CASE WHEN j.rejected THEN j.completed_at
+				WHEN d.total > 0 AND d.completed = d.total THEN d.last_end
+				WHEN j.cancelled THEN j.cancelled_at
+				WHEN d.total > 0 AND d.completed + d.failed = d.total THEN d.last_end
+				ELSE NULL END,
+			updated_at = GREATEST(j.updated_at, d.last_end)
+		FROM d WHERE j.job_id = d.job_id`, pgdialect.Array(jobs), pgdialect.Array(jobs))
+}

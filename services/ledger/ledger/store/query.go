@@ -1,0 +1,573 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/uptrace/bun"
+)
+
+// Place is a site and, when resolved, a location.
+type Place struct {
+	Site     string `json:"site"`
+	Location string `json:"location"`
+}
+
+// Source is the archive copy a package is read from.
+type Source struct {
+	Location string `json:"location"`
+	Site     string `json:"site"`
+	Storage  string `json:"storage"`
+	Key      string `json:"key"`
+}
+
+// Counts are a job's packages by status.
+type Counts struct {
+	Total      int `json:"total"`
+	Pending    int `json:"pending"`
+	Scheduled  int `json:"scheduled"`
+	InProgress int `json:"in_progress"`
+	Completed  int `json:"completed"`
+	Failed     int `json:"failed"`
+	Cancelled  int `json:"cancelled"`
+}
+
+// JobSummary is a job without its packages (the list view).
+type JobSummary struct {
+	JobID       string     `json:"job_id"`
+	Status      string     `json:"status"`
+	Reason      string     `json:"reason"`
+	Message     string     `json:"message"`
+	RequestedBy string     `json:"requested_by"`
+	Priority    string     `json:"priority"`
+	Note        string     `json:"note"`
+	Destination Place      `json:"destination"`
+	CreatedAt   time.Time  `json:"created_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	CompletedAt *time.Time `json:"completed_at"`
+	Counts      Counts     `json:"counts"`
+	BytesTotal  int64      `json:"bytes_total"`
+	BytesDone   int64      `json:"bytes_done"`
+}
+
+// Progress is the latest progress report of a package's current attempt.
+type Progress struct {
+	BytesDone          int64      `json:"bytes_done"`
+	BytesTotal         int64      `json:"bytes_total"`
+	RateBytesPerSecond float64    `json:"rate_bytes_per_second"`
+	UpdatedAt          *time.Time `json:"updated_at"`
+}
+
+// Package is one package of a job.
+type Package struct {
+	PackageID       string     `json:"package_id"`
+	JobID           string     `json:"job_id,omitempty"`
+	Status          string     `json:"status"`
+	Reason          string     `json:"reason"`
+	Message         string     `json:"message"`
+	Attempts        int        `json:"attempts"`
+	RequestID       string     `json:"request_id"`
+	Source          Source     `json:"source"`
+	Destination     Place      `json:"destination"`
+	Path            string     `json:"path"`
+	SizeBytes       int64      `json:"size_bytes"`
+	Files           int        `json:"files"`
+	AlreadyPresent  bool       `json:"already_present"`
+	PlannedAt       *time.Time `json:"planned_at"`
+	StartedAt       *time.Time `json:"started_at"`
+	CompletedAt     *time.Time `json:"completed_at"`
+	DurationSeconds *float64   `json:"duration_seconds"`
+	Progress        Progress   `json:"progress"`
+}
+
+// Job is a job with every package.
+type Job struct {
+	JobSummary
+	Packages []Package `json:"packages"`
+}
+
+type jobRow struct {
+	JobID        string       `bun:"job_id"`
+	Status       string       `bun:"status"`
+	Reason       string       `bun:"reason"`
+	Message      string       `bun:"message"`
+	RequestedBy  string       `bun:"requested_by"`
+	Priority     string       `bun:"priority"`
+	Note         string       `bun:"note"`
+	DestSite     string       `bun:"dest_site"`
+	DestLocation string       `bun:"dest_location"`
+	CreatedAt    time.Time    `bun:"created_at"`
+	UpdatedAt    time.Time    `bun:"updated_at"`
+	CompletedAt  bun.NullTime `bun:"completed_at"`
+	NTotal       int          `bun:"n_total"`
+	NPending     int          `bun:"n_pending"`
+	NScheduled   int          `bun:"n_scheduled"`
+	NInProgress  int          `bun:"n_in_progress"`
+	NCompleted   int          `bun:"n_completed"`
+	NFailed      int          `bun:"n_failed"`
+	NCancelled   int          `bun:"n_cancelled"`
+	BytesTotal   int64        `bun:"bytes_total"`
+	BytesDone    int64        `bun:"bytes_done"`
+}
+
+const jobCols = `job_id, status, reason, message, requested_by, priority, note, dest_site, dest_location,
+	created_at, updated_at, completed_at, n_total, n_pending, n_scheduled, n_in_progress, n_completed, n_failed,
+	n_cancelled, bytes_total, bytes_done`
+
+func nullTime(t bun.NullTime) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+func (r jobRow) summary() JobSummary {
+	return JobSummary{
+		JobID: r.JobID, Status: r.Status, Reason: r.Reason, Message: r.Message, RequestedBy: r.RequestedBy,
+		Priority: r.Priority, Note: r.Note, Destination: Place{Site: r.DestSite, Location: r.DestLocation},
+		CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(), CompletedAt: nullTime(r.CompletedAt),
+		Counts: Counts{Total: r.NTotal, Pending: r.NPending, Scheduled: r.NScheduled, InProgress: r.NInProgress,
+			Completed: r.NCompleted, Failed: r.NFailed, Cancelled: r.NCancelled},
+		BytesTotal: r.BytesTotal, BytesDone: r.BytesDone,
+	}
+}
+
+type pkgRow struct {
+	JobID           string          `bun:"job_id"`
+	PackageID       string          `bun:"package_id"`
+	Status          string          `bun:"status"`
+	Reason          string          `bun:"reason"`
+	Message         string          `bun:"message"`
+	Attempts        int             `bun:"attempts"`
+	RequestID       string          `bun:"request_id"`
+	SrcLocation     string          `bun:"src_location"`
+	SrcSite         string          `bun:"src_site"`
+	SrcStorage      string          `bun:"src_storage"`
+	SrcKey          string          `bun:"src_key"`
+	DestSite        string          `bun:"dest_site"`
+	DestLocation    string          `bun:"dest_location"`
+	Path            string          `bun:"path"`
+	SizeBytes       int64           `bun:"size_bytes"`
+	Files           int             `bun:"files"`
+	AlreadyPresent  bool            `bun:"already_present"`
+	PlannedAt       bun.NullTime    `bun:"planned_at"`
+	StartedAt       bun.NullTime    `bun:"started_at"`
+	CompletedAt     bun.NullTime    `bun:"completed_at"`
+	DurationSeconds sql.NullFloat64 `bun:"duration_seconds"`
+	ProgressAttempt int             `bun:"progress_attempt"`
+	ProgressDone    int64           `bun:"progress_bytes_done"`
+	ProgressTotal   int64           `bun:"progress_bytes_total"`
+	ProgressRate    float64         `bun:"progress_rate"`
+	ProgressAt      bun.NullTime    `bun:"progress_updated_at"`
+}
+
+const pkgCols = `job_id, package_id, status, reason, message, attempts, request_id, src_location, src_site, src_storage,
+	src_key, dest_site, dest_location, path, size_bytes, files, already_present, planned_at, started_at, completed_at,
+	duration_seconds, progress_attempt, progress_bytes_done, progress_bytes_total, progress_rate, progress_updated_at`
+
+func (r pkgRow) pkg() Package {
+	p := Package{
+		PackageID: r.PackageID, Status: r.Status, Reason: r.Reason, Message: r.Message, Attempts: r.Attempts,
+		RequestID:   r.RequestID,
+		Source:      Source{Location: r.SrcLocation, Site: r.SrcSite, Storage: r.SrcStorage, Key: r.SrcKey},
+		Destination: Place{Site: r.DestSite, Location: r.DestLocation}, Path: r.Path, SizeBytes: r.SizeBytes,
+		Files: r.Files, AlreadyPresent: r.AlreadyPresent, PlannedAt: nullTime(r.PlannedAt),
+		StartedAt: nullTime(r.StartedAt), CompletedAt: nullTime(r.CompletedAt),
+		Progress: Progress{BytesDone: r.ProgressDone, BytesTotal: r.ProgressTotal, RateBytesPerSecond: r.ProgressRate,
+			UpdatedAt: nullTime(r.ProgressAt)},
+	}
+	if r.DurationSeconds.Valid {
+		d := r.DurationSeconds.Float64
+		p.DurationSeconds = &d
+	}
+	if r.Status == "completed" && p.SizeBytes > 0 {
+		// A finished package shows full progress whatever the last report said.
+		p.Progress.BytesDone, p.Progress.BytesTotal = p.SizeBytes, p.SizeBytes
+	}
+	return p
+}
+
+// JobFilter selects and orders jobs for ListJobs.
+type JobFilter struct {
+	Status      string
+	Site        string
+	Location    string
+	RequestedBy string
+	Since       time.Time // created at or after
+	Until       time.Time // created before
+	Query       string    // substring of job id or note
+	Sort        string    // "created" (default) or "updated", newest first
+	Limit       int
+	Cursor      string
+}
+
+// ErrBadCursor is returned for a cursor ListJobs did not produce.
+var ErrBadCursor = errors.New("malformed cursor")
+
+type cursor struct {
+	T  time.Time `json:"t"`
+	ID string    `json:"id"`
+}
+
+func encodeCursor(t time.Time, id string) string {
+	b, _ := json.Marshal(cursor{T: t, ID: id})
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s string) (cursor, error) {
+	var c cursor
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return c, ErrBadCursor
+	}
+	if err := json.Unmarshal(b, &c); err != nil || c.ID == "" || strings.ContainsRune(c.ID, 0) || !utf8.ValidString(c.ID) {
+		return c, ErrBadCursor
+	}
+	return c, nil
+}
+
+// ListJobs returns a page of jobs, newest first, and the cursor of the next
+// page ("" when this is the last). Pagination is by keyset on (time, job_id),
+// so pages stay stable while new jobs arrive.
+func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]JobSummary, string, error) {
+	col := "created_at"
+	if f.Sort == "updated" {
+		col = "updated_at"
+	}
+	var where []string
+	var args []any
+	add := func(cond string, a ...any) { where = append(where, cond); args = append(args, a...) }
+	if f.Status != "" {
+		add("status = ?", f.Status)
+	}
+	if f.Site != "" {
+		add("dest_site = ?", f.Site)
+	}
+	if f.Location != "" {
+		add("dest_location = ?", f.Location)
+	}
+	if f.RequestedBy != "" {
+		add("requested_by = ?", f.RequestedBy)
+	}
+	if !f.Since.IsZero() {
+		add("created_at >= ?", f.Since)
+	}
+	if !f.Until.IsZero() {
+		add("created_at < ?", f.Until)
+	}
+	if f.Query != "" {
+		pat := "%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(f.Query) + "%"
+		add("(job_id ILIKE ? OR note ILIKE ?)", pat, pat)
+	}
+	if f.Cursor != "" {
+		c, err := decodeCursor(f.Cursor)
+		if err != nil {
+			return nil, "", err
+		}
+		add("("+col+", job_id) < (?, ?)", c.T, c.ID)
+	}
+	q := "SELECT " + jobCols + " FROM jobs"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY " + col + " DESC, job_id DESC LIMIT ?"
+	args = append(args, f.Limit+1)
+	var rows []jobRow
+	if err := s.db.NewRaw(q, args...).Scan(ctx, &rows); err != nil {
+		return nil, "", fmt.Errorf("list jobs: %w", err)
+	}
+	next := ""
+	if len(rows) > f.Limit {
+		rows = rows[:f.Limit]
+		last := rows[len(rows)-1]
+		t := last.CreatedAt
+		if col == "updated_at" {
+			t = last.UpdatedAt
+		}
+		next = encodeCursor(t, last.JobID)
+	}
+	out := make([]JobSummary, len(rows))
+	for i, r := range rows {
+		out[i] = r.summary()
+	}
+	return out, next, nil
+}
+
+// GetJob returns a job with its packages, or ErrNotFound.
+func (s *Store) GetJob(ctx context.Context, id string) (Job, error) {
+	var rows []jobRow
+	if err := s.db.NewRaw("SELECT "+jobCols+" FROM jobs WHERE job_id = ?", id).Scan(ctx, &rows); err != nil {
+		return Job{}, fmt.Errorf("get job %s: %w", id, err)
+	}
+	if len(rows) == 0 {
+		return Job{}, ErrNotFound
+	}
+	var pkgs []pkgRow
+	if err := s.db.NewRaw("SELECT "+pkgCols+" FROM job_packages WHERE job_id = ? ORDER BY package_id", id).Scan(ctx, &pkgs); err != nil {
+		return Job{}, fmt.Errorf("get packages of job %s: %w", id, err)
+	}
+	j := Job{JobSummary: rows[0].summary(), Packages: make([]Package, len(pkgs))}
+	for i, p := range pkgs {
+		j.Packages[i] = p.pkg()
+	}
+	return j, nil
+}
+
+// LogEntry is one event of the log.
+type LogEntry struct {
+	Seq       int64           `json:"seq" bun:"seq"`
+	Source    string          `json:"source" bun:"source"`
+	ID        string          `json:"id" bun:"id"`
+	Type      string          `json:"type" bun:"type"`
+	Subject   string          `json:"subject" bun:"subject"`
+	Time      time.Time       `json:"time" bun:"event_time"`
+	JobID     *string         `json:"job_id" bun:"job_id"`
+	PackageID *string         `json:"package_id" bun:"package_id"`
+	Stream    string          `json:"stream" bun:"stream"`
+	StreamSeq int64           `json:"stream_seq" bun:"stream_seq"`
+	Data      json.RawMessage `json:"data" bun:"data,type:jsonb"`
+}
+
+// JobEvents returns the timeline of a job, oldest first, or ErrNotFound.
+func (s *Store) JobEvents(ctx context.Context, id string) ([]LogEntry, error) {
+	var out []LogEntry
+	if err := s.db.NewRaw(`SELECT seq, source, id, type, subject, event_time, job_id, package_id, stream, stream_seq, data
+		FROM event_log WHERE job_id = ? ORDER BY event_time, seq`, id).Scan(ctx, &out); err != nil {
+		return nil, fmt.Errorf("events of job %s: %w", id, err)
+	}
+	if len(out) == 0 {
+		return nil, ErrNotFound
+	}
+	for i := range out {
+		out[i].Time = out[i].Time.UTC()
+	}
+	return out, nil
+}
+
+// ArchiveCopy is a copy of a package in an archive location.
+type ArchiveCopy struct {
+	Location      string     `json:"location" bun:"location"`
+	Site          string     `json:"site" bun:"site"`
+	Key           string     `json:"key" bun:"key"`
+	SizeBytes     int64      `json:"size_bytes" bun:"size_bytes"`
+	Checksum      string     `json:"checksum" bun:"checksum"`
+	Format        string     `json:"format" bun:"format"`
+	Files         int        `json:"files" bun:"files"`
+	ArchivedAt    time.Time  `json:"archived_at" bun:"archived_at"`
+	Status        string     `json:"status" bun:"status"`
+	RemovedAt     *time.Time `json:"removed_at" bun:"removed_at"`
+	RemovedReason string     `json:"removed_reason" bun:"removed_reason"`
+}
+
+// StagedCopy is a copy of a package unpacked at a processing location.
+type StagedCopy struct {
+	Location  string    `json:"location" bun:"location"`
+	Site      string    `json:"site" bun:"site"`
+	Path      string    `json:"path" bun:"path"`
+	Status    string    `json:"status" bun:"status"`
+	JobID     string    `json:"job_id" bun:"job_id"`
+	SizeBytes int64     `json:"size_bytes" bun:"size_bytes"`
+	Files     int       `json:"files" bun:"files"`
+	StagedAt  time.Time `json:"staged_at" bun:"staged_at"`
+}
+
+// PackageInfo is everything the ledger knows about a package.
+type PackageInfo struct {
+	PackageID     string        `json:"package_id"`
+	SizeBytes     int64         `json:"size_bytes"`
+	Checksum      string        `json:"checksum"`
+	ArchiveCopies []ArchiveCopy `json:"archive_copies"`
+	StagedCopies  []StagedCopy  `json:"staged_copies"`
+	Jobs          []Package     `json:"jobs"`
+}
+
+// GetPackage returns a package's copies and the jobs that asked for it, or
+// ErrNotFound when the ledger has never heard of it.
+func (s *Store) GetPackage(ctx context.Context, id string) (PackageInfo, error) {
+	out := PackageInfo{PackageID: id, ArchiveCopies: []ArchiveCopy{}, StagedCopies: []StagedCopy{}, Jobs: []Package{}}
+	if err := s.db.NewRaw(`SELECT a.location, COALESCE(l.site, '') AS site, a.key, a.size_bytes, a.checksum, a.format, a.files, a.archived_at,
+		a.status, a.removed_at, a.removed_reason
+		FROM archive_copies a LEFT JOIN locations l ON l.name = a.location WHERE a.package_id = ? ORDER BY a.location`, id).
+		Scan(ctx, &out.ArchiveCopies); err != nil {
+		return out, fmt.Errorf("archive copies of %s: %w", id, err)
+	}
+	if err := s.db.NewRaw(`SELECT location, site, path, status, job_id, size_bytes, files, staged_at
+		FROM staged_copies WHERE package_id = ? ORDER BY location`, id).Scan(ctx, &out.StagedCopies); err != nil {
+		return out, fmt.Errorf("staged copies of %s: %w", id, err)
+	}
+	var pkgs []pkgRow
+	if err := s.db.NewRaw("SELECT "+pkgCols+" FROM job_packages WHERE package_id = ? ORDER BY job_id", id).Scan(ctx, &pkgs); err != nil {
+		return out, fmt.Errorf("jobs of package %s: %w", id, err)
+	}
+	for _, p := range pkgs {
+		jp := p.pkg()
+		jp.JobID = p.JobID
+		out.Jobs = append(out.Jobs, jp)
+	}
+	for _, c := range out.ArchiveCopies {
+		if c.Checksum != "" {
+			out.SizeBytes, out.Checksum = c.SizeBytes, c.Checksum
+		}
+	}
+	if len(out.ArchiveCopies) == 0 && len(out.StagedCopies) == 0 && len(out.Jobs) == 0 {
+		return out, ErrNotFound
+	}
+	return out, nil
+}
+
+// LocationInfo is one location of a site.
+type LocationInfo struct {
+	Name     string `json:"name" bun:"name"`
+	Site     string `json:"site" bun:"site"`
+	Type     string `json:"type" bun:"type"`
+	Storage  string `json:"storage" bun:"storage"`
+	Priority int    `json:"priority" bun:"priority"`
+	Active   bool   `json:"active" bun:"active"`
+}
+
+// SiteStats is what the projection knows of a site.
+type SiteStats struct {
+	Name      string         `json:"name"`
+	Locations []LocationInfo `json:"locations"`
+	Packages  map[string]int `json:"packages"` // job packages headed here, by status
+	// PackagesByLocation splits Packages by destination location.
+	PackagesByLocation map[string]map[string]int `json:"packages_by_location"`
+	BytesStagedHour    int64                     `json:"bytes_staged_last_hour"`
+	BytesStagedDay     int64                     `json:"bytes_staged_last_day"`
+	ThroughputHourBs   float64                   `json:"throughput_bytes_per_second_last_hour"`
+}
+
+// Sites returns every known site (from the topology and from events).
+func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
+	var names []string
+	if err := s.db.NewRaw("SELECT name FROM sites ORDER BY name").Scan(ctx, &names); err != nil {
+		return nil, fmt.Errorf("list sites: %w", err)
+	}
+	var locs []LocationInfo
+	if err := s.db.NewRaw("SELECT name, site, type, storage, priority, active FROM locations ORDER BY site, priority, name").
+		Scan(ctx, &locs); err != nil {
+		return nil, fmt.Errorf("list locations: %w", err)
+	}
+	var counts []struct {
+		Site     string `bun:"dest_site"`
+		Location string `bun:"dest_location"`
+		Status   string `bun:"status"`
+		N        int    `bun:"n"`
+	}
+	if err := s.db.NewRaw(`SELECT dest_site, dest_location, status, count(*) AS n FROM job_packages
+		GROUP BY dest_site, dest_location, status`).Scan(ctx, &counts); err != nil {
+		return nil, fmt.Errorf("count packages by site: %w", err)
+	}
+	var staged []struct {
+		Site string `bun:"dest_site"`
+		Hour int64  `bun:"hour"`
+		Day  int64  `bun:"day"`
+	}
+	if err := s.db.NewRaw(`SELECT dest_site,
+			COALESCE(sum(size_bytes) FILTER (WHERE completed_at >= ?), 0) AS hour,
+			COALESCE(sum(size_bytes), 0) AS day
+		FROM job_packages WHERE status = 'completed' AND NOT already_present AND completed_at >= ?
+		GROUP BY dest_site`, now.Add(-time.Hour), now.Add(-24*time.Hour)).Scan(ctx, &staged); err != nil {
+		return nil, fmt.Errorf("bytes staged by site: %w", err)
+	}
+	idx := map[string]*SiteStats{}
+	out := make([]SiteStats, len(names))
+	for i, n := range names {
+		out[i] = SiteStats{Name: n, Locations: []LocationInfo{}, Packages: map[string]int{
+			"pending": 0, "scheduled": 0, "in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0},
+			PackagesByLocation: map[string]map[string]int{}}
+		idx[n] = &out[i]
+	}
+	for _, l := range locs {
+		if st := idx[l.Site]; st != nil {
+			st.Locations = append(st.Locations, l)
+		}
+	}
+	for _, c := range counts {
+		if st := idx[c.Site]; st != nil {
+			st.Packages[c.Status] += c.N
+			if c.Location != "" {
+				if st.PackagesByLocation[c.Location] == nil {
+					st.PackagesByLocation[c.Location] = map[string]int{}
+				}
+				st.PackagesByLocation[c.Location][c.Status] = c.N
+			}
+		}
+	}
+	for _, b := range staged {
+		if st := idx[b.Site]; st != nil {
+			st.BytesStagedHour, st.BytesStagedDay = b.Hour, b.Day
+			st.ThroughputHourBs = float64(b.Hour) / 3600
+		}
+	}
+	return out, nil
+}
+
+// PoisonEntry is a message the ledger could not apply.
+type PoisonEntry struct {
+	ID         int64     `json:"id" bun:"id"`
+	Stream     string    `json:"stream" bun:"stream"`
+	StreamSeq  int64     `json:"stream_seq" bun:"stream_seq"`
+	Subject    string    `json:"subject" bun:"subject"`
+	Reason     string    `json:"reason" bun:"reason"`
+	Message    string    `json:"message" bun:"message"`
+	EventID    string    `json:"event_id" bun:"event_id"`
+	EventType  string    `json:"event_type" bun:"event_type"`
+	ReceivedAt time.Time `json:"received_at" bun:"received_at"`
+}
+
+// PoisonList returns the most recent poison messages.
+func (s *Store) PoisonList(ctx context.Context, limit int) ([]PoisonEntry, error) {
+	out := []PoisonEntry{}
+	if err := s.db.NewRaw(`SELECT id, stream, stream_seq, subject, reason, message, event_id, event_type, received_at
+		FROM poison ORDER BY id DESC LIMIT ?`, limit).Scan(ctx, &out); err != nil {
+		return nil, fmt.Errorf("list poison: %w", err)
+	}
+	return out, nil
+}
+
+// AttemptInfo is the latest attempt of a package.
+type AttemptInfo struct {
+	PackageID string     `bun:"package_id"`
+	Attempt   int        `bun:"attempt"`
+	Instance  string     `bun:"instance"`
+	Outcome   string     `bun:"outcome"`
+	EndedAt   *time.Time `bun:"ended_at"`
+}
+
+// LastAttempts returns the latest attempt of every package of a job.
+func (s *Store) LastAttempts(ctx context.Context, jobID string) (map[string]AttemptInfo, error) {
+	var rows []AttemptInfo
+	if err := s.db.NewRaw(`SELECT DISTINCT ON (package_id) package_id, attempt, instance, outcome, ended_at
+		FROM attempts WHERE job_id = ? ORDER BY package_id, attempt DESC`, jobID).Scan(ctx, &rows); err != nil {
+		return nil, fmt.Errorf("attempts of job %s: %w", jobID, err)
+	}
+	out := make(map[string]AttemptInfo, len(rows))
+	for _, r := range rows {
+		out[r.PackageID] = r
+	}
+	return out, nil
+}
+
+// RecentFailures returns the most recently failed packages.
+func (s *Store) RecentFailures(ctx context.Context, limit int) ([]Package, error) {
+	var rows []pkgRow
+	if err := s.db.NewRaw("SELECT "+pkgCols+` FROM job_packages WHERE status = 'failed'
+		ORDER BY completed_at DESC NULLS LAST, job_id, package_id LIMIT ?`, limit).Scan(ctx, &rows); err != nil {
+		return nil, fmt.Errorf("recent failures: %w", err)
+	}
+	out := make([]Package, len(rows))
+	for i, r := range rows {
+		out[i] = r.pkg()
+		out[i].JobID = r.JobID
+	}
+	return out, nil
+}

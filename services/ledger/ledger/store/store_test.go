@@ -1,0 +1,385 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/shared/db"
+	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+)
+
+func newStore(t *testing.T) *store.Store { return newStoreB(t) }
+
+func newStoreB(t testing.TB) *store.Store {
+	t.Helper()
+	bdb, err := db.Open(t.Context(), dbtest.New(t), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bdb.Close() })
+	st := store.New(bdb)
+	if _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// toEvents validates scenario messages the way the consumer does.
+func toEvents(t *testing.T, msgs []scenario.Msg) []store.Event { return toEventsB(t, msgs) }
+
+func toEventsB(t testing.TB, msgs []scenario.Msg) []store.Event {
+	t.Helper()
+	var out []store.Event
+	for i, m := range msgs {
+		raw, err := json.Marshal(m.Env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream := subject.EventsStream
+		if strings.HasPrefix(m.Subject, "archive.") {
+			stream = subject.ArchiveStream
+		}
+		ev, p, ok := consume.Classify(stream, m.Subject, uint64(i+1), time.Now(), raw)
+		if !ok {
+			t.Fatalf("scenario event %s is invalid: %s", m.Env.ID, p.Message)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func events(t *testing.T, jobs ...scenario.Job) []store.Event {
+	t.Helper()
+	var all []store.Event
+	for _, j := range jobs {
+		msgs, err := scenario.Events(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, toEvents(t, msgs)...)
+	}
+	return all
+}
+
+func apply(t *testing.T, st *store.Store, evs []store.Event, poison ...store.Poison) store.Result {
+	t.Helper()
+	res, err := st.Apply(t.Context(), evs, poison)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	return res
+}
+
+func snapshot(t *testing.T, st *store.Store) map[string][]string {
+	t.Helper()
+	s, err := scenario.Snapshot(t.Context(), st.DB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func diffSnapshots(t *testing.T, what string, got, want map[string][]string) {
+	t.Helper()
+	for name := range want {
+		if reflect.DeepEqual(got[name], want[name]) {
+			continue
+		}
+		if len(got[name]) != len(want[name]) {
+			t.Errorf("%s: table %s has %d rows, want %d", what, name, len(got[name]), len(want[name]))
+			continue
+		}
+		for i := range want[name] {
+			if got[name][i] != want[name][i] {
+				t.Errorf("%s: table %s row %d differs:\ngot  %s\nwant %s", what, name, i, got[name][i], want[name][i])
+			}
+		}
+	}
+}
+
+func TestJobLifecycle(t *testing.T) {
+	st := newStore(t)
+	tests := []struct {
+		name       string
+		job        scenario.Job
+		wantStatus string
+		wantCounts store.Counts
+		wantReason string
+		wantPkgs   map[int]string // package index -> status
+	}{
+		{"all staged", scenario.Job{ID: "ok", Packages: 3, Progress: 2}, "completed",
+			store.Counts{Total: 3, Completed: 3}, "", map[int]string{0: "completed", 1: "completed", 2: "completed"}},
+		{"one without source", scenario.Job{ID: "nosrc", Packages: 2, NoSource: true}, "failed",
+			store.Counts{Total: 3, Completed: 2, Failed: 1}, event.ReasonNoSource, map[int]string{0: "completed", 99: "failed"}},
+		{"one failing permanently", scenario.Job{ID: "perm", Packages: 1, Permanent: true}, "failed",
+			store.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonChecksumMismatch, map[int]string{0: "completed", 90: "failed"}},
+		{"cancelled after one package", scenario.Job{ID: "cancel", Packages: 3, Cancel: true}, "cancelled",
+			store.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			apply(t, st, events(t, tt.job))
+			job, err := st.GetJob(t.Context(), tt.job.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if job.Status != tt.wantStatus || job.Counts != tt.wantCounts || job.Reason != tt.wantReason {
+				t.Errorf("job = %s %+v %q, want %s %+v %q", job.Status, job.Counts, job.Reason, tt.wantStatus, tt.wantCounts, tt.wantReason)
+			}
+			if job.CompletedAt == nil {
+				t.Errorf("completed_at is null for a finished job")
+			}
+			if job.Destination != (store.Place{Site: "cologne", Location: "cologne-proc"}) || job.RequestedBy != "alice" || job.Priority != "normal" {
+				t.Errorf("job header = %+v", job.JobSummary)
+			}
+			byID := map[string]store.Package{}
+			for _, p := range job.Packages {
+				byID[p.PackageID] = p
+			}
+			for i, want := range tt.wantPkgs {
+				if got := byID[scenario.PackageID(tt.job.ID, i)].Status; got != want {
+					t.Errorf("package %d status = %q, want %q", i, got, want)
+				}
+			}
+			if p, ok := byID[scenario.PackageID(tt.job.ID, 1)]; ok && p.Status == "completed" && (p.Attempts != 2 || p.Path == "" || p.Source.Key == "") {
+				t.Errorf("retried package = %+v, want 2 attempts, a path and a source", p)
+			}
+		})
+	}
+}
+
+// A job observed half-way: a retry is scheduled, another package is running.
+func TestInFlightState(t *testing.T) {
+	st := newStore(t)
+	all := events(t, scenario.Job{ID: "j", Packages: 2, Progress: 2})
+	// Stop after package 1's first failure: archived×2, submit, planned,
+	// pkg0 started, progress×2, done, pkg1 started, progress×2, failed.
+	var cut []store.Event
+	for _, e := range all {
+		cut = append(cut, e)
+		if e.Env.Type == event.TypeFailed {
+			break
+		}
+	}
+	// And package 0 only half-way.
+	var evs []store.Event
+	for _, e := range cut {
+		if e.Env.Type == event.TypeDone {
+			continue
+		}
+		evs = append(evs, e)
+	}
+	apply(t, st, evs)
+	job, err := st.GetJob(t.Context(), "j")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p0, p1 := job.Packages[0], job.Packages[1]
+	if job.Status != "in_progress" || p0.Status != "in_progress" || p1.Status != "scheduled" {
+		t.Fatalf("statuses job=%s p0=%s p1=%s, want in_progress, in_progress, scheduled", job.Status, p0.Status, p1.Status)
+	}
+	if p1.Reason != event.ReasonIOError || p1.Attempts != 1 {
+		t.Errorf("retried package reason=%q attempts=%d, want io_error, 1", p1.Reason, p1.Attempts)
+	}
+	if p0.Progress.BytesDone != 10240*2/3 || p0.Progress.BytesTotal != 10240 || p0.Progress.RateBytesPerSecond != 1e6 || p0.Progress.UpdatedAt == nil {
+		t.Errorf("progress = %+v", p0.Progress)
+	}
+	if job.BytesDone != p0.Progress.BytesDone || job.BytesTotal != 2*10240 {
+		t.Errorf("job bytes = %d/%d", job.BytesDone, job.BytesTotal)
+	}
+}
+
+func TestShuffledAndDuplicatedGiveTheSameState(t *testing.T) {
+	jobs := []scenario.Job{
+		{ID: "a", Packages: 3, Progress: 3, Release: true, Remove: true},
+		{ID: "b", Packages: 2, NoSource: true, Permanent: true, Progress: 1},
+		{ID: "c", Packages: 3, Cancel: true},
+	}
+	inOrder := newStore(t)
+	for _, e := range events(t, jobs...) {
+		apply(t, inOrder, []store.Event{e})
+	}
+	want := snapshot(t, inOrder)
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprintf("seed %d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 7))
+			evs := events(t, jobs...)
+			evs = append(evs, evs[:len(evs)/2]...) // redeliveries
+			rng.Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
+			st := newStore(t)
+			for len(evs) > 0 {
+				n := min(len(evs), 1+rng.IntN(7))
+				apply(t, st, evs[:n])
+				evs = evs[n:]
+			}
+			diffSnapshots(t, "shuffled", snapshot(t, st), want)
+		})
+	}
+	t.Run("two instances at once", func(t *testing.T) {
+		evs := events(t, jobs...)
+		rand.New(rand.NewPCG(99, 1)).Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
+		st := newStore(t)
+		var wg sync.WaitGroup
+		for w := range 2 {
+			wg.Go(func() {
+				for i := w * 3; i < len(evs); i += 6 {
+					if _, err := st.Apply(context.WithoutCancel(t.Context()), evs[i:min(i+3, len(evs))], nil); err != nil {
+						t.Errorf("Apply: %v", err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		diffSnapshots(t, "concurrent", snapshot(t, st), want)
+	})
+}
+
+func TestLateEventsDoNotMoveATerminalStatus(t *testing.T) {
+	st := newStore(t)
+	all := events(t, scenario.Job{ID: "late", Packages: 1, Progress: 1})
+	var started, progress []store.Event
+	for _, e := range all {
+		switch e.Env.Type {
+		case event.TypeStarted:
+			started = append(started, e)
+		case event.TypeProgress:
+			progress = append(progress, e)
+		}
+	}
+	apply(t, st, all)
+	// A late redelivery of an earlier event is a duplicate; a late new
+	// event (another instance's restart of attempt 2) is logged only.
+	late := started[0]
+	late.Env.ID = strings.Replace(late.Env.ID, ":1", ":2", 1)
+	late.Env.Source = "ccat-staging/stager/cologne/h2"
+	res := apply(t, st, append([]store.Event{late}, progress...))
+	if res.Applied[event.TypeStarted] != 1 || res.Duplicates != len(progress) {
+		t.Errorf("Apply = %+v, want 1 new started and %d duplicates", res, len(progress))
+	}
+	job, err := st.GetJob(t.Context(), "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Status != "completed" || job.Packages[0].Status != "completed" {
+		t.Errorf("after a late started: job %s, package %s; want completed", job.Status, job.Packages[0].Status)
+	}
+	evs, err := st.JobEvents(t.Context(), "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := evs[len(evs)-1]; got.ID != late.Env.ID && !containsID(evs, late.Env.ID) {
+		t.Errorf("late event not in the log")
+	}
+}
+
+func containsID(evs []store.LogEntry, id string) bool {
+	for _, e := range evs {
+		if e.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRejections(t *testing.T) {
+	st := newStore(t)
+	evs := events(t, scenario.Job{ID: "owned", Packages: 1})
+	conflict, _ := event.New("ccat-staging/planner", "rejected:other-submit", "", event.Rejected{JobID: "owned",
+		SubmitID: "other-submit", Reason: event.ReasonJobIDConflict, Message: "job owned exists with other content"})
+	bad, _ := event.New("ccat-staging/planner", "rejected:s-bad", "", event.Rejected{JobID: "bad",
+		SubmitID: "s-bad", Reason: event.ReasonUnknownSite, Message: `no site "x"`})
+	submitBad, _ := event.New("ccat-staging/test", "s-bad", "", event.Submit{JobID: "bad", Packages: []string{"p"},
+		Destination: event.Destination{Site: "x"}, RequestedBy: "bob"})
+	evs = append(evs, toEvents(t, []scenario.Msg{{Env: conflict}, {Env: bad}, {Env: submitBad}})...)
+	apply(t, st, evs)
+	owned, err := st.GetJob(t.Context(), "owned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if owned.Status != "completed" || owned.Reason != "" {
+		t.Errorf("job_id_conflict touched the existing job: %s %q", owned.Status, owned.Reason)
+	}
+	if evs, _ := st.JobEvents(t.Context(), "owned"); !containsID(evs, "rejected:other-submit") {
+		t.Errorf("job_id_conflict rejection not in the job's log")
+	}
+	rej, err := st.GetJob(t.Context(), "bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rej.Status != "rejected" || rej.Reason != event.ReasonUnknownSite || rej.Message == "" || rej.RequestedBy != "bob" {
+		t.Errorf("rejected job = %+v", rej.JobSummary)
+	}
+}
+
+func TestPoisonIsRecordedOnce(t *testing.T) {
+	st := newStore(t)
+	p := store.Poison{Stream: "STAGING_EVENTS", StreamSeq: 7, Subject: "staging.done", Reason: event.ReasonInvalidEnvelope,
+		Message: "not JSON near \x00\xff", EventID: "id\x00", Raw: []byte("\x00\xffgarbage")}
+	apply(t, st, nil, p)
+	apply(t, st, nil, p) // redelivered
+	got, err := st.PoisonList(t.Context(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Reason != event.ReasonInvalidEnvelope || got[0].StreamSeq != 7 {
+		t.Errorf("poison = %+v, want one row", got)
+	}
+}
+
+func TestMigrateTwiceAtOnce(t *testing.T) {
+	url := dbtest.New(t)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			bdb, err := db.Open(t.Context(), url, 2)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer bdb.Close()
+			if _, err := store.New(bdb).Migrate(t.Context()); err != nil {
+				t.Errorf("Migrate: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	bdb, err := db.Open(t.Context(), url, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	if p, err := store.New(bdb).Pending(t.Context()); err != nil || len(p) != 0 {
+		t.Errorf("Pending = %v, %v; want none", p, err)
+	}
+}
+
+func TestReleaseAndRemoval(t *testing.T) {
+	st := newStore(t)
+	apply(t, st, events(t, scenario.Job{ID: "held", Packages: 1}))
+	apply(t, st, events(t, scenario.Job{ID: "rel", Packages: 1, Release: true, Remove: true}))
+	p, err := st.GetPackage(t.Context(), scenario.PackageID("rel", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.StagedCopies) != 1 || p.StagedCopies[0].Status != "deletion_scheduled" {
+		t.Errorf("staged copies after release = %+v, want deletion_scheduled", p.StagedCopies)
+	}
+	if len(p.ArchiveCopies) != 1 || p.ArchiveCopies[0].Status != "removed" || p.ArchiveCopies[0].RemovedReason != "tape retired" {
+		t.Errorf("archive copies after removal = %+v", p.ArchiveCopies)
+	}
+	if p.SizeBytes != 10240 {
+		t.Errorf("package size = %d", p.SizeBytes)
+	}
+}
