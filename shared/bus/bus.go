@@ -18,15 +18,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Connect dials NATS and returns the connection and a JetStream handle. It
-// reconnects forever: a service outlives a broker restart. Close the
+// Connect dials NATS and returns the connection and a JetStream handle. A
+// server that is not up yet is waited for (with backoff, until ctx ends),
+// and a connection that drops is re-established forever: a service
+// outlives a broker restart and may start before the broker. Close the
 // connection with Drain when done.
 func Connect(ctx context.Context, url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(url,
+	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500*time.Millisecond),
-		nats.RetryOnFailedConnect(false),
+		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil on a deliberate Close or Drain
 				log.Warn().Err(err).Msg("nats disconnected")
@@ -42,9 +43,24 @@ func Connect(ctx context.Context, url, name string, log zerolog.Logger) (*nats.C
 			}
 			ev.Msg("nats async error")
 		}),
-	)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+	}
+	var nc *nats.Conn
+	var err error
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		nc, err = nats.Connect(url, opts...)
+		if err == nil {
+			break
+		}
+		// Authentication and URL errors will not heal by waiting.
+		if !errors.Is(err, nats.ErrNoServers) && !errors.Is(err, nats.ErrTimeout) {
+			return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+		}
+		log.Warn().Err(err).Dur("retry_in", wait).Msg("nats not reachable yet")
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("connect to nats at %s: %w (last error: %w)", url, ctx.Err(), err)
+		case <-time.After(wait):
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
