@@ -130,12 +130,16 @@ func startSystem(t *testing.T) *system {
 		t.Fatal(err)
 	}
 	lcfg.Listening = func(a net.Addr) { addr <- a }
-	start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger()) })
+	start("ledger", func(ctx context.Context) error {
+		return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger())
+	})
 	pcfg, err := planner.ConfigFromEnv(get(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	start("planner", func(ctx context.Context) error { return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger()) })
+	start("planner", func(ctx context.Context) error {
+		return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger())
+	})
 	for _, site := range []string{"cologne", "us"} {
 		scfg, err := stager.ConfigFromEnv(get(map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "t-" + site}))
 		if err != nil {

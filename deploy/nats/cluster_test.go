@@ -397,6 +397,26 @@ func kvPut(bucket, key string) op {
 	}
 }
 
+// kvGet only gets key, as a stager reads CANCELLED.
+func kvGet(bucket, key string) op {
+	return func(ctx context.Context, _ *testing.T, c client) error {
+		kv, err := c.js.KeyValue(ctx, bucket)
+		if err != nil {
+			return err
+		}
+		for {
+			_, err := kv.Get(ctx, key)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyNotFound) || ctx.Err() != nil {
+				return fmt.Errorf("get %s: %w", key, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
 // kvRead gets key and lists the bucket's keys (a watch: ordered consumer).
 func kvRead(bucket, key string) op {
 	return func(ctx context.Context, _ *testing.T, c client) error {
@@ -526,6 +546,9 @@ func setup(t *testing.T, c *cluster) fixture {
 	if err := plannerBuckets(ctx, t, client{nc, js}); err != nil {
 		t.Fatalf("planner creates its buckets: %v", err)
 	}
+	if err := kvPut(subject.CancelledBucket, "job-cancelled")(ctx, t, client{nc, js}); err != nil {
+		t.Fatalf("planner records a cancelled job: %v", err)
+	}
 	for _, site := range []string{"cologne", "us"} {
 		id := "request:job-seed:pkg-" + site + ":1"
 		if _, err := bus.Publish(ctx, js, subject.Request(site, "normal"), ev(t, id, request("job-seed", "pkg-"+site, site, "normal"))); err != nil {
@@ -555,7 +578,7 @@ func setup(t *testing.T, c *cluster) fixture {
 var streams = bus.StreamConfig{Replicas: 3}
 
 func plannerBuckets(ctx context.Context, _ *testing.T, c client) error {
-	for _, b := range []string{subject.CatalogBucket, subject.PlannerJobsBucket, subject.PlannerInflightBucket} {
+	for _, b := range []string{subject.CatalogBucket, subject.PlannerJobsBucket, subject.PlannerInflightBucket, subject.PlannerReissuesBucket, subject.CancelledBucket} {
 		if _, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b, Replicas: 3, Storage: jetstream.FileStorage}); err != nil {
 			return err
 		}
@@ -582,7 +605,8 @@ func plannerStart(ctx context.Context, t *testing.T, c client) error {
 	}{
 		{subject.ArchiveStream, jetstream.ConsumerConfig{Durable: subject.PlannerCatalog, AckPolicy: jetstream.AckExplicitPolicy}},
 		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerSubmit, FilterSubject: subject.Submit, AckPolicy: jetstream.AckExplicitPolicy}},
-		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerOutcomes, FilterSubjects: []string{subject.Done, subject.Failed}, AckPolicy: jetstream.AckExplicitPolicy}},
+		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerOutcomes, FilterSubjects: []string{subject.Done, subject.Failed, subject.Stalled}, AckPolicy: jetstream.AckExplicitPolicy}},
+		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerCancel, FilterSubject: subject.Cancel, AckPolicy: jetstream.AckExplicitPolicy}},
 	} {
 		if _, err := c.js.CreateOrUpdateConsumer(ctx, cc.stream, cc.cfg); err != nil {
 			return err
@@ -715,6 +739,10 @@ func permissionCases(fx fixture) []permCase {
 	failed := func(t *testing.T) event.Envelope {
 		return ev(t, "failed:request:job-1:pkg-1:1:1", event.Failed{Outcome: outcome("cologne"), Reason: event.ReasonChecksumMismatch, Message: "x", Permanent: true})
 	}
+	stalled := func(t *testing.T) event.Envelope {
+		return ev(t, "stalled:request:job-1:pkg-1:4:stalled", event.Stalled{JobID: "job-1", PackageID: "pkg-1", Site: "cologne",
+			Location: "cologne-proc", RequestID: "request:job-1:pkg-1:4", Reason: event.ReasonStalled, Message: "lost", Reissues: 3})
+	}
 	progress := func(t *testing.T) event.Envelope {
 		return ev(t, "progress:request:job-1:pkg-1:1:1:1", event.Progress{Outcome: outcome("cologne"), BytesDone: 1, BytesTotal: 2, RateBytesPerSecond: 1})
 	}
@@ -756,6 +784,8 @@ func permissionCases(fx fixture) []permCase {
 		{"stager-cologne", "puts heartbeat cologne.i1", kvPut(subject.StagerBucket, "cologne.i1"), "", ""},
 		{"stager-cologne", "reads its dead-letter advisories", rawNext(subject.AdvisoryStream, subject.StagerAdvisoryDurable("cologne")), "", ""},
 		{"stager-cologne", "moves a request to staging.dead.cologne", moveToDead("cologne", deadSeq), "", ""},
+		{"stager-cologne", "reads CANCELLED", kvGet(subject.CancelledBucket, "job-cancelled"), "", ""},
+		{"stager-cologne", "writes CANCELLED", kvPut(subject.CancelledBucket, "job-x"), "$KV.CANCELLED.job-x", ""},
 		{"stager-cologne", "fetches from stager-us-normal", rawNext(rq, "stager-us-normal"), "$JS.API.CONSUMER.MSG.NEXT.STAGING_REQUESTS.stager-us-normal", ""},
 		{"stager-cologne", "reads another site's consumer", consumerInfo(rq, "stager-us-normal"), "$JS.API.CONSUMER.INFO.STAGING_REQUESTS.stager-us-normal", ""},
 		{"stager-cologne", "acks another site's message", apiCall("$JS.ACK.STAGING_REQUESTS.stager-us-normal.1.1.1.1.0"), "$JS.ACK.STAGING_REQUESTS.stager-us-normal.1.1.1.1.0", ""},
@@ -787,6 +817,9 @@ func permissionCases(fx fixture) []permCase {
 		{"planner", "writes and reads CATALOG", then(kvPut(subject.CatalogBucket, "pkg-1"), kvRead(subject.CatalogBucket, "pkg-1")), "", ""},
 		{"planner", "writes and reads PLANNER_JOBS", then(kvPut(subject.PlannerJobsBucket, "job-1"), kvRead(subject.PlannerJobsBucket, "job-1")), "", ""},
 		{"planner", "writes and reads PLANNER_INFLIGHT", then(kvPut(subject.PlannerInflightBucket, "loc.pkg-1"), kvRead(subject.PlannerInflightBucket, "loc.pkg-1")), "", ""},
+		{"planner", "writes and reads PLANNER_REISSUES", then(kvPut(subject.PlannerReissuesBucket, "job-1.pkg-1"), kvRead(subject.PlannerReissuesBucket, "job-1.pkg-1")), "", ""},
+		{"planner", "writes and reads CANCELLED", then(kvPut(subject.CancelledBucket, "job-1"), kvRead(subject.CancelledBucket, "job-1")), "", ""},
+		{"planner", "publishes staging.stalled", publish(subject.Stalled, stalled), "", ""},
 		{"planner", "reads a site's backlog", consumerInfo(rq, "stager-us-high"), "", ""},
 		{"planner", "publishes staging.done", publish(subject.Done, done("cologne")), "staging.done", ""},
 		{"planner", "publishes staging.failed", publish(subject.Failed, failed), "staging.failed", ""},
@@ -797,7 +830,8 @@ func permissionCases(fx fixture) []permCase {
 		{"planner", "puts a stager heartbeat", kvPut(subject.StagerBucket, "cologne.fake"), "$KV.STAGERS.cologne.fake", ""},
 		{"planner", "changes the STAGERS bucket", changeStagersBucket, "$JS.API.STREAM.UPDATE.KV_STAGERS", ""},
 		{"planner", "deletes a stream", apiCall("$JS.API.STREAM.DELETE.STAGING_EVENTS"), "$JS.API.STREAM.DELETE.STAGING_EVENTS", ""},
-		{"planner", "moves a dead letter", moveToDead("cologne", deadSeq), "$JS.API.STREAM.MSG.GET.STAGING_REQUESTS", ""},
+		// It may get a request (the reconciler looks for lost ones), but not move or delete it.
+		{"planner", "moves a dead letter", moveToDead("cologne", deadSeq), "staging.dead.cologne", ""},
 
 		// The ledger: reads everything it projects; publishes nothing.
 		{"ledger", "starts like the ledger and consumes ledger-events and ledger-archive", ledgerStart, "", ""},

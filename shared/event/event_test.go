@@ -37,6 +37,8 @@ var samples = []event.Data{
 	event.PackageRemoved{PackageID: "pkg-1", Location: "cologne-lta", Key: "obs/1/pkg-1.tar", Reason: "tape retired"},
 	event.Planned{JobID: "job-2", RequestedBy: "bob", Priority: "low", Destination: event.Target{Site: "us", Location: "us-proc"}, Part: 2, Parts: 3,
 		Packages: []event.PlannedPackage{{PackageID: "pkg-9", Status: "scheduled", RequestID: "request:job-2:pkg-9:1"}}},
+	event.Stalled{JobID: "job-1", PackageID: "pkg-1", Site: "cologne", Location: "cologne-proc", RequestID: "request:job-1:pkg-1:4",
+		Reason: event.ReasonStalled, Message: "gave up after 3 re-issues", Reissues: 3},
 }
 
 func TestEveryTypeRoundTripsAndValidates(t *testing.T) {

@@ -167,3 +167,37 @@ func (t *Table) Release(ctx context.Context, location, packageID, requestID stri
 	}
 	return true, nil
 }
+
+// ReleaseJob frees every entry held by a request of jobID (the job was
+// cancelled: its requests not yet started are withdrawn, so no other job
+// may follow them). It walks the bucket's keys, which is fine for a rare
+// operator action. An entry changed in between is left to its new holder.
+func (t *Table) ReleaseJob(ctx context.Context, jobID string) (int, error) {
+	keys, err := t.kv.ListKeys(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("inflight keys: %w", err)
+	}
+	defer func() { _ = keys.Stop() }()
+	n := 0
+	for key := range keys.Keys() {
+		e, err := t.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("inflight %s: %w", key, err)
+		}
+		var cur Entry
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.JobID != jobID {
+			continue
+		}
+		if err := t.kv.Delete(ctx, key, jetstream.LastRevision(e.Revision())); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			}
+			return n, fmt.Errorf("inflight %s: %w", key, err)
+		}
+		n++
+	}
+	return n, nil
+}

@@ -87,9 +87,9 @@ type Config struct {
 	PlanPartBytes int
 	// Dedup turns on cross-job deduplication: a package already being
 	// staged to a location by another job is not requested again; the plan
-	// line carries that job's request_id instead. The ledger must then apply
-	// an outcome to every job package with the outcome's request_id (see
-	// README), so it is off by default.
+	// line carries that job's request_id instead, and the ledger applies
+	// that request's outcomes to every job package following it (see
+	// README). On by default (PLANNER_DEDUP=false turns it off).
 	Dedup bool
 	// InflightTTL bounds how long a dedup entry waits for its outcome.
 	InflightTTL time.Duration
@@ -134,7 +134,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		UnknownPackageDelay:   env.Duration(EnvUnknownPackageDelay, DefaultUnknownPackageDelay),
 		TopologyPoll:          env.Duration(EnvTopologyPoll, DefaultTopologyPoll),
 		PlanPartBytes:         env.Int(EnvPlanPartBytes, 0),
-		Dedup:                 env.Bool(EnvDedup, false),
+		Dedup:                 env.Bool(EnvDedup, true),
 		InflightTTL:           env.Duration(EnvInflightTTL, 24*time.Hour),
 		LedgerURL:             env.String(EnvLedgerURL, ""),
 		LedgerToken:           env.String(EnvLedgerToken, ""),

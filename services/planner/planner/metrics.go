@@ -19,6 +19,7 @@ type metrics struct {
 	reconcileRounds *prometheus.CounterVec // outcome: ok, failed
 	reissued        prometheus.Counter
 	gaveUp          *prometheus.CounterVec // reason
+	cancels         *prometheus.CounterVec // outcome
 }
 
 func newMetrics(reg prometheus.Registerer, version string) *metrics {
@@ -54,6 +55,9 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		reissued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "planner_requests_reissued_total", Help: "lost requests re-issued as a new generation by the reconciler.",
 		}),
+		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_cancels_total", Help: "staging.cancel events handled, by outcome (recorded, invalid, retried).",
+		}, []string{"outcome"}),
 		gaveUp: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "planner_packages_given_up_total", Help: "packages the reconciler failed for good, by reason (stalled, no_source, ...).",
 		}, []string{"reason"}),
@@ -65,6 +69,6 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "planner_build_info", Help: "always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, info)
+	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, m.cancels, info)
 	return m
 }

@@ -29,6 +29,13 @@ func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 			var f event.Failed
 			f, err = event.DataAs[event.Failed](env)
 			o, final = f.Outcome, f.Permanent || f.Reason == event.ReasonRetriesExhausted
+		case event.TypeStalled:
+			// A leader given up frees its package: the next job gets a
+			// request of its own.
+			var st event.Stalled
+			st, err = event.DataAs[event.Stalled](env)
+			o = event.Outcome{JobID: st.JobID, PackageID: st.PackageID, Site: st.Site, Location: st.Location, RequestID: st.RequestID}
+			final = true
 		}
 	}
 	if err != nil {

@@ -52,6 +52,7 @@ type service struct {
 	inflight      *inflight.Table   // nil unless Config.Dedup
 	ledger        *ledgerapi.Client // nil unless Config.LedgerURL
 	reissues      *reissue.Store
+	cancelled     jetstream.KeyValue // CANCELLED: job id -> cancel event id, read by the stagers
 	catCons       jetstream.Consumer
 	archiveStream jetstream.Stream // ARCHIVE, to see how far the catalog is behind
 	m             *metrics
@@ -153,7 +154,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		outCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
 			Durable:        subject.PlannerOutcomes,
 			Description:    "planner: staging outcomes free packages for cross-job dedup",
-			FilterSubjects: []string{subject.Done, subject.Failed},
+			FilterSubjects: []string{subject.Done, subject.Failed, subject.Stalled},
 			AckPolicy:      jetstream.AckExplicitPolicy,
 			DeliverPolicy:  jetstream.DeliverAllPolicy,
 			AckWait:        catalogAckWait,
@@ -166,6 +167,12 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		}
 		defer outIt.Stop()
 	}
+
+	canIt, err := s.openCancel(ctx)
+	if err != nil {
+		return err
+	}
+	defer canIt.Stop()
 
 	reg := obs.NewRegistry()
 	s.m = newMetrics(reg, cfg.Version)
@@ -194,6 +201,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if outIt != nil {
 		wg.Go(func() { s.loop(runCtx, outIt, catalogAckWait, s.handleOutcome) })
 	}
+	wg.Go(func() { s.loop(runCtx, canIt, catalogAckWait, s.handleCancel) })
 	if s.ledger != nil {
 		wg.Go(func() { s.reconcile(runCtx) })
 	}
@@ -236,6 +244,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if outIt != nil {
 		outIt.Stop()
 	}
+	canIt.Stop()
 	wg.Wait()
 	log.Info().Msg("planner stopped")
 	return runErr

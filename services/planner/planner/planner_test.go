@@ -315,6 +315,8 @@ func TestConfigFromEnv(t *testing.T) {
 			return c.NATSURL == "nats://127.0.0.1:4222" && c.HTTPAddr == "127.0.0.1:9101" && c.MaxPackages == 10000 && c.TopologyFile == "/t.yaml"
 		}},
 		{"http off", map[string]string{"TOPOLOGY_FILE": "/t", "PLANNER_HTTP_ADDR": "off"}, false, func(c planner.Config) bool { return c.HTTPAddr == "" }},
+		{"dedup on by default", map[string]string{"TOPOLOGY_FILE": "/t"}, false, func(c planner.Config) bool { return c.Dedup }},
+		{"dedup off", map[string]string{"TOPOLOGY_FILE": "/t", "PLANNER_DEDUP": "false"}, false, func(c planner.Config) bool { return !c.Dedup }},
 		{"overrides", map[string]string{"TOPOLOGY_FILE": "/t", "NATS_URL": "nats://x:1", "PLANNER_MAX_PACKAGES": "5", "STREAM_REPLICAS": "3", "EVENTS_MAX_AGE": "48h", "PLANNER_TOPOLOGY_POLL": "1s"}, false, func(c planner.Config) bool {
 			return c.NATSURL == "nats://x:1" && c.MaxPackages == 5 && c.Streams.Replicas == 3 && c.Streams.EventsMaxAge == 48*time.Hour && c.TopologyPoll == time.Second
 		}},

@@ -250,21 +250,19 @@ func (s *service) rebuildRequest(ctx context.Context, c stale, dest ledgerapi.Ta
 	}, nil
 }
 
-// giveUp fails the package for good at its destination, as a stager would,
-// then remembers that it did so the next rounds leave the package alone
-// even while the ledger has not caught up. Two planners giving up at once
-// publish the same event id, which JetStream and the ledger drop.
+// giveUp fails the package for good at its destination with a
+// staging.stalled (only stagers may publish outcomes), then remembers that
+// it did so the next rounds leave the package alone even while the ledger
+// has not caught up. Two planners giving up at once publish the same event
+// id, which JetStream and the ledger drop.
 func (s *service) giveUp(ctx context.Context, c stale, dest ledgerapi.Target, requestID string, rev uint64, cur reissue.State, reason, msg string) error {
-	f := event.Failed{
-		Outcome: event.Outcome{JobID: c.job.JobID, PackageID: c.pkg.PackageID, Site: dest.Site, Location: dest.Location,
-			Attempt: max(c.pkg.Attempts, 1), RequestID: requestID},
-		Reason: reason, Message: msg, Permanent: true,
-	}
-	env, err := event.New(Source, "failed:"+requestID+":"+reason, c.pkg.PackageID, f)
+	st := event.Stalled{JobID: c.job.JobID, PackageID: c.pkg.PackageID, Site: dest.Site, Location: dest.Location,
+		RequestID: requestID, Reason: reason, Message: msg, Reissues: max(cur.Generation-1, 0)}
+	env, err := event.New(Source, "stalled:"+requestID+":"+reason, c.pkg.PackageID, st)
 	if err != nil {
 		return err
 	}
-	if _, err := bus.Publish(ctx, s.js, subject.Failed, env); err != nil {
+	if _, err := bus.Publish(ctx, s.js, subject.Stalled, env); err != nil {
 		return err
 	}
 	cur.GaveUp, cur.Why, cur.At = true, reason+": "+msg, time.Now().UTC()

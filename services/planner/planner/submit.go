@@ -88,7 +88,13 @@ func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.Msg
 	*log = log.With().Str(logx.EventID, env.ID).Logger()
 	sub, err := event.DataAs[event.Submit](env)
 	if err != nil {
-		return "", s.reject(ctx, log, jobIDOf(env.Data), env.ID, event.ReasonInvalidRequest, err.Error())
+		reason := event.ReasonInvalidRequest
+		if otherVersion(env.Type) {
+			// A client speaking a submit version this planner does not know
+			// gets told so, rather than that its request is malformed.
+			reason = event.ReasonUnsupportedVersion
+		}
+		return "", s.reject(ctx, log, jobIDOf(env.Data), env.ID, reason, err.Error())
 	}
 	if sub.Priority == "" {
 		sub.Priority = event.PriorityNormal
@@ -475,4 +481,15 @@ func listSome(ids []string) string {
 		return strings.Join(ids, ", ")
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(ids[:10], ", "), len(ids)-10)
+}
+
+// otherVersion reports whether typ is a staging.submit of another version
+// than the one this planner speaks, e.g. "ccat.staging.submit.v2".
+func otherVersion(typ string) bool {
+	v, ok := strings.CutPrefix(typ, "ccat.staging.submit.v")
+	if !ok || typ == event.TypeSubmit {
+		return false
+	}
+	_, err := strconv.Atoi(v)
+	return err == nil
 }

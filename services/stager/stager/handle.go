@@ -89,6 +89,10 @@ func (s *service) handle(ctx context.Context, m jetstream.Msg) {
 		s.m.inflight.Dec()
 	}()
 
+	if s.withdrawn(ctx, a) {
+		return
+	}
+
 	// InProgress keeps a short AckWait from redelivering a healthy but long
 	// package; a dead stager stops sending it and the work moves on quickly.
 	hctx, stop := context.WithCancel(ctx)

@@ -46,6 +46,8 @@ type service struct {
 	busy     int
 	started  time.Time
 	lastWarn atomic.Int64 // unix nanos of the last fetch warning
+	// cancelKV is the CANCELLED bucket once the planner has created it.
+	cancelKV atomic.Pointer[jetstream.KeyValue]
 
 	// ready receives the HTTP listener's address (tests use it).
 	ready func(net.Addr)

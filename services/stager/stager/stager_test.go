@@ -13,6 +13,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func samplePackage(t *testing.T) []byte {
@@ -342,5 +343,42 @@ func TestChecksumReread(t *testing.T) {
 	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
 	if got := w.procEntries(); len(got) != 0 {
 		t.Errorf("left behind: %v", got)
+	}
+}
+
+// A request of a job the planner recorded as cancelled is withdrawn before
+// it starts: a permanent failed/cancelled, nothing read or written; other
+// jobs' requests are staged as usual.
+func TestCancelledJobIsWithdrawn(t *testing.T) {
+	w := newWorld(t)
+	kv, err := w.srv.JS.CreateOrUpdateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: subject.CancelledBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(t.Context(), "job-gone", []byte("cancel:job-gone")); err != nil {
+		t.Fatal(err)
+	}
+	tb := samplePackage(t)
+	gone := w.submit(request("job-gone", w.put(w.archive, "pkg-gone", tb)))
+	kept := w.submit(request("job-kept", w.put(w.archive, "pkg-kept", bytes(tb))))
+	w.start(w.config())
+
+	f := waitID[event.Failed](t, w.rec, "failed:"+gone+":1")
+	if f.Reason != event.ReasonCancelled || !f.Permanent || f.JobID != "job-gone" || f.PackageID != "pkg-gone" || f.Site != site {
+		t.Errorf("failed = %+v, want a permanent cancelled", f)
+	}
+	waitID[event.Done](t, w.rec, "done:"+kept)
+	if got := w.rec.ofType(event.TypeStarted, "started:"+gone); len(got) != 0 {
+		t.Errorf("withdrawn request started: %v", got)
+	}
+	if got := w.procEntries(); !slices.Equal(got, []string{"pkg-kept"}) {
+		t.Errorf("processing root holds %v, want only the other job's package", got)
+	}
+	eventually(t, 5*time.Second, "work queue empty", func() bool { return w.queued() == 0 })
+	for _, e := range w.rec.snapshot() {
+		raw, _ := json.Marshal(e)
+		if _, err := event.Validate(raw); err != nil {
+			t.Errorf("%s does not validate: %v", e.ID, err)
+		}
 	}
 }

@@ -165,6 +165,7 @@ var subjectOf = map[string]string{
 	event.TypeFailed:          subject.Failed,
 	event.TypeCancel:          subject.Cancel,
 	event.TypeRelease:         subject.Release,
+	event.TypeStalled:         subject.Stalled,
 }
 
 // Classify validates one raw message: a valid event, or poison with the

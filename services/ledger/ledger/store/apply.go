@@ -102,6 +102,10 @@ func decode(e Event) (decoded, error) {
 		var v event.Release
 		err = json.Unmarshal(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
+	case event.TypeStalled:
+		var v event.Stalled
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	case event.TypeRequest:
 		// Requests live in the work queue, not in the streams the ledger
 		// reads; one arriving here is logged and otherwise ignored.
@@ -207,6 +211,7 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		jobs = append(jobs, j)
 	}
 	slices.Sort(jobs)
+	leaders, outcomePkgs := followKeys(ds)
 
 	var applied map[string]int
 	var dups int
@@ -227,6 +232,15 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		}
 		if len(ds) == 0 {
 			return nil
+		}
+		// Serialise with other ledgers on the jobs whose requests others may
+		// follow (cross-job dedup): the follower's plan and the leader's
+		// outcomes must not each miss the other's uncommitted rows.
+		if len(leaders) > 0 {
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?, hashtext(l)) FROM unnest(?::text[]) AS x(l) ORDER BY l`,
+				followLockClass, pgdialect.Array(leaders)); err != nil {
+				return fmt.Errorf("lock followed jobs: %w", err)
+			}
 		}
 		// Lock the jobs in a fixed order before touching their packages, so
 		// two ledger instances applying events of the same job serialise
@@ -282,11 +296,26 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		if err := a.places(ctx); err != nil {
 			return err
 		}
+		derive := jobs
+		if len(jobs) > 0 || len(outcomePkgs) > 0 {
+			// Followers copy their leader's rows, which the queue may still
+			// be writing: run it first.
+			if err := a.flush(ctx); err != nil {
+				return err
+			}
+			followers, err := a.syncFollowers(ctx, jobs, outcomePkgs)
+			if err != nil {
+				return err
+			}
+			if len(followers) > 0 {
+				derive = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(jobs), followers...))))
+			}
+		}
 		if err := a.copies(ctx); err != nil {
 			return err
 		}
-		if len(jobs) > 0 {
-			if err := a.deriveJobs(ctx, jobs); err != nil {
+		if len(derive) > 0 {
+			if err := a.deriveJobs(ctx, derive); err != nil {
 				return err
 			}
 		}
@@ -387,6 +416,8 @@ func (a *applier) apply(ctx context.Context, d decoded) error {
 			WHERE job_id = ?`, d.Time, d.Time, v.Reason, d.Time, v.RequestedBy, v.JobID)
 	case event.Release:
 		return a.release(ctx, d, v)
+	case event.Stalled:
+		return a.stalled(ctx, d, v)
 	}
 	return nil // logged only
 }
@@ -456,6 +487,26 @@ func (a *applier) copies(ctx context.Context) error {
 		WHERE sc.status IN ('staged', 'deletion_scheduled') AND (sc.package_id = ANY(?::text[])
 			OR sc.package_id IN (SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
 		pgdialect.Array(a.staged), pgdialect.Array(a.released))
+}
+
+// stalled ends a package the planner gave up on exactly like a permanent
+// failure: failed with the event's reason, unless it already completed or
+// failed (terminal); it overrides a cancel as a failure does.
+func (a *applier) stalled(ctx context.Context, d decoded, v event.Stalled) error {
+	a.place(v.Site, v.Location)
+	return a.exec(ctx, "stalled package", `INSERT INTO job_packages AS jp (job_id, package_id, status, reason, message,
+			request_id, dest_site, dest_location, completed_at, updated_at)
+		VALUES (?, ?, 'failed', ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (job_id, package_id) DO UPDATE SET
+			status = CASE WHEN `+sqlFinal+` THEN jp.status ELSE 'failed' END,
+			reason = CASE WHEN `+sqlFinal+` THEN jp.reason ELSE EXCLUDED.reason END,
+			message = CASE WHEN `+sqlFinal+` THEN jp.message ELSE EXCLUDED.message END,
+			completed_at = CASE WHEN `+sqlFinal+` THEN jp.completed_at ELSE EXCLUDED.completed_at END,
+			request_id = CASE WHEN jp.request_id = '' THEN EXCLUDED.request_id ELSE jp.request_id END,
+			dest_site = CASE WHEN jp.dest_site = '' THEN EXCLUDED.dest_site ELSE jp.dest_site END,
+			dest_location = CASE WHEN jp.dest_location = '' THEN EXCLUDED.dest_location ELSE jp.dest_location END,
+			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
+		v.JobID, v.PackageID, v.Reason, v.Message, v.RequestID, v.Site, v.Location, d.Time, d.Time)
 }
 
 func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {

@@ -316,7 +316,9 @@ func repeat(s string, n int) []string {
 
 // failures applies staged.failed: a permanent failure ends the package; a
 // transient one puts it back in the queue (scheduled) when it is the latest
-// attempt, with its reason.
+// attempt, with its reason. A permanent failure with reason cancelled is a
+// stager withdrawing the request of a cancelled job: the package ends
+// cancelled, whether the job's cancel was applied before or after it.
 func (a *applier) failures(ctx context.Context, ds []decoded) error {
 	if len(ds) == 0 {
 		return nil
@@ -331,24 +333,25 @@ func (a *applier) failures(ctx context.Context, ds []decoded) error {
 	}
 	if err := a.exec(ctx, "fail packages", `INSERT INTO job_packages AS jp (job_id, package_id, status, reason, message, attempts,
 			last_attempt_failed, request_id, dest_site, dest_location, completed_at, updated_at)
-		SELECT j, p, CASE WHEN perm THEN 'failed' ELSE 'scheduled' END, re, m, a, true, r, s, l, CASE WHEN perm THEN t END, t
+		SELECT j, p, CASE WHEN perm AND re = ? THEN 'cancelled' WHEN perm THEN 'failed' ELSE 'scheduled' END, re, m, a, true, r, s, l,
+			CASE WHEN perm THEN t END, t
 		FROM unnest(?::text[], ?::text[], ?::bool[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::timestamptz[])
 			AS x(j, p, perm, re, m, a, r, s, l, t)
 		ON CONFLICT (job_id, package_id) DO UPDATE SET
 			status = CASE WHEN `+sqlFinal+` THEN jp.status
-				WHEN EXCLUDED.status = 'failed' THEN 'failed'
+				WHEN EXCLUDED.status IN ('failed', 'cancelled') THEN EXCLUDED.status
 				WHEN jp.status = 'cancelled' THEN jp.status
 				WHEN EXCLUDED.attempts >= jp.attempts THEN 'scheduled' ELSE jp.status END,
 			reason = CASE WHEN `+sqlFinal+` THEN jp.reason
-				WHEN EXCLUDED.status = 'failed' THEN EXCLUDED.reason
+				WHEN EXCLUDED.status IN ('failed', 'cancelled') THEN EXCLUDED.reason
 				WHEN jp.status = 'cancelled' THEN jp.reason
 				WHEN EXCLUDED.attempts >= jp.attempts THEN EXCLUDED.reason ELSE jp.reason END,
 			message = CASE WHEN `+sqlFinal+` THEN jp.message
-				WHEN EXCLUDED.status = 'failed' THEN EXCLUDED.message
+				WHEN EXCLUDED.status IN ('failed', 'cancelled') THEN EXCLUDED.message
 				WHEN jp.status = 'cancelled' THEN jp.message
 				WHEN EXCLUDED.attempts >= jp.attempts THEN EXCLUDED.message ELSE jp.message END,
 			completed_at = CASE WHEN `+sqlFinal+` THEN jp.completed_at
-				WHEN EXCLUDED.status = 'failed' THEN EXCLUDED.completed_at
+				WHEN EXCLUDED.status IN ('failed', 'cancelled') THEN EXCLUDED.completed_at
 				WHEN jp.status = 'cancelled' THEN jp.completed_at ELSE NULL END,
 			last_attempt_failed = CASE WHEN EXCLUDED.attempts >= jp.attempts THEN true ELSE jp.last_attempt_failed END,
 			attempts = GREATEST(jp.attempts, EXCLUDED.attempts),
@@ -356,6 +359,7 @@ func (a *applier) failures(ctx context.Context, ds []decoded) error {
 			dest_site = CASE WHEN jp.dest_site = '' THEN EXCLUDED.dest_site ELSE jp.dest_site END,
 			dest_location = CASE WHEN jp.dest_location = '' THEN EXCLUDED.dest_location ELSE jp.dest_location END,
 			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
+		event.ReasonCancelled,
 		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(perm), pgdialect.Array(reason), pgdialect.Array(msg),
 		pgdialect.Array(c.attempt), pgdialect.Array(c.req), pgdialect.Array(c.site), pgdialect.Array(c.loc), pgdialect.Array(c.t)); err != nil {
 		return err

@@ -127,6 +127,10 @@ func TestJobLifecycle(t *testing.T) {
 			store.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonChecksumMismatch, map[int]string{0: "completed", 90: "failed"}},
 		{"cancelled after one package", scenario.Job{ID: "cancel", Packages: 3, Cancel: true}, "cancelled",
 			store.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
+		{"cancelled, the rest withdrawn by the stager", scenario.Job{ID: "withdrawn", Packages: 3, Cancel: true, Withdraw: true}, "cancelled",
+			store.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
+		{"one given up by the planner", scenario.Job{ID: "stall", Packages: 1, Stalled: true}, "failed",
+			store.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonStalled, map[int]string{0: "completed", 80: "failed"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,7 +210,13 @@ func TestShuffledAndDuplicatedGiveTheSameState(t *testing.T) {
 		{ID: "a", Packages: 3, Progress: 3, Release: true, Remove: true},
 		{ID: "b", Packages: 2, NoSource: true, Permanent: true, Progress: 1},
 		{ID: "c", Packages: 3, Cancel: true},
+		// Followers (cross-job dedup) of each of them.
+		{ID: "d", Packages: 3, Follows: "a", Progress: 1},
+		{ID: "e", Packages: 2, Permanent: true, Stalled: true, Follows: "b"},
+		{ID: "f", Packages: 3, Follows: "c"},
+		{ID: "g", Packages: 3, Cancel: true, Withdraw: true},
 	}
+	jobs[1].Stalled = true
 	inOrder := newStore(t)
 	for _, e := range events(t, jobs...) {
 		apply(t, inOrder, []store.Event{e})
@@ -382,4 +392,67 @@ func TestReleaseAndRemoval(t *testing.T) {
 	if p.SizeBytes != 10240 {
 		t.Errorf("package size = %d", p.SizeBytes)
 	}
+}
+
+// A job following another's requests (cross-job dedup) ends with the
+// other's outcomes, whichever arrives first: the follower's plan or the
+// leader's events; a package the leader withdrew for its own cancel is left
+// scheduled for the follower.
+func TestFollowersShareTheLeadersOutcomes(t *testing.T) {
+	leader := scenario.Job{ID: "lead", Packages: 2, Permanent: true, Progress: 1}
+	follower := scenario.Job{ID: "follow", Packages: 2, Permanent: true, Follows: "lead"}
+	tests := []struct {
+		name  string
+		order []scenario.Job
+	}{
+		{"follower planned first", []scenario.Job{follower, leader}},
+		{"leader staged first", []scenario.Job{leader, follower}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := newStore(t)
+			for _, j := range tt.order {
+				apply(t, st, events(t, j))
+			}
+			job, err := st.GetJob(t.Context(), "follow")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := (store.Counts{Total: 3, Completed: 2, Failed: 1}); job.Status != "failed" || job.Counts != want ||
+				job.Reason != event.ReasonChecksumMismatch {
+				t.Errorf("follower = %s %+v %q, want failed %+v checksum_mismatch", job.Status, job.Counts, job.Reason, want)
+			}
+			for _, p := range job.Packages {
+				want := "completed"
+				if p.PackageID == scenario.PackageID("lead", 90) {
+					want = "failed"
+				}
+				if p.Status != want || p.RequestID != "request:lead:"+p.PackageID+":1" {
+					t.Errorf("follower package %s = %s via %s, want %s via the leader's request", p.PackageID, p.Status, p.RequestID, want)
+				}
+				if want == "completed" && (p.Path != "/data/proc/"+p.PackageID || p.SizeBytes != 10240 || p.CompletedAt == nil) {
+					t.Errorf("follower package %s = %+v, want the leader's path and size", p.PackageID, p)
+				}
+			}
+			lead, err := st.GetJob(t.Context(), "lead")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lead.Status != "failed" || lead.Counts != (store.Counts{Total: 3, Completed: 2, Failed: 1}) {
+				t.Errorf("leader = %s %+v", lead.Status, lead.Counts)
+			}
+		})
+	}
+	t.Run("leader cancelled", func(t *testing.T) {
+		st := newStore(t)
+		apply(t, st, events(t, scenario.Job{ID: "gone", Packages: 3, Cancel: true}))
+		apply(t, st, events(t, scenario.Job{ID: "stays", Packages: 3, Follows: "gone"}))
+		job, err := st.GetJob(t.Context(), "stays")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.Status != "in_progress" || job.Counts != (store.Counts{Total: 3, Completed: 1, Scheduled: 2}) {
+			t.Errorf("follower of a cancelled job = %s %+v, want in_progress with 1 completed and 2 scheduled", job.Status, job.Counts)
+		}
+	})
 }

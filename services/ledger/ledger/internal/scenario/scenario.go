@@ -36,10 +36,20 @@ type Job struct {
 	// Cancel cancels the job once its first package is staged; the others
 	// never start.
 	Cancel bool
+	// Withdraw (with Cancel) adds the stager's withdrawal of each package
+	// not started: a permanent staging.failed with reason cancelled.
+	Withdraw bool
 	// Release releases the job's staged copies at the end.
 	Release bool
 	// Remove removes the first package's archive copy at the end.
 	Remove bool
+	// Follows names a job whose requests this one follows (cross-job
+	// dedup): the same packages (Packages, Permanent as in that job), each
+	// planned with the other job's request id; no stager event of its own.
+	Follows string
+	// Stalled adds a package the planner's reconciler gives up on after one
+	// started attempt (staging.stalled).
+	Stalled bool
 }
 
 type builder struct {
@@ -77,18 +87,28 @@ func Events(j Job) ([]Msg, error) {
 	b := &builder{t: j.Base}
 	planner := "ccat-staging/planner"
 	stager := "ccat-staging/stager/" + j.Site + "/h1"
+	owner := j.ID // whose requests stage the packages
+	if j.Follows != "" {
+		owner = j.Follows
+	}
 	var ids []string
 	for i := range j.Packages {
-		ids = append(ids, PackageID(j.ID, i))
+		ids = append(ids, PackageID(owner, i))
 	}
 	if j.Permanent {
-		ids = append(ids, PackageID(j.ID, 90))
+		ids = append(ids, PackageID(owner, 90))
+	}
+	if j.Stalled {
+		ids = append(ids, PackageID(owner, 80))
 	}
 	all := ids
 	if j.NoSource {
 		all = append(append([]string{}, ids...), PackageID(j.ID, 99))
 	}
 	for _, p := range ids {
+		if j.Follows != "" {
+			break // archived by the job followed
+		}
 		b.add(subject.Archived, "ccat-staging/demo", "archived:"+p, event.PackageArchived{PackageID: p, Location: "cologne-lta",
 			Key: "obs/" + p + ".tar", SizeBytes: 10240, Checksum: Sum, Format: "tar",
 			Files: []event.File{{Path: "a.fits", SizeBytes: 5, SHA256: strings.TrimPrefix(Sum, "sha256:")}}})
@@ -98,7 +118,7 @@ func Events(j Job) ([]Msg, error) {
 		Destination: event.Destination{Site: j.Site}, RequestedBy: "alice", Priority: "normal", Note: "note of " + j.ID})
 	var plan []event.PlannedPackage
 	for _, p := range ids {
-		plan = append(plan, event.PlannedPackage{PackageID: p, Status: event.StatusScheduled, RequestID: reqID(j.ID, p),
+		plan = append(plan, event.PlannedPackage{PackageID: p, Status: event.StatusScheduled, RequestID: reqID(owner, p),
 			Source:    &event.Source{Location: "cologne-lta", Site: "cologne", Storage: "disk", Key: "obs/" + p + ".tar"},
 			SizeBytes: 10240, Checksum: Sum})
 	}
@@ -109,8 +129,20 @@ func Events(j Job) ([]Msg, error) {
 	b.add(subject.Planned, planner, "planned:"+j.ID, event.Planned{JobID: j.ID, RequestedBy: "alice", Priority: "normal",
 		Note: "note of " + j.ID, Destination: event.Target{Site: j.Site, Location: j.Location}, Packages: plan})
 	for i, p := range ids {
+		if j.Follows != "" {
+			break // the followed job's events stage these packages
+		}
 		if j.Cancel && i == 1 {
 			b.add(subject.Cancel, "ccat-staging/stagectl", "cancel:"+j.ID, event.Cancel{JobID: j.ID, Reason: "wrong packages", RequestedBy: "carol"})
+			for _, q := range ids[i:] {
+				if !j.Withdraw {
+					break
+				}
+				rid := reqID(owner, q)
+				b.add(subject.Failed, stager, "failed:"+rid+":1", event.Failed{Outcome: event.Outcome{JobID: j.ID, PackageID: q,
+					Site: j.Site, Location: j.Location, Attempt: 1, RequestID: rid, Instance: "h1"},
+					Reason: event.ReasonCancelled, Message: "job cancelled before this package started", Permanent: true})
+			}
 			break
 		}
 		rid := reqID(j.ID, p)
@@ -129,6 +161,9 @@ func Events(j Job) ([]Msg, error) {
 					event.Progress{Outcome: out(a), BytesDone: done, BytesTotal: 10240, RateBytesPerSecond: 1e6})
 			}
 			switch {
+			case p == PackageID(j.ID, 80):
+				b.add(subject.Stalled, planner, "stalled:"+rid+":stalled", event.Stalled{JobID: j.ID, PackageID: p,
+					Site: j.Site, Location: j.Location, RequestID: rid, Reason: event.ReasonStalled, Message: "request lost", Reissues: 3})
 			case p == PackageID(j.ID, 90):
 				b.add(subject.Failed, stager, fmt.Sprintf("failed:%s:%d", rid, a), event.Failed{Outcome: out(a),
 					Reason: event.ReasonChecksumMismatch, Message: "tar checksum differs", Permanent: true})
