@@ -555,10 +555,13 @@ type plannedRow struct {
 
 func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error {
 	a.place(v.Destination.Site, v.Destination.Location)
+	part, parts := max(v.Part, 1), max(v.Parts, 1)
 	if err := a.exec(ctx, "plan job", `UPDATE jobs SET planned = true, requested_by = ?, priority = ?, note = ?,
-			dest_site = ?, dest_location = ?, updated_at = GREATEST(updated_at, ?)
+			dest_site = ?, dest_location = ?, updated_at = GREATEST(updated_at, ?),
+			plan_parts = GREATEST(plan_parts, ?),
+			planned_parts = CASE WHEN ?::integer = ANY(planned_parts) THEN planned_parts ELSE array_append(planned_parts, ?::integer) END
 		WHERE job_id = ?`,
-		v.RequestedBy, v.Priority, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID); err != nil {
+		v.RequestedBy, v.Priority, v.Note, v.Destination.Site, v.Destination.Location, d.Time, parts, part, part, v.JobID); err != nil {
 		return err
 	}
 	ids := make([]string, len(v.Packages))
@@ -683,6 +686,10 @@ func (a *applier) deriveJobs(ctx context.Context, jobs []string) error {
 			status = CASE WHEN j.rejected THEN 'rejected'
 				WHEN d.total = 0 AND j.cancelled THEN 'cancelled'
 				WHEN d.total = 0 THEN 'pending'
+				-- Outcomes may arrive before (part of) the plan: until every
+				-- part is known, the packages seen so far are not the job.
+				WHEN NOT (j.planned AND cardinality(j.planned_parts) >= j.plan_parts) AND NOT j.cancelled
+					THEN CASE WHEN d.started THEN 'in_progress' ELSE 'pending' END
 				WHEN d.completed = d.total THEN 'completed'
 				WHEN d.cancelled > 0 OR j.cancelled THEN 'cancelled'
 				WHEN d.completed + d.failed = d.total THEN 'failed'
@@ -691,15 +698,18 @@ func (a *applier) deriveJobs(ctx context.Context, jobs []string) error {
 				ELSE 'scheduled' END,
 			reason = CASE WHEN j.rejected THEN j.reason
 				WHEN j.cancelled AND d.completed < d.total THEN 'cancelled'
+				WHEN NOT (j.planned AND cardinality(j.planned_parts) >= j.plan_parts) THEN ''
 				WHEN d.total > 0 AND d.completed + d.failed = d.total AND d.failed > 0 THEN COALESCE(d.fail_reason, '')
 				ELSE '' END,
 			message = CASE WHEN j.rejected THEN j.message
 				WHEN j.cancelled AND d.completed < d.total THEN 'cancelled by ' || j.cancelled_by ||
 					CASE WHEN j.cancel_reason <> '' THEN ': ' || j.cancel_reason ELSE '' END
+				WHEN NOT (j.planned AND cardinality(j.planned_parts) >= j.plan_parts) THEN ''
 				WHEN d.total > 0 AND d.completed + d.failed = d.total AND d.failed > 0
 					THEN d.failed || ' of ' || d.total || ' packages failed'
 				ELSE '' END,
 			completed_at = CASE WHEN j.rejected THEN j.completed_at
+				WHEN NOT (j.planned AND cardinality(j.planned_parts) >= j.plan_parts) AND NOT j.cancelled THEN NULL
 				WHEN d.total > 0 AND d.completed = d.total THEN d.last_end
 				WHEN j.cancelled THEN j.cancelled_at
 				WHEN d.total > 0 AND d.completed + d.failed = d.total THEN d.last_end

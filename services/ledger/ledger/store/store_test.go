@@ -456,3 +456,85 @@ func TestFollowersShareTheLeadersOutcomes(t *testing.T) {
 		}
 	})
 }
+
+// After a crash, redelivery can hand the ledger a job's outcomes before its
+// plan (and before its submit): the packages seen so far are then not the
+// whole job, so the job must not look finished until the plan is applied.
+func TestOutcomesBeforeThePlanDoNotFinishTheJob(t *testing.T) {
+	st := newStore(t)
+	all := events(t, scenario.Job{ID: "early", Packages: 3})
+	var plan, rest []store.Event
+	for _, e := range all {
+		switch e.Env.Type {
+		case event.TypePlanned, event.TypeSubmit:
+			plan = append(plan, e)
+		case event.TypeDone, event.TypeStarted, event.TypeFailed, event.TypeProgress:
+			// Only the first package's outcomes arrive early.
+			if strings.Contains(string(e.Env.Data), scenario.PackageID("early", 0)) {
+				rest = append(rest, e)
+			}
+		}
+	}
+	apply(t, st, rest)
+	job, err := st.GetJob(t.Context(), "early")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Status == "completed" || job.CompletedAt != nil {
+		t.Fatalf("with 1 of 3 packages known and completed, job is %s (completed_at %v); want it unfinished", job.Status, job.CompletedAt)
+	}
+	apply(t, st, plan)
+	job, err = st.GetJob(t.Context(), "early")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Status == "completed" || len(job.Packages) != 3 {
+		t.Fatalf("after the plan: job %s with %d packages; want 3 packages, not completed", job.Status, len(job.Packages))
+	}
+	apply(t, st, all) // everything, the early ones again as duplicates
+	if job, err = st.GetJob(t.Context(), "early"); err != nil || job.Status != "completed" {
+		t.Fatalf("after every event: %s, %v; want completed", job.Status, err)
+	}
+}
+
+// A plan in parts: the job is not finished until every part is known.
+func TestPlanPartsMustAllArrive(t *testing.T) {
+	st := newStore(t)
+	base := events(t, scenario.Job{ID: "parts", Packages: 2})
+	var planned store.Event
+	var others []store.Event
+	for _, e := range base {
+		if e.Env.Type == event.TypePlanned {
+			planned = e
+		} else {
+			others = append(others, e)
+		}
+	}
+	pl, err := event.DataAs[event.Planned](planned.Env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := func(n int, pkgs []event.PlannedPackage) store.Event {
+		p := pl
+		p.Part, p.Parts, p.Packages = n, 2, pkgs
+		env, err := event.New(planned.Env.Source, fmt.Sprintf("planned:parts:%d", n), "", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := planned
+		e.Env = env
+		return e
+	}
+	apply(t, st, append([]store.Event{part(1, pl.Packages[:1])}, others...))
+	job, err := st.GetJob(t.Context(), "parts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Status == "completed" {
+		t.Fatalf("with part 1 of 2 applied, job is completed")
+	}
+	apply(t, st, []store.Event{part(2, pl.Packages[1:])})
+	if job, err = st.GetJob(t.Context(), "parts"); err != nil || job.Status != "completed" || len(job.Packages) != 2 {
+		t.Fatalf("after both parts: %s with %d packages, %v; want completed with 2", job.Status, len(job.Packages), err)
+	}
+}

@@ -1,0 +1,2 @@
+ALTER TABLE jobs DROP COLUMN IF EXISTS planned_parts;
+ALTER TABLE jobs DROP COLUMN IF EXISTS plan_parts;
