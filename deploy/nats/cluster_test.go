@@ -549,6 +549,12 @@ func setup(t *testing.T, c *cluster) fixture {
 	if err := kvPut(subject.CancelledBucket, "job-cancelled")(ctx, t, client{nc, js}); err != nil {
 		t.Fatalf("planner records a cancelled job: %v", err)
 	}
+	if err := kvPut(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-1")(ctx, t, client{nc, js}); err != nil {
+		t.Fatalf("planner records a reference: %v", err)
+	}
+	if _, err := bus.Publish(ctx, js, subject.Cleanup("cologne"), ev(t, "cleanup:cologne-proc:pkg-1:1", cleanupItem("cologne"))); err != nil {
+		t.Fatal(err)
+	}
 	for _, site := range []string{"cologne", "us"} {
 		id := "request:job-seed:pkg-" + site + ":1"
 		if _, err := bus.Publish(ctx, js, subject.Request(site, "normal"), ev(t, id, request("job-seed", "pkg-"+site, site, "normal"))); err != nil {
@@ -578,7 +584,7 @@ func setup(t *testing.T, c *cluster) fixture {
 var streams = bus.StreamConfig{Replicas: 3}
 
 func plannerBuckets(ctx context.Context, _ *testing.T, c client) error {
-	for _, b := range []string{subject.CatalogBucket, subject.PlannerJobsBucket, subject.PlannerInflightBucket, subject.PlannerReissuesBucket, subject.CancelledBucket} {
+	for _, b := range []string{subject.CatalogBucket, subject.PlannerJobsBucket, subject.PlannerInflightBucket, subject.PlannerReissuesBucket, subject.CancelledBucket, subject.PlannerRefsBucket} {
 		if _, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b, Replicas: 3, Storage: jetstream.FileStorage}); err != nil {
 			return err
 		}
@@ -599,6 +605,14 @@ func plannerStart(ctx context.Context, t *testing.T, c client) error {
 	if err := plannerBuckets(ctx, t, c); err != nil {
 		return err
 	}
+	if err := bus.ProvisionCleanup(ctx, c.js, streams); err != nil {
+		return err
+	}
+	for _, site := range []string{"cologne", "us"} {
+		if _, err := c.js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(site)); err != nil {
+			return err
+		}
+	}
 	for _, cc := range []struct {
 		stream string
 		cfg    jetstream.ConsumerConfig
@@ -607,6 +621,7 @@ func plannerStart(ctx context.Context, t *testing.T, c client) error {
 		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerSubmit, FilterSubject: subject.Submit, AckPolicy: jetstream.AckExplicitPolicy}},
 		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerOutcomes, FilterSubjects: []string{subject.Done, subject.Failed, subject.Stalled}, AckPolicy: jetstream.AckExplicitPolicy}},
 		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerCancel, FilterSubject: subject.Cancel, AckPolicy: jetstream.AckExplicitPolicy}},
+		{subject.EventsStream, jetstream.ConsumerConfig{Durable: subject.PlannerRelease, FilterSubject: subject.Release, AckPolicy: jetstream.AckExplicitPolicy}},
 	} {
 		if _, err := c.js.CreateOrUpdateConsumer(ctx, cc.stream, cc.cfg); err != nil {
 			return err
@@ -628,6 +643,12 @@ func stagerStart(site string) op {
 			return err
 		}
 		if err := advisoryConsumer(site)(ctx, t, c); err != nil {
+			return err
+		}
+		if err := bus.ProvisionCleanup(ctx, c.js, streams); err != nil {
+			return err
+		}
+		if _, err := c.js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(site)); err != nil {
 			return err
 		}
 		_, err := heartbeat.Bucket(ctx, c.js, streams.Replicas)
@@ -706,6 +727,10 @@ func replay(stream string) op {
 	}
 }
 
+func cleanupItem(site string) event.Cleanup {
+	return event.Cleanup{PackageID: "pkg-1", Site: site, Location: site + "-proc", RefsKey: site + "." + site + "-proc.pkg-1", RefsRevision: 1, EmptiedAt: time.Now().UTC()}
+}
+
 func archived(pkg string) event.PackageArchived {
 	return event.PackageArchived{PackageID: pkg, Location: "cologne-lta", Key: "obs/" + pkg + ".tar", SizeBytes: 10240, Checksum: sum, Format: "tar",
 		Files: []event.File{{Path: "a/b.fits", SizeBytes: 5, SHA256: strings.TrimPrefix(sum, "sha256:")}}}
@@ -772,6 +797,13 @@ func permissionCases(fx fixture) []permCase {
 		return ev(t, "release:job-1", event.Release{JobID: "job-1", RequestedBy: "op"})
 	}
 	deadSeq := func() uint64 { return fx.deadSeq }
+	released := func(t *testing.T) event.Envelope {
+		return ev(t, "released:cologne-proc:pkg-1:1", event.Released{PackageID: "pkg-1", Site: "cologne", Location: "cologne-proc", Path: "/proc/pkg-1", BytesFreed: 1, RefsRevision: 1})
+	}
+	cleanup := func(site string) func(*testing.T) event.Envelope {
+		return func(t *testing.T) event.Envelope { return ev(t, "cleanup:"+site+"-proc:pkg-9:1", cleanupItem(site)) }
+	}
+	const cl = subject.CleanupStream
 	return []permCase{
 		// A stager of cologne: its site's work, its outcomes, its heartbeat.
 		{"stager-cologne", "starts like a stager (streams, dead letters, durables, STAGERS)", stagerStart("cologne"), "", ""},
@@ -786,6 +818,12 @@ func permissionCases(fx fixture) []permCase {
 		{"stager-cologne", "moves a request to staging.dead.cologne", moveToDead("cologne", deadSeq), "", ""},
 		{"stager-cologne", "reads CANCELLED", kvGet(subject.CancelledBucket, "job-cancelled"), "", ""},
 		{"stager-cologne", "writes CANCELLED", kvPut(subject.CancelledBucket, "job-x"), "$KV.CANCELLED.job-x", ""},
+		{"stager-cologne", "fetches and acks from stager-cologne-cleanup", fetchAck(cl, subject.StagerCleanupDurable("cologne")), "", ""},
+		{"stager-cologne", "publishes staging.released", publish(subject.Released, released), "", ""},
+		{"stager-cologne", "reads and claims its site's PLANNER_REFS entry", then(kvGet(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-1"), kvPut(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-2")), "", ""},
+		{"stager-cologne", "claims another site's PLANNER_REFS entry", kvPut(subject.PlannerRefsBucket, "us.us-proc.pkg-1"), "$KV.PLANNER_REFS.us.us-proc.pkg-1", ""},
+		{"stager-cologne", "fetches from stager-us-cleanup", rawNext(cl, subject.StagerCleanupDurable("us")), "$JS.API.CONSUMER.MSG.NEXT.STAGING_CLEANUP.stager-us-cleanup", ""},
+		{"stager-cologne", "publishes deletion work", publish(subject.Cleanup("cologne"), cleanup("cologne")), "staging.cleanup.cologne", ""},
 		{"stager-cologne", "fetches from stager-us-normal", rawNext(rq, "stager-us-normal"), "$JS.API.CONSUMER.MSG.NEXT.STAGING_REQUESTS.stager-us-normal", ""},
 		{"stager-cologne", "reads another site's consumer", consumerInfo(rq, "stager-us-normal"), "$JS.API.CONSUMER.INFO.STAGING_REQUESTS.stager-us-normal", ""},
 		{"stager-cologne", "acks another site's message", apiCall("$JS.ACK.STAGING_REQUESTS.stager-us-normal.1.1.1.1.0"), "$JS.ACK.STAGING_REQUESTS.stager-us-normal.1.1.1.1.0", ""},
@@ -820,6 +858,9 @@ func permissionCases(fx fixture) []permCase {
 		{"planner", "writes and reads PLANNER_REISSUES", then(kvPut(subject.PlannerReissuesBucket, "job-1.pkg-1"), kvRead(subject.PlannerReissuesBucket, "job-1.pkg-1")), "", ""},
 		{"planner", "writes and reads CANCELLED", then(kvPut(subject.CancelledBucket, "job-1"), kvRead(subject.CancelledBucket, "job-1")), "", ""},
 		{"planner", "publishes staging.stalled", publish(subject.Stalled, stalled), "", ""},
+		{"planner", "writes and reads PLANNER_REFS", then(kvPut(subject.PlannerRefsBucket, "us.us-proc.pkg-1"), kvRead(subject.PlannerRefsBucket, "us.us-proc.pkg-1")), "", ""},
+		{"planner", "publishes staging.cleanup.us", publish(subject.Cleanup("us"), cleanup("us")), "", ""},
+		{"planner", "publishes staging.released", publish(subject.Released, released), "staging.released", ""},
 		{"planner", "reads a site's backlog", consumerInfo(rq, "stager-us-high"), "", ""},
 		{"planner", "publishes staging.done", publish(subject.Done, done("cologne")), "staging.done", ""},
 		{"planner", "publishes staging.failed", publish(subject.Failed, failed), "staging.failed", ""},

@@ -72,6 +72,16 @@ func stagerRights(site string) (pub, sub []string) {
 		"$JS.API.STREAM.INFO.KV_"+subject.CancelledBucket,
 		"$JS.API.DIRECT.GET.KV_"+subject.CancelledBucket, "$JS.API.DIRECT.GET.KV_"+subject.CancelledBucket+".>",
 		"$JS.API.STREAM.MSG.GET.KV_"+subject.CancelledBucket)
+	cleanup := subject.StagerCleanupDurable(site)
+	pub = append(pub, subject.Released,
+		"$JS.API.STREAM.INFO."+subject.CleanupStream,
+		fmt.Sprintf("$JS.API.CONSUMER.CREATE.%s.%s.%s", subject.CleanupStream, cleanup, subject.Cleanup(site)),
+		fmt.Sprintf("$JS.API.CONSUMER.INFO.%s.%s", subject.CleanupStream, cleanup),
+		fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", subject.CleanupStream, cleanup),
+		fmt.Sprintf("$JS.ACK.%s.%s.>", subject.CleanupStream, cleanup),
+		"$JS.API.STREAM.INFO.KV_"+subject.PlannerRefsBucket,
+		"$JS.API.DIRECT.GET.KV_"+subject.PlannerRefsBucket+".$KV."+subject.PlannerRefsBucket+"."+site+".>",
+		"$KV."+subject.PlannerRefsBucket+"."+site+".>")
 	return pub, []string{"_INBOX.>"}
 }
 

@@ -81,6 +81,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, sites []string, sc b
 	if err := bus.ProvisionDeadLetter(ctx, js, sc); err != nil {
 		return err
 	}
+	if err := bus.ProvisionCleanup(ctx, js, sc); err != nil {
+		return err
+	}
 	if _, err := heartbeat.Bucket(ctx, js, sc.Replicas); err != nil {
 		return err
 	}
@@ -90,6 +93,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, sites []string, sc b
 		}
 		if _, err := js.CreateOrUpdateConsumer(ctx, subject.AdvisoryStream, bus.StagerAdvisoryConsumer(site)); err != nil {
 			return fmt.Errorf("advisory consumer of %s: %w", site, err)
+		}
+		if _, err := js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(site)); err != nil {
+			return fmt.Errorf("cleanup consumer of %s: %w", site, err)
 		}
 		log.Info().Str(logx.Site, site).Msg("site consumers provisioned")
 	}

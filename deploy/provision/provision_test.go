@@ -52,7 +52,7 @@ func TestRunProvisionsEverySite(t *testing.T) {
 			t.Fatalf("run %d: %v", run, err)
 		}
 	}
-	for _, sc := range append(bus.Streams(cfg.Streams), bus.DeadLetterStreams(cfg.Streams)...) {
+	for _, sc := range append(bus.Streams(cfg.Streams), append(bus.DeadLetterStreams(cfg.Streams), bus.CleanupStream(cfg.Streams))...) {
 		s, err := srv.JS.Stream(t.Context(), sc.Name)
 		if err != nil {
 			t.Fatalf("stream %s: %v", sc.Name, err)
@@ -72,6 +72,9 @@ func TestRunProvisionsEverySite(t *testing.T) {
 		}
 		if _, err := srv.JS.Consumer(t.Context(), subject.AdvisoryStream, subject.StagerAdvisoryDurable(site)); err != nil {
 			t.Errorf("consumer %s: %v", subject.StagerAdvisoryDurable(site), err)
+		}
+		if _, err := srv.JS.Consumer(t.Context(), subject.CleanupStream, subject.StagerCleanupDurable(site)); err != nil {
+			t.Errorf("consumer %s: %v", subject.StagerCleanupDurable(site), err)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
@@ -39,6 +40,12 @@ var samples = []event.Data{
 		Packages: []event.PlannedPackage{{PackageID: "pkg-9", Status: "scheduled", RequestID: "request:job-2:pkg-9:1"}}},
 	event.Stalled{JobID: "job-1", PackageID: "pkg-1", Site: "cologne", Location: "cologne-proc", RequestID: "request:job-1:pkg-1:4",
 		Reason: event.ReasonStalled, Message: "gave up after 3 re-issues", Reissues: 3},
+	event.Cleanup{PackageID: "pkg-1", Site: "cologne", Location: "cologne-proc", RefsKey: "cologne.cologne-proc.pkg-1", RefsRevision: 7,
+		Jobs: []string{"job-1"}, EmptiedAt: time.Date(2026, 11, 26, 21, 0, 0, 0, time.UTC)},
+	event.Released{PackageID: "pkg-1", Site: "cologne", Location: "cologne-proc", Path: "/scratch/pkg-1", BytesFreed: 10240,
+		Jobs: []string{"job-1"}, RefsRevision: 7},
+	event.Released{PackageID: "pkg-1", Site: "cologne", Location: "cologne-proc", Path: "/scratch/pkg-1", RefsRevision: 7,
+		Reason: event.ReasonIOError, Message: "permission denied", Permanent: true},
 }
 
 func TestEveryTypeRoundTripsAndValidates(t *testing.T) {

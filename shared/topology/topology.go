@@ -63,8 +63,24 @@ type Location struct {
 	// is read from Path; the key's absolute path is its last argument.
 	Recall *Recall `yaml:"recall,omitempty"`
 	// Retention is how long a staged copy is kept at a processing location
-	// after its jobs released it or ended; 0 means the default (7 days).
+	// after its jobs released it or ended; absent means the default (7
+	// days), an explicit 0s deletes as soon as no job holds the copy. Use
+	// KeepFor, which knows the difference.
 	Retention time.Duration `yaml:"retention,omitempty"`
+	// RetentionSet records that the file set retention explicitly.
+	RetentionSet bool `yaml:"-"`
+}
+
+// DefaultRetention is the retention of a processing location whose entry
+// sets none.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// KeepFor is how long a staged copy nobody references stays at l.
+func (l Location) KeepFor() time.Duration {
+	if !l.RetentionSet && l.Retention == 0 {
+		return DefaultRetention
+	}
+	return max(l.Retention, 0)
 }
 
 // S3 is an S3-compatible bucket.
@@ -116,10 +132,33 @@ func Parse(b []byte) (*Topology, error) {
 	if err := dec.Decode(&t); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
+	if err := t.markRetention(b); err != nil {
+		return nil, err
+	}
 	if err := t.check(); err != nil {
 		return nil, err
 	}
 	return &t, nil
+}
+
+// markRetention sets RetentionSet on every location whose entry names a
+// retention: a time.Duration cannot tell "0s" from absent.
+func (t *Topology) markRetention(b []byte) error {
+	var raw struct {
+		Sites []struct {
+			Locations []map[string]any `yaml:"locations"`
+		} `yaml:"sites"`
+	}
+	if err := yaml.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("parse: %w", err)
+	}
+	for si := range min(len(raw.Sites), len(t.Sites)) {
+		for li := range min(len(raw.Sites[si].Locations), len(t.Sites[si].Locations)) {
+			_, ok := raw.Sites[si].Locations[li]["retention"]
+			t.Sites[si].Locations[li].RetentionSet = ok
+		}
+	}
+	return nil
 }
 
 func (t *Topology) check() error {

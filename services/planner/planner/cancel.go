@@ -3,6 +3,7 @@ package planner
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -83,6 +84,15 @@ func (s *service) handleCancel(ctx context.Context, m jetstream.Msg) {
 		if n > 0 {
 			log.Info().Int("freed", n).Msg("cancelled job's packages freed for other jobs")
 		}
+	}
+	// A cancelled job needs none of its copies: its references go as on a
+	// release, so the copies age towards their retention.
+	if n, err := s.refs.DropJob(ctx, c.JobID, time.Now()); err != nil {
+		s.m.cancels.WithLabelValues("retried").Inc()
+		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
+		return
+	} else if n > 0 {
+		log.Info().Int("references", n).Msg("cancelled job's references to staged copies dropped")
 	}
 	s.m.cancels.WithLabelValues("recorded").Inc()
 	log.Info().Str("requested_by", c.RequestedBy).Str("reason", c.Reason).Msg("job cancelled: stagers withdraw its requests")

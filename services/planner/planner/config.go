@@ -29,6 +29,7 @@ const (
 	EnvReconcileInterval     = "PLANNER_RECONCILE_INTERVAL"
 	EnvStallAfter            = "PLANNER_STALL_AFTER"
 	EnvMaxReissues           = "PLANNER_MAX_REISSUES"
+	EnvReleaseSweep          = "PLANNER_RELEASE_SWEEP"
 )
 
 // Defaults.
@@ -44,6 +45,7 @@ const (
 	DefaultReconcileInterval     = time.Minute
 	DefaultStallAfter            = 15 * time.Minute
 	DefaultMaxReissues           = 3
+	DefaultReleaseSweep          = time.Minute
 )
 
 // Config is everything Run needs. The zero value of an optional field means
@@ -104,6 +106,9 @@ type Config struct {
 	// MaxReissues is how many times a lost request is re-issued before the
 	// package is failed with reason stalled.
 	MaxReissues int
+	// ReleaseSweep is the time between sweeps of PLANNER_REFS for staged
+	// copies whose retention has passed without references.
+	ReleaseSweep time.Duration
 	// OnHTTP, when not nil, is called with the bound address once the HTTP
 	// listener is up (tests use "127.0.0.1:0").
 	OnHTTP func(net.Addr)
@@ -141,6 +146,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		ReconcileInterval:     env.Duration(EnvReconcileInterval, DefaultReconcileInterval),
 		StallAfter:            env.Duration(EnvStallAfter, DefaultStallAfter),
 		MaxReissues:           env.Int(EnvMaxReissues, DefaultMaxReissues),
+		ReleaseSweep:          env.Duration(EnvReleaseSweep, DefaultReleaseSweep),
 	}
 	switch cfg.HTTPAddr {
 	case "off", "none", "-":
@@ -189,6 +195,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TopologyPoll == 0 {
 		c.TopologyPoll = DefaultTopologyPoll
+	}
+	if c.ReleaseSweep <= 0 {
+		c.ReleaseSweep = DefaultReleaseSweep
 	}
 	if c.ReconcileInterval <= 0 {
 		c.ReconcileInterval = DefaultReconcileInterval

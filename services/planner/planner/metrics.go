@@ -20,6 +20,8 @@ type metrics struct {
 	reissued        prometheus.Counter
 	gaveUp          *prometheus.CounterVec // reason
 	cancels         *prometheus.CounterVec // outcome
+	releases        *prometheus.CounterVec // outcome: recorded, invalid, retried
+	cleanups        *prometheus.CounterVec // outcome: scheduled, republished, failed
 }
 
 func newMetrics(reg prometheus.Registerer, version string) *metrics {
@@ -61,6 +63,12 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		gaveUp: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "planner_packages_given_up_total", Help: "packages the reconciler failed for good, by reason (stalled, no_source, ...).",
 		}, []string{"reason"}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_releases_total", Help: "staging.release events handled, by outcome (recorded, invalid, retried).",
+		}, []string{"outcome"}),
+		cleanups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "planner_cleanups_total", Help: "deletion items for unreferenced staged copies, by outcome (scheduled, republished, failed).",
+		}, []string{"outcome"}),
 		sites: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "planner_sites", Help: "sites in the topology in use.",
 		}),
@@ -69,6 +77,6 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "planner_build_info", Help: "always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, m.cancels, info)
+	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, info)
 	return m
 }

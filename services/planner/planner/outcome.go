@@ -2,6 +2,7 @@ package planner
 
 import (
 	"context"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -12,11 +13,13 @@ import (
 
 // handleOutcome frees a package at a location once the request staging it
 // there has ended (done, or failed for good), so the next job that needs it
-// gets a request of its own. Outcomes of other requests change nothing.
+// gets a request of its own; a package that failed for good also drops its
+// job's reference to the copy (the job will never use it). Outcomes of other
+// requests change nothing.
 func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With().Str("consumer", "planner-outcomes").Logger()
 	var o event.Outcome
-	final := false
+	final, failed := false, false
 	env, err := event.Decode(m.Data())
 	if err == nil {
 		log = log.With().Str(logx.EventID, env.ID).Str(logx.EventType, env.Type).Logger()
@@ -29,13 +32,14 @@ func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 			var f event.Failed
 			f, err = event.DataAs[event.Failed](env)
 			o, final = f.Outcome, f.Permanent || f.Reason == event.ReasonRetriesExhausted
+			failed = final
 		case event.TypeStalled:
 			// A leader given up frees its package: the next job gets a
 			// request of its own.
 			var st event.Stalled
 			st, err = event.DataAs[event.Stalled](env)
 			o = event.Outcome{JobID: st.JobID, PackageID: st.PackageID, Site: st.Site, Location: st.Location, RequestID: st.RequestID}
-			final = true
+			final, failed = true, true
 		}
 	}
 	if err != nil {
@@ -44,7 +48,17 @@ func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 		bus.Settle(ctx, m, fault.Permanent(reasonOf(err), err), log)
 		return
 	}
-	if final && o.RequestID != "" {
+	if failed && o.JobID != "" && o.Site != "" && o.Location != "" {
+		dropped, err := s.refs.Drop(ctx, RefsKey(o.Site, o.Location, o.PackageID), o.JobID, time.Now())
+		if err != nil {
+			bus.Settle(ctx, m, err, log)
+			return
+		}
+		if dropped {
+			log.Debug().Str(logx.JobID, o.JobID).Str(logx.PackageID, o.PackageID).Str(logx.Location, o.Location).Msg("failed package's reference dropped")
+		}
+	}
+	if final && o.RequestID != "" && s.inflight != nil {
 		freed, err := s.inflight.Release(ctx, o.Location, o.PackageID, o.RequestID)
 		if err != nil {
 			bus.Settle(ctx, m, err, log)

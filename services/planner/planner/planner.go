@@ -24,6 +24,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/obs"
+	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/nats-io/nats.go"
@@ -52,6 +53,7 @@ type service struct {
 	inflight      *inflight.Table   // nil unless Config.Dedup
 	ledger        *ledgerapi.Client // nil unless Config.LedgerURL
 	reissues      *reissue.Store
+	refs          *refs.Table        // PLANNER_REFS: jobs referencing each staged copy
 	cancelled     jetstream.KeyValue // CANCELLED: job id -> cancel event id, read by the stagers
 	catCons       jetstream.Consumer
 	archiveStream jetstream.Stream // ARCHIVE, to see how far the catalog is behind
@@ -151,28 +153,35 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		if s.inflight, err = inflight.Open(ctx, js, cfg.Streams.Replicas, cfg.InflightTTL); err != nil {
 			return err
 		}
-		outCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
-			Durable:        subject.PlannerOutcomes,
-			Description:    "planner: staging outcomes free packages for cross-job dedup",
-			FilterSubjects: []string{subject.Done, subject.Failed, subject.Stalled},
-			AckPolicy:      jetstream.AckExplicitPolicy,
-			DeliverPolicy:  jetstream.DeliverAllPolicy,
-			AckWait:        catalogAckWait,
-		})
-		if err != nil {
-			return fmt.Errorf("provision consumer %s: %w", subject.PlannerOutcomes, err)
-		}
-		if outIt, err = outCons.Messages(jetstream.PullMaxMessages(64), jetstream.PullExpiry(pullExpiry)); err != nil {
-			return fmt.Errorf("consume %s: %w", subject.PlannerOutcomes, err)
-		}
-		defer outIt.Stop()
 	}
+	// Outcomes free dedup entries and drop the references of packages that
+	// failed for good, so the consumer runs with dedup off too.
+	outCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+		Durable:        subject.PlannerOutcomes,
+		Description:    "planner: staging outcomes free packages for cross-job dedup and drop references of failed ones",
+		FilterSubjects: []string{subject.Done, subject.Failed, subject.Stalled},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckWait:        catalogAckWait,
+	})
+	if err != nil {
+		return fmt.Errorf("provision consumer %s: %w", subject.PlannerOutcomes, err)
+	}
+	if outIt, err = outCons.Messages(jetstream.PullMaxMessages(64), jetstream.PullExpiry(pullExpiry)); err != nil {
+		return fmt.Errorf("consume %s: %w", subject.PlannerOutcomes, err)
+	}
+	defer outIt.Stop()
 
 	canIt, err := s.openCancel(ctx)
 	if err != nil {
 		return err
 	}
 	defer canIt.Stop()
+	relIt, err := s.openRelease(ctx)
+	if err != nil {
+		return err
+	}
+	defer relIt.Stop()
 
 	reg := obs.NewRegistry()
 	s.m = newMetrics(reg, cfg.Version)
@@ -202,6 +211,8 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		wg.Go(func() { s.loop(runCtx, outIt, catalogAckWait, s.handleOutcome) })
 	}
 	wg.Go(func() { s.loop(runCtx, canIt, catalogAckWait, s.handleCancel) })
+	wg.Go(func() { s.loop(runCtx, relIt, catalogAckWait, s.handleRelease) })
+	wg.Go(func() { s.sweepReleases(runCtx) })
 	if s.ledger != nil {
 		wg.Go(func() { s.reconcile(runCtx) })
 	}
@@ -245,6 +256,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		outIt.Stop()
 	}
 	canIt.Stop()
+	relIt.Stop()
 	wg.Wait()
 	log.Info().Msg("planner stopped")
 	return runErr

@@ -205,6 +205,11 @@ func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.Msg
 	if err != nil {
 		return "", err
 	}
+	// References before requests: a deletion decided earlier is cancelled
+	// before any stager can see this job's request.
+	if err := s.reference(ctx, sub.JobID, p); err != nil {
+		return "", err
+	}
 
 	pubStart := time.Now()
 	planned, err := s.plannedMsgs(p)

@@ -63,7 +63,13 @@ func (s *service) reloadTopology(ctx context.Context) bool {
 		s.log.Error().Err(err).Msg("topology reload failed; keeping the previous one")
 		return true
 	}
-	if err := s.provisionSites(ctx, t); err != nil {
+	// Cleanup consumers first: once a new site's work consumers exist, only
+	// the swap below is left before its submits are planned.
+	err = s.provisionCleanupConsumers(ctx, t.SiteNames())
+	if err == nil {
+		err = s.provisionSites(ctx, t)
+	}
+	if err != nil {
 		s.m.topology.WithLabelValues("failed").Inc()
 		s.log.Error().Err(err).Msg("topology reload: provisioning failed; will retry")
 		return false

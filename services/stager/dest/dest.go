@@ -228,3 +228,65 @@ func ioErr(what string, err error) error {
 	}
 	return fault.Transient(event.ReasonIOError, fmt.Errorf("%s: %w", what, err))
 }
+
+// ErrOutsideRoot refuses a deletion whose path would not be a package
+// directory directly inside the location's root.
+var ErrOutsideRoot = errors.New("not a package directory inside the processing root")
+
+var pkgRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Remove deletes the staged copy of pkg: first its verification record, so
+// no request can take a half-deleted tree for a staged one, then the
+// package directory, moved aside in one rename and removed there. It
+// returns the bytes of regular files it freed; a copy that is not there
+// frees 0 and is no error. Only <root>/<pkg> is ever touched: an id that
+// could name anything else (a path, '.', '..', a hidden name) is refused,
+// and a symlink in its place is removed as a link, never followed.
+func (l Location) Remove(pkg string) (freed int64, err error) {
+	if !pkgRE.MatchString(pkg) || pkg == "." || pkg == ".." || strings.ContainsAny(pkg, `/\`) {
+		return 0, fault.Permanent(event.ReasonBadRequest, fmt.Errorf("remove %q: %w", pkg, ErrOutsideRoot))
+	}
+	final := l.Final(pkg)
+	if rel, err := filepath.Rel(l.Root, final); err != nil || rel != pkg {
+		return 0, fault.Permanent(event.ReasonBadRequest, fmt.Errorf("remove %q: %w", pkg, ErrOutsideRoot))
+	}
+	if err := os.Remove(l.manifestPath(pkg)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, ioErr("remove record of "+pkg, err)
+	}
+	st, err := os.Lstat(final)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, ioErr("stat "+final, err)
+	}
+	if !st.IsDir() {
+		// Not something a stager made: remove the entry itself only.
+		if err := os.Remove(final); err != nil {
+			return 0, ioErr("remove "+final, err)
+		}
+		return 0, nil
+	}
+	aside, err := os.MkdirTemp(l.Root, ".replaced-"+l.Instance+"-"+pkg+"-")
+	if err != nil {
+		return 0, ioErr("make room to delete "+pkg, err)
+	}
+	if err := os.Rename(final, filepath.Join(aside, pkg)); err != nil {
+		_ = os.Remove(aside)
+		return 0, ioErr("move "+final+" aside", err)
+	}
+	_ = filepath.WalkDir(aside, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				freed += info.Size()
+			}
+		}
+		return nil
+	})
+	if err := os.RemoveAll(aside); err != nil {
+		// The copy is out of sight already; Sweep finishes the job at the
+		// next start.
+		return freed, ioErr("remove "+aside, err)
+	}
+	return freed, syncDir(l.Root)
+}

@@ -152,8 +152,13 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	if err := s.publish(ctx, subject.Started, "started:"+a.reqID+":"+strconv.Itoa(a.n), a.req.PackageID, event.Started{Outcome: a.outcome(s)}); err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
-	if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
-		return s.doneData(a, len(m.Files), true), nil
+	// The fast path only while nothing holds the package: a deletion holds
+	// it from before it claims the copy until the copy is gone, and a
+	// request published after the claim must stage it again.
+	if !s.locked(d.Name + "/" + a.req.PackageID) {
+		if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
+			return s.doneData(a, len(m.Files), true), nil
+		}
 	}
 
 	unlock, err := s.lock(ctx, d.Name+"/"+a.req.PackageID)
@@ -292,6 +297,14 @@ func (s *service) lock(ctx context.Context, key string) (func(), error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// locked reports whether some worker of this instance holds key.
+func (s *service) locked(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, busy := s.locks[key]
+	return busy
 }
 
 // reserve checks that the destination has room for the package next to the

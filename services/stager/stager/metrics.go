@@ -14,6 +14,8 @@ type metrics struct {
 	inflight prometheus.Gauge
 	duration prometheus.Histogram
 	dead     prometheus.Counter
+	cleanups *prometheus.CounterVec
+	freed    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -41,6 +43,14 @@ func newMetrics() *metrics {
 			Help: "Requests that ran out of deliveries and were moved to the dead-letter stream.",
 		}),
 	}
-	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead)
+	m.cleanups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_cleanups_total",
+		Help: "Deletion items settled, by outcome (deleted, referenced, gone, retry, failed, invalid).",
+	}, []string{"outcome"})
+	m.freed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stager_bytes_freed_total",
+		Help: "Bytes of staged copies deleted because no job referenced them any more.",
+	})
+	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed)
 	return m
 }

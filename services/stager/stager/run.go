@@ -21,6 +21,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/obs"
+	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/nats-io/nats.go"
@@ -48,6 +49,8 @@ type service struct {
 	lastWarn atomic.Int64 // unix nanos of the last fetch warning
 	// cancelKV is the CANCELLED bucket once the planner has created it.
 	cancelKV atomic.Pointer[jetstream.KeyValue]
+	// refsKV is the planner's PLANNER_REFS bucket once it exists.
+	refsKV atomic.Pointer[refs.Table]
 
 	// ready receives the HTTP listener's address (tests use it).
 	ready func(net.Addr)
@@ -135,6 +138,13 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	if err != nil {
 		return err
 	}
+	if err := bus.ProvisionCleanup(ctx, js, sc); err != nil {
+		return err
+	}
+	cleanups, err := js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(cfg.Site))
+	if err != nil {
+		return fmt.Errorf("provision cleanup consumer: %w", err)
+	}
 	advisories, err := js.CreateOrUpdateConsumer(ctx, subject.AdvisoryStream, bus.StagerAdvisoryConsumer(cfg.Site))
 	if err != nil {
 		return fmt.Errorf("provision advisory consumer: %w", err)
@@ -177,6 +187,7 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	bg.Go(func() { s.beat(ctx, kv) })
 	bg.Go(func() { s.deadLetters(ctx, advisories) })
 	var workers sync.WaitGroup
+	workers.Go(func() { s.cleanupWorker(ctx, work, cleanups) })
 	for i := range cfg.Workers {
 		workers.Go(func() { s.worker(ctx, work, consumers, i) })
 	}

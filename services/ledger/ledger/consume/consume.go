@@ -166,6 +166,7 @@ var subjectOf = map[string]string{
 	event.TypeCancel:          subject.Cancel,
 	event.TypeRelease:         subject.Release,
 	event.TypeStalled:         subject.Stalled,
+	event.TypeReleased:        subject.Released,
 }
 
 // Classify validates one raw message: a valid event, or poison with the

@@ -102,6 +102,10 @@ func decode(e Event) (decoded, error) {
 		var v event.Release
 		err = json.Unmarshal(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
+	case event.TypeReleased:
+		var v event.Released
+		err = json.Unmarshal(e.Env.Data, &v)
+		d.data, d.pkgID = v, v.PackageID
 	case event.TypeStalled:
 		var v event.Stalled
 		err = json.Unmarshal(e.Env.Data, &v)
@@ -418,6 +422,8 @@ func (a *applier) apply(ctx context.Context, d decoded) error {
 		return a.release(ctx, d, v)
 	case event.Stalled:
 		return a.stalled(ctx, d, v)
+	case event.Released:
+		return a.deleted(ctx, d, v)
 	}
 	return nil // logged only
 }
@@ -487,6 +493,32 @@ func (a *applier) copies(ctx context.Context) error {
 		WHERE sc.status IN ('staged', 'deletion_scheduled') AND (sc.package_id = ANY(?::text[])
 			OR sc.package_id IN (SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
 		pgdialect.Array(a.staged), pgdialect.Array(a.released))
+}
+
+// deleted applies a stager's staging.released: the copy is deleted, or its
+// deletion failed. deleted_at is when the deletion was attempted. Only a
+// copy staged no later than the event is affected, so a package staged again
+// after its deletion stays staged whichever arrives first; a deletion
+// arriving before the copy's done leaves a row the done cannot revive. A
+// failure never overrides a deletion.
+func (a *applier) deleted(ctx context.Context, d decoded, v event.Released) error {
+	a.place(v.Site, v.Location)
+	status := "deleted"
+	if v.Reason != "" {
+		status = "deletion_failed"
+	}
+	job := ""
+	if len(v.Jobs) > 0 {
+		job = v.Jobs[0]
+	}
+	return a.exec(ctx, "copy "+status, `INSERT INTO staged_copies AS sc (package_id, location, site, path, job_id, staged_at,
+			status, deleted_at, bytes_freed, deletion_reason)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (package_id, location) DO UPDATE SET status = EXCLUDED.status,
+			deleted_at = GREATEST(sc.deleted_at, EXCLUDED.deleted_at), bytes_freed = EXCLUDED.bytes_freed,
+			deletion_reason = EXCLUDED.deletion_reason
+		WHERE sc.staged_at <= EXCLUDED.deleted_at AND (sc.status <> 'deleted' OR EXCLUDED.status = 'deleted')`,
+		v.PackageID, v.Location, v.Site, v.Path, job, d.Time, status, d.Time, v.BytesFreed, v.Reason)
 }
 
 // stalled ends a package the planner gave up on exactly like a permanent

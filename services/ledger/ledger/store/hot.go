@@ -301,7 +301,13 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 	// round only if their rows differ, which rounds() rules out.
 	return a.exec(ctx, "staged copies", `INSERT INTO staged_copies (package_id, location, site, path, job_id, size_bytes, files, staged_at)
 		SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::timestamptz[])
-		ON CONFLICT (package_id, location) DO UPDATE SET staged_at = LEAST(staged_copies.staged_at, EXCLUDED.staged_at)`,
+		ON CONFLICT (package_id, location) DO UPDATE SET
+			status = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN 'staged' ELSE staged_copies.status END,
+			deletion_reason = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN '' ELSE staged_copies.deletion_reason END,
+			bytes_freed = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN 0 ELSE staged_copies.bytes_freed END,
+			staged_at = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN EXCLUDED.staged_at
+				ELSE LEAST(staged_copies.staged_at, EXCLUDED.staged_at) END,
+			deleted_at = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN NULL ELSE staged_copies.deleted_at END`,
 		pgdialect.Array(c.pkg), pgdialect.Array(c.loc), pgdialect.Array(c.site), pgdialect.Array(path), pgdialect.Array(c.job),
 		pgdialect.Array(size), pgdialect.Array(files), pgdialect.Array(c.t))
 }

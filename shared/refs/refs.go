@@ -1,0 +1,302 @@
+// Package refs is the PLANNER_REFS bucket: it counts references to staged copies (CTA-style): per
+// processing location and package, the set of jobs that still need the
+// copy. A job takes a reference when one of its packages is scheduled there
+// (dedup followers too) and drops it on release or cancel. When the set
+// becomes empty the time is recorded; once the location's retention has
+// passed since then, the copy may be deleted. Every write is compare-and-set
+// on the key's revision, so several planners (and the stagers claiming a
+// deletion) never lose each other's updates. The planner writes it; a
+// stager only claims a deletion and forgets the entry of a deleted copy.
+package refs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Entry is the value of one key.
+type Entry struct {
+	PackageID string   `json:"package_id"`
+	Site      string   `json:"site"`
+	Location  string   `json:"location"`
+	Jobs      []string `json:"jobs"`
+	// LastJobs are the jobs that held the copy when the set became empty.
+	LastJobs  []string   `json:"last_jobs,omitempty"`
+	EmptiedAt *time.Time `json:"emptied_at,omitempty"`
+	// ScheduledAt is when a deletion item was published for the entry at
+	// the revision it then had (ScheduledRev).
+	ScheduledAt  *time.Time `json:"scheduled_at,omitempty"`
+	ScheduledRev uint64     `json:"scheduled_rev,omitempty"`
+	// DeletingFor is set by the stager that claimed the deletion decided at
+	// that revision; a redelivered item for it may go on.
+	DeletingFor uint64 `json:"deleting_for,omitempty"`
+}
+
+// Item is an entry with its key and revision.
+type Item struct {
+	Key      string
+	Revision uint64
+	Entry
+}
+
+// Table reads and writes the PLANNER_REFS bucket. Safe for concurrent use.
+type Table struct {
+	kv jetstream.KeyValue
+}
+
+// Open creates or updates the bucket.
+func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Table, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      subject.PlannerRefsBucket,
+		Description: "<location>.<package> -> jobs referencing the staged copy (planner writes, stagers claim deletions)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv bucket %s: %w", subject.PlannerRefsBucket, err)
+	}
+	return &Table{kv: kv}, nil
+}
+
+// FromKV wraps an existing bucket (the stager's side).
+func FromKV(kv jetstream.KeyValue) *Table { return &Table{kv: kv} }
+
+// Ref is one reference to take. Key is the copy's bucket key, chosen by the
+// planner (<site>.<location>.<package key>); the deletion item carries it, so
+// nobody else needs to derive it.
+type Ref struct {
+	Key, Site, Location, PackageID string
+}
+
+// Add records that jobID references each copy, up to parallel keys at once.
+// A reference cancels a deletion not yet claimed (the revision changes, so a
+// stager holding the old item leaves the copy alone).
+func (t *Table) Add(ctx context.Context, jobID string, refs []Ref, parallel int) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	ch := make(chan Ref)
+	for range max(1, min(parallel, len(refs))) {
+		wg.Go(func() {
+			for r := range ch {
+				if err := t.add(ctx, jobID, r); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+feed:
+	for _, r := range refs {
+		select {
+		case ch <- r:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(ch)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+func (t *Table) add(ctx context.Context, jobID string, r Ref) error {
+	// Most copies are new: one create instead of a get and a create.
+	b, err := json.Marshal(Entry{PackageID: r.PackageID, Site: r.Site, Location: r.Location, Jobs: []string{jobID}})
+	if err != nil {
+		return err
+	}
+	if _, err := t.kv.Create(ctx, r.Key, b); err == nil {
+		return nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("refs %s: %w", r.Key, err)
+	}
+	return t.update(ctx, r.Key, func(e *Entry, exists bool) bool {
+		if exists && slices.Contains(e.Jobs, jobID) {
+			return false
+		}
+		if !exists || e.DeletingFor != 0 {
+			// A copy being deleted is gone for this job: it starts afresh,
+			// and its request is staged again after the deletion.
+			*e = Entry{}
+		}
+		e.PackageID, e.Site, e.Location = r.PackageID, r.Site, r.Location
+		e.Jobs = append(e.Jobs, jobID)
+		e.EmptiedAt, e.LastJobs, e.ScheduledAt, e.ScheduledRev = nil, nil, nil, 0
+		return true
+	})
+}
+
+// DropJob removes jobID from every entry holding it and returns how many it
+// changed. It walks the bucket's keys, fine for a rare operator action.
+func (t *Table) DropJob(ctx context.Context, jobID string, now time.Time) (int, error) {
+	items, err := t.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, it := range items {
+		if !slices.Contains(it.Jobs, jobID) {
+			continue
+		}
+		err := t.update(ctx, it.Key, func(e *Entry, exists bool) bool {
+			i := slices.Index(e.Jobs, jobID)
+			if !exists || i < 0 {
+				return false
+			}
+			last := slices.Clone(e.Jobs)
+			e.Jobs = slices.Delete(e.Jobs, i, i+1)
+			if len(e.Jobs) == 0 {
+				at := now.UTC()
+				e.EmptiedAt, e.LastJobs = &at, last
+			}
+			return true
+		})
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Drop removes jobID from the entry under key (the job's package there
+// failed for good, so the job will never use the copy) and reports whether
+// it was there.
+func (t *Table) Drop(ctx context.Context, key, jobID string, now time.Time) (bool, error) {
+	dropped := false
+	err := t.update(ctx, key, func(e *Entry, exists bool) bool {
+		i := slices.Index(e.Jobs, jobID)
+		if !exists || i < 0 {
+			return false
+		}
+		last := slices.Clone(e.Jobs)
+		e.Jobs = slices.Delete(e.Jobs, i, i+1)
+		if len(e.Jobs) == 0 {
+			at := now.UTC()
+			e.EmptiedAt, e.LastJobs = &at, last
+		}
+		dropped = true
+		return true
+	})
+	return dropped, err
+}
+
+// List returns every entry.
+func (t *Table) List(ctx context.Context) ([]Item, error) {
+	keys, err := t.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("refs keys: %w", err)
+	}
+	defer func() { _ = keys.Stop() }()
+	var out []Item
+	for key := range keys.Keys() {
+		it, err := t.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, it)
+	}
+	return out, nil
+}
+
+// Get reads one entry.
+func (t *Table) Get(ctx context.Context, key string) (Item, error) {
+	kve, err := t.kv.Get(ctx, key)
+	if err != nil {
+		return Item{}, fmt.Errorf("refs %s: %w", key, err)
+	}
+	it := Item{Key: key, Revision: kve.Revision()}
+	if err := json.Unmarshal(kve.Value(), &it.Entry); err != nil {
+		return Item{}, fmt.Errorf("refs %s: %w", key, err)
+	}
+	return it, nil
+}
+
+// ErrChanged says the entry is no longer at the revision a caller expected.
+var ErrChanged = errors.New("refs entry changed")
+
+// Put writes e at key if the key is still at rev, and returns the new
+// revision; ErrChanged when another writer came first.
+func (t *Table) Put(ctx context.Context, key string, e Entry, rev uint64) (uint64, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return 0, err
+	}
+	r, err := t.kv.Update(ctx, key, b, rev)
+	if isConflict(err) {
+		return 0, ErrChanged
+	}
+	if err != nil {
+		return 0, fmt.Errorf("refs %s: %w", key, err)
+	}
+	return r, nil
+}
+
+// Forget deletes key if it is still at rev (the copy is gone and nobody
+// took a reference since); a changed entry is left to its new holders.
+func (t *Table) Forget(ctx context.Context, key string, rev uint64) error {
+	err := t.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+	if err != nil && !isConflict(err) {
+		return fmt.Errorf("refs %s: %w", key, err)
+	}
+	return nil
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) ||
+		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+}
+
+// update applies f to the entry under key by compare-and-set, retrying
+// when another writer came first; f returns false to leave it unchanged.
+func (t *Table) update(ctx context.Context, key string, f func(e *Entry, exists bool) bool) error {
+	for range 16 {
+		var (
+			e   Entry
+			rev uint64
+		)
+		kve, err := t.kv.Get(ctx, key)
+		exists := err == nil
+		switch {
+		case exists:
+			rev = kve.Revision()
+			if json.Unmarshal(kve.Value(), &e) != nil {
+				e = Entry{} // unreadable: rebuilt by f
+			}
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		default:
+			return fmt.Errorf("refs %s: %w", key, err)
+		}
+		if !f(&e, exists) {
+			return nil
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		if exists {
+			_, err = t.kv.Update(ctx, key, b, rev)
+		} else {
+			_, err = t.kv.Create(ctx, key, b)
+		}
+		if err == nil {
+			return nil
+		}
+		if !isConflict(err) {
+			return fmt.Errorf("refs %s: %w", key, err)
+		}
+	}
+	return fmt.Errorf("refs %s: key keeps changing", key)
+}

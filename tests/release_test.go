@@ -1,0 +1,260 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
+	"github.com/ccatobs/ccat-staging/services/planner/planner"
+	"github.com/ccatobs/ccat-staging/services/stager/stager"
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/ccatobs/ccat-staging/shared/tarpkg"
+	"github.com/rs/zerolog"
+)
+
+// releaseTopology is testTopology with retentions: us-processing deletes a
+// copy as soon as no job holds it (0s); cologne-processing keeps it for 7
+// days after the last release.
+const releaseTopology = `sites:
+  - name: cologne
+    locations:
+      - {name: cologne-lta, type: long_term_archive, storage: disk, priority: 1, path: %[1]s/cologne/lta}
+      - {name: cologne-processing, type: processing, storage: disk, priority: 1, path: %[1]s/cologne/processing, retention: 168h}
+  - name: us
+    locations:
+      - {name: us-lta, type: long_term_archive, storage: disk, priority: 1, path: %[1]s/us/lta}
+      - {name: us-processing, type: processing, storage: disk, priority: 1, path: %[1]s/us/processing, retention: 0s}
+`
+
+// startReleaseSystem is startSystem with releaseTopology and a planner that
+// sweeps for expired copies every 100 ms.
+func startReleaseSystem(t *testing.T) *system {
+	t.Helper()
+	s := &system{t: t, base: t.TempDir()}
+	for _, d := range []string{"cologne/lta", "cologne/processing", "us/lta", "us/processing"} {
+		if err := os.MkdirAll(filepath.Join(s.base, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.topology = filepath.Join(s.base, "topology.yaml")
+	if err := os.WriteFile(s.topology, fmt.Appendf(nil, releaseTopology, s.base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.bus = bustest.New(t)
+	s.dbURL = dbtest.New(t)
+	env := map[string]string{
+		"NATS_URL": s.bus.URL, "DATABASE_URL": s.dbURL, "TOPOLOGY_FILE": s.topology,
+		"LEDGER_HTTP_ADDR": "127.0.0.1:0", "PLANNER_HTTP_ADDR": "127.0.0.1:0", "STAGER_HTTP_ADDR": "127.0.0.1:0",
+		"STAGER_WORKERS": "2", planner.EnvReleaseSweep: "100ms",
+	}
+	get := func(extra map[string]string) func(string) string {
+		return func(k string) string {
+			if v, ok := extra[k]; ok {
+				return v
+			}
+			return env[k]
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	t.Cleanup(func() { cancel(); s.wg.Wait() })
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	errc := make(chan error, 8)
+	start := func(name string, run func(context.Context) error) {
+		s.wg.Go(func() {
+			if err := run(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	addr := make(chan net.Addr, 1)
+	lcfg, err := ledger.ConfigFromEnv(get(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lcfg.Listening = func(a net.Addr) { addr <- a }
+	start("ledger", func(ctx context.Context) error {
+		return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger())
+	})
+	pcfg, err := planner.ConfigFromEnv(get(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start("planner", func(ctx context.Context) error {
+		return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger())
+	})
+	for _, site := range []string{"cologne", "us"} {
+		scfg, err := stager.ConfigFromEnv(get(map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "t-" + site}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start("stager "+site, func(ctx context.Context) error {
+			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
+		})
+	}
+	select {
+	case a := <-addr:
+		s.api.BaseURL = "http://" + a.String()
+	case err := <-errc:
+		t.Fatal(err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("ledger API did not come up within 60s")
+	}
+	go func() {
+		select {
+		case err := <-errc:
+			t.Errorf("service stopped: %v", err)
+		case <-ctx.Done():
+		}
+	}()
+	if err := bus.Provision(t.Context(), s.bus.JS, bus.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// stagedCopy is a staged copy as the ledger's /v1/packages/{id} shows it.
+type stagedCopy struct {
+	Location string `json:"location"`
+	Path     string `json:"path"`
+	Status   string `json:"status"`
+}
+
+func (s *system) copyStatus(pkg, location string) (string, error) {
+	var p struct {
+		StagedCopies []stagedCopy `json:"staged_copies"`
+	}
+	if err := s.api.Get(s.t.Context(), "/v1/packages/"+pkg, &p); err != nil {
+		return "", err
+	}
+	for _, c := range p.StagedCopies {
+		if c.Location == location {
+			return c.Status, nil
+		}
+	}
+	return "", fmt.Errorf("no staged copy of %s at %s", pkg, location)
+}
+
+// waitCopy polls the ledger until the copy has the status.
+func (s *system) waitCopy(pkg, location, status string) {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := s.copyStatus(pkg, location)
+		if err == nil && got == status {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("copy of %s at %s: %q (%v), want %s", pkg, location, got, err, status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Two jobs share a staged copy at a location with retention 0s: releasing
+// the first keeps the files (the second still holds them), releasing the
+// second deletes them, the stager reports staging.released with the bytes
+// freed and the ledger shows the copy deleted. A copy at a location with a
+// long retention stays on disk after its release, deletion_scheduled.
+func TestReleaseDeletesOnlyUnreferencedCopies(t *testing.T) {
+	s := startReleaseSystem(t)
+	info := s.archive("rel-p0", tarpkg.Tree(12, 3, 256<<10), "us-lta")
+	kept := s.archive("rel-k0", tarpkg.Tree(8, 2, 128<<10), "cologne-lta")
+	for _, j := range []string{"rel-a", "rel-b"} {
+		s.submit("submit-"+j, event.Submit{JobID: j, Packages: []string{"rel-p0"},
+			Destination: event.Destination{Site: "us"}, RequestedBy: "release-test"})
+		if job := s.waitJob(j, 60*time.Second); job.Status != event.StatusCompleted {
+			t.Fatalf("job %s = %s: %s", j, job.Status, mustJSON(job))
+		}
+	}
+	s.submit("submit-rel-c", event.Submit{JobID: "rel-c", Packages: []string{"rel-k0"},
+		Destination: event.Destination{Site: "cologne"}, RequestedBy: "release-test"})
+	if job := s.waitJob("rel-c", 60*time.Second); job.Status != event.StatusCompleted {
+		t.Fatalf("job rel-c = %s: %s", job.Status, mustJSON(job))
+	}
+	dir := filepath.Join(s.base, "us", "processing", "rel-p0")
+	keptDir := filepath.Join(s.base, "cologne", "processing", "rel-k0")
+	checkStaged(t, dir, info)
+	checkStaged(t, keptDir, kept)
+	s.waitCopy("rel-p0", "us-processing", "staged")
+
+	release := func(job string) {
+		s.publish(subject.Release, "release:"+job, event.Release{JobID: job, RequestedBy: "release-test"})
+	}
+	release("rel-a")
+	release("rel-c")
+	// The ledger applies events in stream order, so once it shows rel-c's
+	// copy deletion_scheduled it has seen rel-a's release too; the planner
+	// drops references before its sweep runs again (every 100 ms).
+	s.waitCopy("rel-k0", "cologne-processing", "deletion_scheduled")
+	waitReleaseConsumed(t, s)
+	time.Sleep(300 * time.Millisecond) // a few sweeps, which must delete nothing
+	checkStaged(t, dir, info)
+	if got, err := s.copyStatus("rel-p0", "us-processing"); err != nil || got != "staged" {
+		t.Errorf("copy of rel-p0 after releasing one of two jobs: %q (%v), want staged", got, err)
+	}
+
+	release("rel-b")
+	s.waitCopy("rel-p0", "us-processing", "deleted")
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still there after the last release: %v", dir, err)
+	}
+	if got := visibleEntries(t, filepath.Join(s.base, "us", "processing")); len(got) != 0 {
+		t.Errorf("us-processing still holds %v", got)
+	}
+	rels := ofType(s.events(subject.EventsStream), event.TypeReleased)
+	if len(rels) != 1 {
+		t.Fatalf("%d staging.released events, want 1", len(rels))
+	}
+	r := dataOf[event.Released](t, rels[0])
+	if r.PackageID != "rel-p0" || r.Location != "us-processing" || r.Site != "us" || r.Path != dir || r.Reason != "" || r.BytesFreed <= 0 {
+		t.Errorf("released = %+v", r)
+	}
+	if want := stager.ReleasedID("us-processing", "rel-p0", r.RefsRevision, 0); rels[0].ID != want {
+		t.Errorf("released id %s, want %s", rels[0].ID, want)
+	}
+
+	// The long-retention copy is untouched and waits for its retention.
+	checkStaged(t, keptDir, kept)
+	if got, err := s.copyStatus("rel-k0", "cologne-processing"); err != nil || got != "deletion_scheduled" {
+		t.Errorf("copy of rel-k0: %q (%v), want deletion_scheduled", got, err)
+	}
+
+	// A new job for the deleted package stages it again.
+	s.submit("submit-rel-d", event.Submit{JobID: "rel-d", Packages: []string{"rel-p0"},
+		Destination: event.Destination{Site: "us"}, RequestedBy: "release-test"})
+	if job := s.waitJob("rel-d", 60*time.Second); job.Status != event.StatusCompleted || job.Packages[0].AlreadyPresent {
+		t.Fatalf("job rel-d = %s: %s", job.Status, mustJSON(job))
+	}
+	checkStaged(t, dir, info)
+	s.waitCopy("rel-p0", "us-processing", "staged")
+}
+
+// waitReleaseConsumed waits until the planner has handled every release.
+func waitReleaseConsumed(t *testing.T, s *system) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := s.bus.JS.Consumer(t.Context(), subject.EventsStream, subject.PlannerRelease)
+		if err == nil {
+			if info, err := c.Info(t.Context()); err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("planner-release did not settle: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
