@@ -255,7 +255,9 @@ func TestHTTPEndpoints(t *testing.T) {
 		"/healthz": `"ok"`,
 		"/readyz":  `"nats":"ok"`,
 		"/metrics": `stager_attempts_total{outcome="done",reason=""} 1`,
+		"/metrics#backlog": `stager_consumer_pending{priority="normal",site=`,
 	} {
+		path, _, _ = strings.Cut(path, "#")
 		resp, err := http.Get(base + path)
 		if err != nil {
 			t.Fatal(err)

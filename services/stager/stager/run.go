@@ -138,6 +138,12 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	if err != nil {
 		return err
 	}
+	// The site's backlog, per priority, as Prometheus sees it on scrape.
+	backlog := bus.NewBacklog("stager_consumer_pending", "stager_consumer_ack_pending", "site", "priority")
+	for i, p := range subject.Priorities {
+		backlog.Add(consumers[i], cfg.Site, p)
+	}
+	s.m.reg.MustRegister(backlog)
 	if err := bus.ProvisionCleanup(ctx, js, sc); err != nil {
 		return err
 	}

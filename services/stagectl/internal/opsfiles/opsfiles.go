@@ -125,6 +125,8 @@ func MetricNames(expr string) ([]string, error) {
 var (
 	metricName = regexp.MustCompile(`Name:\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
 	descName   = regexp.MustCompile(`NewDesc\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
+	// shared/bus.NewBacklog(pendingName, ackPendingName, labels...)
+	backlogName = regexp.MustCompile(`NewBacklog\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)",\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
 )
 
 // Exported returns the metric names the Go code under the given directories
@@ -145,6 +147,9 @@ func Exported(dirs ...string) (map[string]bool, error) {
 				return err
 			}
 			src := string(b)
+			for _, m := range backlogName.FindAllStringSubmatch(src, -1) {
+				out[m[1]], out[m[2]] = true, true
+			}
 			if !strings.Contains(src, "prometheus.") {
 				return nil
 			}
