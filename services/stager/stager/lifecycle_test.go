@@ -252,9 +252,9 @@ func TestHTTPEndpoints(t *testing.T) {
 	p := w.put(w.archive, "m1", samplePackage(t))
 	waitID[event.Done](t, w.rec, "done:"+w.submit(request("job-m", p)))
 	for path, want := range map[string]string{
-		"/healthz": `"ok"`,
-		"/readyz":  `"nats":"ok"`,
-		"/metrics": `stager_attempts_total{outcome="done",reason=""} 1`,
+		"/healthz":         `"ok"`,
+		"/readyz":          `"nats":"ok"`,
+		"/metrics":         `stager_attempts_total{outcome="done",reason=""} 1`,
 		"/metrics#backlog": `stager_consumer_pending{priority="normal",site=`,
 	} {
 		path, _, _ = strings.Cut(path, "#")
