@@ -91,7 +91,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 		seen:   map[string]byte{},
 		files:  map[string]int{},
 		dirs:   map[string]bool{".": true},
-		buf:    make([]byte, copyBuf),
+		buf:    make([]byte, bufSize(o.Size, copyBuf)),
 		fh:     sha256.New(),
 		hash:   o.HashFiles || len(o.Files) > 0,
 		syncer: newSyncer(),
@@ -153,13 +153,27 @@ type chunk struct {
 
 const chunks, chunkSize = 4, 1 << 20
 
+// bufSize sizes a buffer for a package of size bytes: never more than max,
+// and no bigger than the package needs. Allocating (and zeroing) 5 MiB of
+// buffers for a 2 KiB package cost 17 % of a stager's CPU when it staged
+// many small packages; a small buffer costs a large package nothing, since
+// the sizes only shrink below max for packages smaller than max.
+func bufSize(size int64, max int) int {
+	const min = 32 << 10
+	if size+512 >= int64(max) {
+		return max
+	}
+	return int(size+512) + min - int(size+512)%min // round up to 32 KiB
+}
+
 var errTooBig = errors.New("source is longer than the package size")
 
 func newSource(ctx context.Context, r io.Reader, o Options) *source {
 	s := &source{ctx: ctx, r: r, h: sha256.New(), limit: o.Size, want: o.SHA256, read: o.Read,
 		out: make(chan chunk, chunks), free: make(chan []byte, chunks), quit: make(chan struct{})}
+	size := bufSize(o.Size, chunkSize)
 	for range chunks {
-		s.free <- make([]byte, chunkSize)
+		s.free <- make([]byte, size)
 	}
 	go s.loop()
 	return s
