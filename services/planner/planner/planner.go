@@ -35,10 +35,14 @@ import (
 // Source is the CloudEvents source of everything the planner publishes.
 const Source = "ccat-staging/planner"
 
-// Consumer settings of the planner's own durables.
+// Consumer settings of the planner's own durables. AckWait is how long a
+// message in the hands of a planner that died stays invisible, so it is
+// short; a message being worked on is kept alive with InProgress (see loop),
+// so a long plan never outlives it. maxHandle bounds one message's work.
 const (
-	submitAckWait  = 60 * time.Second
-	catalogAckWait = 30 * time.Second
+	submitAckWait  = 10 * time.Second
+	catalogAckWait = 10 * time.Second
+	maxHandle      = 5 * time.Minute
 )
 
 // service is one running planner.
@@ -299,10 +303,32 @@ func (s *service) loop(ctx context.Context, it jetstream.MessagesContext, limit 
 			}
 			continue
 		}
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), limit)
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxHandle)
+		stop := keepAlive(m, limit/3)
 		h(hctx, m)
+		stop()
 		cancel()
 	}
+}
+
+// keepAlive tells the server every interval that m is still being worked
+// on, until stop is called, so that a short AckWait (quick redelivery when a
+// planner dies) does not cut a long piece of work short.
+func keepAlive(m jetstream.Msg, interval time.Duration) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // provisionSites creates the work consumers of every site that lacks them:
