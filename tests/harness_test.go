@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
+	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -80,14 +82,31 @@ const testTopology = `sites:
 // startSystem runs ledger, planner and one stager per site until the test ends.
 func startSystem(t *testing.T) *system {
 	t.Helper()
+	return startSystemWith(t, testTopology, nil)
+}
+
+// startSystemWith is startSystem over another topology (a template whose %[1]s
+// is the test's base directory; every disk path in it is created) and with
+// extra environment for the services.
+func startSystemWith(t *testing.T, topologyTemplate string, extraEnv map[string]string) *system {
+	t.Helper()
 	s := &system{t: t, base: t.TempDir()}
-	for _, d := range []string{"cologne/lta", "cologne/processing", "cologne/old", "us/lta", "us/processing"} {
-		if err := os.MkdirAll(filepath.Join(s.base, d), 0o755); err != nil {
-			t.Fatal(err)
+	yaml := fmt.Sprintf(topologyTemplate, s.base)
+	topo, err := topology.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatalf("test topology: %v", err)
+	}
+	for _, site := range topo.Sites {
+		for _, l := range site.Locations {
+			if l.Path != "" {
+				if err := os.MkdirAll(l.Path, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
 	s.topology = filepath.Join(s.base, "topology.yaml")
-	if err := os.WriteFile(s.topology, fmt.Appendf(nil, testTopology, s.base), 0o644); err != nil {
+	if err := os.WriteFile(s.topology, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.bus = bustest.New(t)
@@ -101,6 +120,7 @@ func startSystem(t *testing.T) *system {
 		"STAGER_HTTP_ADDR":  "127.0.0.1:0",
 		"STAGER_WORKERS":    "2",
 	}
+	maps.Copy(env, extraEnv)
 	get := func(extra map[string]string) func(string) string {
 		return func(k string) string {
 			if v, ok := extra[k]; ok {

@@ -1,26 +1,18 @@
 package tests
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
-	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
-	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
-	"github.com/rs/zerolog"
 )
 
 // releaseTopology is testTopology with retentions: us-processing deletes a
@@ -41,87 +33,7 @@ const releaseTopology = `sites:
 // sweeps for expired copies every 100 ms.
 func startReleaseSystem(t *testing.T) *system {
 	t.Helper()
-	s := &system{t: t, base: t.TempDir()}
-	for _, d := range []string{"cologne/lta", "cologne/processing", "us/lta", "us/processing"} {
-		if err := os.MkdirAll(filepath.Join(s.base, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.topology = filepath.Join(s.base, "topology.yaml")
-	if err := os.WriteFile(s.topology, fmt.Appendf(nil, releaseTopology, s.base), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s.bus = bustest.New(t)
-	s.dbURL = dbtest.New(t)
-	env := map[string]string{
-		"NATS_URL": s.bus.URL, "DATABASE_URL": s.dbURL, "TOPOLOGY_FILE": s.topology,
-		"LEDGER_HTTP_ADDR": "127.0.0.1:0", "PLANNER_HTTP_ADDR": "127.0.0.1:0", "STAGER_HTTP_ADDR": "127.0.0.1:0",
-		"STAGER_WORKERS": "2", planner.EnvReleaseSweep: "100ms",
-	}
-	get := func(extra map[string]string) func(string) string {
-		return func(k string) string {
-			if v, ok := extra[k]; ok {
-				return v
-			}
-			return env[k]
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	t.Cleanup(func() { cancel(); s.wg.Wait() })
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	errc := make(chan error, 8)
-	start := func(name string, run func(context.Context) error) {
-		s.wg.Go(func() {
-			if err := run(ctx); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		})
-	}
-	addr := make(chan net.Addr, 1)
-	lcfg, err := ledger.ConfigFromEnv(get(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lcfg.Listening = func(a net.Addr) { addr <- a }
-	start("ledger", func(ctx context.Context) error {
-		return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger())
-	})
-	pcfg, err := planner.ConfigFromEnv(get(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start("planner", func(ctx context.Context) error {
-		return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger())
-	})
-	for _, site := range []string{"cologne", "us"} {
-		scfg, err := stager.ConfigFromEnv(get(map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "t-" + site}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		start("stager "+site, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
-		})
-	}
-	select {
-	case a := <-addr:
-		s.api.BaseURL = "http://" + a.String()
-	case err := <-errc:
-		t.Fatal(err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("ledger API did not come up within 60s")
-	}
-	go func() {
-		select {
-		case err := <-errc:
-			t.Errorf("service stopped: %v", err)
-		case <-ctx.Done():
-		}
-	}()
-	if err := bus.Provision(t.Context(), s.bus.JS, bus.StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return startSystemWith(t, releaseTopology, map[string]string{planner.EnvReleaseSweep: "100ms"})
 }
 
 // stagedCopy is a staged copy as the ledger's /v1/packages/{id} shows it.
