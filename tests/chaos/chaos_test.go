@@ -43,6 +43,7 @@ func scenarios() []scenario {
 		{name: "slow-archive", ci: 3, long: 20, opts: options{tape: true}, run: slowArchive, after: redeliveries, within: 120 * time.Second},
 		{name: "failing-archive", ci: 3, long: 20, opts: options{tape: true}, run: failingArchive, within: 60 * time.Second},
 		{name: "full-disk", ci: 1, long: 5, opts: options{tmpfs: "128m"}, run: fullDisk, within: 60 * time.Second},
+		{name: "postgres-restart", ci: 3, long: 20, opts: options{pg: true}, run: restartPostgres, after: failedBatches, within: 120 * time.Second},
 		{name: "mixed", ci: 6, long: 100, opts: options{stagers: 2}, run: mixed, within: 120 * time.Second},
 	}
 }

@@ -1,9 +1,9 @@
 // Package chaos runs the real service binaries as separate processes against
 // a child nats-server and a fresh PostgreSQL database, drives a workload,
-// injects faults (kill -9, broker restart, network partition) and then
-// checks the promise: every job reaches a terminal state, every package is
-// completed exactly once, nothing is left behind, and every staged byte
-// matches its checksum.
+// injects faults (kill -9, broker or database restart, network partition)
+// and then checks the promise: every job reaches a terminal state, every
+// package is completed exactly once, nothing is left behind, and every
+// staged byte matches its checksum.
 package chaos
 
 import (
@@ -64,7 +64,8 @@ type system struct {
 	planner  *proc
 	ledger   *proc
 	stagers  []*proc
-	proxies  []*proxy // one per stager, between it and the server
+	pg       *pgCluster // the ledger's private PostgreSQL, with options.pg
+	proxies  []*proxy   // one per stager, between it and the server
 	api      ledgerapi.Client
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -87,6 +88,9 @@ type options struct {
 	// tmpfs, when set, mounts a tmpfs of that size (e.g. "12m") on the
 	// processing root: a disk that fills up.
 	tmpfs string
+	// pg gives the ledger a private PostgreSQL cluster the scenario may
+	// stop and crash, instead of a database on the shared server.
+	pg bool
 }
 
 // recallScript stands in for a tape library: it sleeps for the seconds in
@@ -169,8 +173,16 @@ func startSystem(t *testing.T, o options) *system {
 		}
 		return m
 	}
+	var dbURL string
+	if o.pg {
+		// Started before the ledger, so it is stopped after it.
+		s.pg = startPG(t)
+		dbURL = s.pg.url("ccat_chaos")
+	} else {
+		dbURL = dbtest.New(t)
+	}
 	s.ledger = newProc(t, logs, "ledger", bin(t, "ledger"), nil, with(map[string]string{
-		"DATABASE_URL": dbtest.New(t), "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort),
+		"DATABASE_URL": dbURL, "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort),
 	}))
 	s.planner = newProc(t, logs, "planner", bin(t, "planner"), nil, with(map[string]string{
 		"PLANNER_HTTP_ADDR": "off", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms",
