@@ -146,6 +146,9 @@ func OpenStore(ctx context.Context, cfg Config, log zerolog.Logger) (*store.Stor
 // consumerConfig is the ledger's durable on one stream. MaxDeliver is
 // unlimited on purpose: a batch fails only when the database does, and an
 // event must never be dropped for that; poison is acked, not redelivered.
+// AckWait is how long the batch of a ledger that died stays invisible: a
+// batch applies in tens of milliseconds, and one that outlives AckWait is
+// merely applied twice, which the event log turns into a no-op.
 func consumerConfig(durable, filter string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       durable,
@@ -153,7 +156,7 @@ func consumerConfig(durable, filter string) jetstream.ConsumerConfig {
 		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       60 * time.Second,
+		AckWait:       20 * time.Second,
 		MaxDeliver:    -1,
 		MaxAckPending: 20000,
 	}

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -81,24 +83,44 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.MaxWait <= 0 {
 		c.MaxWait = time.Second
 	}
-	for ctx.Err() == nil {
-		msgs, err := c.fetch()
-		if err != nil {
-			if ctx.Err() != nil {
-				break
+	// The next batch is fetched and validated while the current one is
+	// applied: PostgreSQL and the validation then use the machine's cores
+	// at the same time. Batches are still applied one at a time, in the
+	// order fetched, and each is acked only after its commit; a batch
+	// fetched when shutdown begins is still applied (handle finishes it).
+	batches := make(chan batch, 1)
+	go func() {
+		defer close(batches)
+		for ctx.Err() == nil {
+			msgs, err := c.fetch()
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				c.Log.Warn().Err(err).Str("durable", c.Durable).Msg("fetch failed")
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+				continue
 			}
-			c.Log.Warn().Err(err).Str("durable", c.Durable).Msg("fetch failed")
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
+			if len(msgs) > 0 {
+				events, poison := Sort(c.Stream, msgs)
+				batches <- batch{msgs: msgs, events: events, poison: poison}
 			}
-			continue
 		}
-		if len(msgs) > 0 {
-			c.handle(ctx, msgs)
-		}
+	}()
+	for b := range batches {
+		c.handle(ctx, b)
 	}
 	return nil
+}
+
+// batch is a fetched batch, sorted into valid events and poison.
+type batch struct {
+	msgs   []jetstream.Msg
+	events []store.Event
+	poison []store.Poison
 }
 
 // fetch waits up to MaxWait for one message, then takes whatever else is
@@ -129,24 +151,51 @@ func (c *Consumer) fetch() ([]jetstream.Msg, error) {
 }
 
 // Sort separates valid events from poison, the way Apply expects them.
+// Validation (JSON Schema) is most of the ledger's CPU, so a big batch is
+// classified by several goroutines; the result keeps the batch's order.
 func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
+	type result struct {
+		ev store.Event
+		p  store.Poison
+		ok bool
+	}
+	rs := make([]result, len(msgs))
+	classify := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			m := msgs[i]
+			var seq uint64
+			var ts time.Time
+			if md, err := m.Metadata(); err == nil {
+				seq, ts = md.Sequence.Stream, md.Timestamp
+			}
+			rs[i].ev, rs[i].p, rs[i].ok = Classify(stream, m.Subject(), seq, ts, m.Data())
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(msgs)/minPerWorker)
+	if workers <= 1 {
+		classify(0, len(msgs))
+	} else {
+		var wg sync.WaitGroup
+		per := (len(msgs) + workers - 1) / workers
+		for lo := 0; lo < len(msgs); lo += per {
+			wg.Go(func() { classify(lo, min(lo+per, len(msgs))) })
+		}
+		wg.Wait()
+	}
 	events := make([]store.Event, 0, len(msgs))
 	var poison []store.Poison
-	for _, m := range msgs {
-		var seq uint64
-		var ts time.Time
-		if md, err := m.Metadata(); err == nil {
-			seq, ts = md.Sequence.Stream, md.Timestamp
-		}
-		ev, p, ok := Classify(stream, m.Subject(), seq, ts, m.Data())
-		if ok {
-			events = append(events, ev)
+	for _, r := range rs {
+		if r.ok {
+			events = append(events, r.ev)
 		} else {
-			poison = append(poison, p)
+			poison = append(poison, r.p)
 		}
 	}
 	return events, poison
 }
+
+// minPerWorker is the fewest messages worth a goroutine of their own.
+const minPerWorker = 32
 
 // ReasonWrongSubject is the poison reason of an event whose type does not
 // belong on the subject it arrived on.
@@ -202,8 +251,8 @@ func Classify(stream, subj string, seq uint64, ts time.Time, raw []byte) (store.
 		EventID: env.ID, EventType: env.Type, Raw: raw}, false
 }
 
-func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
-	events, poison := Sort(c.Stream, msgs)
+func (c *Consumer) handle(ctx context.Context, b batch) {
+	msgs, events, poison := b.msgs, b.events, b.poison
 	start := time.Now()
 	// A batch already fetched is finished even when shutdown begins, so a
 	// stop does not turn into a failed batch and a redelivery.

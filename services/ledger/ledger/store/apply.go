@@ -139,20 +139,6 @@ func (d decoded) touchesJob() bool {
 	return !isReq
 }
 
-type logRow struct {
-	bun.BaseModel `bun:"table:event_log,alias:el"`
-	Source        string          `bun:"source"`
-	ID            string          `bun:"id"`
-	Type          string          `bun:"type"`
-	Subject       string          `bun:"subject"`
-	EventTime     time.Time       `bun:"event_time"`
-	JobID         *string         `bun:"job_id"`
-	PackageID     *string         `bun:"package_id"`
-	Stream        string          `bun:"stream"`
-	StreamSeq     int64           `bun:"stream_seq"`
-	Data          json.RawMessage `bun:"data,type:jsonb"`
-}
-
 type poisonRow struct {
 	bun.BaseModel `bun:"table:poison,alias:po"`
 	Stream        string `bun:"stream"`
@@ -219,8 +205,15 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 
 	var applied map[string]int
 	var dups int
-	err := s.inTx(ctx, func(ctx context.Context, tx bun.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx bun.Tx, c txConn) error {
 		applied, dups = map[string]int{}, 0
+		// A batch's statements are planned with costs from statistics a
+		// fresh or fast-growing projection does not have yet; JIT then
+		// compiles statements that touch a few hundred rows, at several
+		// milliseconds each. Off for this transaction only.
+		if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
+			return fmt.Errorf("set jit: %w", err)
+		}
 		if len(poison) > 0 {
 			rows := make([]poisonRow, len(poison))
 			for i, p := range poison {
@@ -262,17 +255,9 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 				return fmt.Errorf("lock jobs: %w", err)
 			}
 		}
-		rows := make([]logRow, len(ds))
-		for i, d := range ds {
-			rows[i] = logRow{Source: d.Env.Source, ID: d.Env.ID, Type: d.Env.Type, Subject: d.Env.Subject, EventTime: d.Time,
-				JobID: strPtr(d.jobID), PackageID: strPtr(d.pkgID), Stream: d.Stream, StreamSeq: int64(d.StreamSeq), Data: d.Env.Data}
-		}
-		var fresh []struct {
-			Source string `bun:"source"`
-			ID     string `bun:"id"`
-		}
-		if _, err := tx.NewInsert().Model(&rows).On("CONFLICT (source, id) DO NOTHING").Returning("source, id").Exec(ctx, &fresh); err != nil {
-			return fmt.Errorf("insert event log: %w", err)
+		fresh, err := insertLog(ctx, tx, c, ds)
+		if err != nil {
+			return err
 		}
 		isNew := make(map[[2]string]bool, len(fresh))
 		for _, f := range fresh {
@@ -330,6 +315,49 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 	}
 	res.Applied, res.Duplicates, res.Poison, res.Jobs = applied, res.Duplicates+dups, len(poison), jobs
 	return res, nil
+}
+
+// logColumns are the columns of the staging table insertLog copies into.
+var logColumns = []string{"ord", "source", "id", "type", "subject", "event_time", "job_id", "package_id", "stream", "stream_seq", "data"}
+
+// insertLog adds the batch's events to the event log, in batch order, and
+// returns those that were not in it yet. The rows are loaded with COPY into
+// a temporary table (per session, emptied at commit), then inserted from
+// there with the same conflict rule as a multi-row INSERT: COPY costs a
+// fraction of a wide INSERT's parsing and planning. A rolled-back
+// transaction's rows vanish with it, a committed one's at commit.
+func insertLog(ctx context.Context, tx bun.Tx, c txConn, ds []decoded) ([]logKey, error) {
+	if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS ledger_log_in (ord integer NOT NULL, source text NOT NULL,
+			id text NOT NULL, type text NOT NULL, subject text NOT NULL, event_time timestamptz NOT NULL, job_id text,
+			package_id text, stream text NOT NULL, stream_seq bigint NOT NULL, data text NOT NULL) ON COMMIT DELETE ROWS`); err != nil {
+		return nil, fmt.Errorf("event log staging table: %w", err)
+	}
+	rows := make([][]any, len(ds))
+	for i, d := range ds {
+		rows[i] = []any{int32(i), d.Env.Source, d.Env.ID, d.Env.Type, d.Env.Subject, d.Time, strPtr(d.jobID), strPtr(d.pkgID),
+			d.Stream, int64(d.StreamSeq), string(d.Env.Data)}
+	}
+	n, err := c.copyFrom(ctx, "ledger_log_in", logColumns, rows)
+	if err != nil {
+		return nil, fmt.Errorf("copy event log: %w", err)
+	}
+	if n != int64(len(rows)) {
+		return nil, fmt.Errorf("copy event log: %d of %d rows", n, len(rows))
+	}
+	var fresh []logKey
+	if err := tx.NewRaw(`INSERT INTO event_log (source, id, type, subject, event_time, job_id, package_id, stream, stream_seq, data)
+		SELECT source, id, type, subject, event_time, job_id, package_id, stream, stream_seq, data::jsonb
+		FROM ledger_log_in ORDER BY ord
+		ON CONFLICT (source, id) DO NOTHING RETURNING source, id`).Scan(ctx, &fresh); err != nil {
+		return nil, fmt.Errorf("insert event log: %w", err)
+	}
+	return fresh, nil
+}
+
+// logKey identifies an event in the log.
+type logKey struct {
+	Source string `bun:"source"`
+	ID     string `bun:"id"`
 }
 
 // toValidUTF8 makes raw bytes storable as PostgreSQL text, which refuses NUL
@@ -486,12 +514,18 @@ func (a *applier) copies(ctx context.Context) error {
 	if len(a.staged) == 0 && len(a.released) == 0 {
 		return nil
 	}
-	return a.exec(ctx, "staged copy status", `UPDATE staged_copies sc SET status = CASE WHEN EXISTS (
-				SELECT 1 FROM job_packages h JOIN jobs j USING (job_id)
+	// Written so that the plan is index lookups whatever the statistics
+	// say (a fresh projection has none): the copies by package, then per
+	// copy (a scalar subquery with LIMIT, which is never hashed over the
+	// whole table the way an EXISTS may be) its holders by package, each
+	// holder's job by key (NULL when it has no job row, which, like false,
+	// does not count; no row at all is NULL too: deletion_scheduled).
+	return a.exec(ctx, "staged copy status", `UPDATE staged_copies sc SET status = CASE WHEN (
+				SELECT true FROM job_packages h
 				WHERE h.package_id = sc.package_id AND h.dest_location = sc.location AND h.status = 'completed'
-					AND j.released_at IS NULL) THEN 'staged' ELSE 'deletion_scheduled' END
-		WHERE sc.status IN ('staged', 'deletion_scheduled') AND (sc.package_id = ANY(?::text[])
-			OR sc.package_id IN (SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
+					AND (SELECT j.released_at IS NULL FROM jobs j WHERE j.job_id = h.job_id) LIMIT 1) THEN 'staged' ELSE 'deletion_scheduled' END
+		WHERE sc.status IN ('staged', 'deletion_scheduled') AND sc.package_id = ANY(ARRAY(SELECT unnest(?::text[])
+			UNION SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
 		pgdialect.Array(a.staged), pgdialect.Array(a.released))
 }
 
@@ -683,8 +717,9 @@ func (a *applier) deriveJobs(ctx context.Context, jobs []string) error {
 	if err := a.exec(ctx, "cancel packages", `UPDATE job_packages jp SET status = 'cancelled', reason = 'cancelled',
 			message = CASE WHEN j.cancel_reason <> '' THEN j.cancel_reason ELSE 'job cancelled' END,
 			completed_at = j.cancelled_at
-		FROM jobs j WHERE j.job_id = jp.job_id AND j.job_id = ANY(?::text[]) AND j.cancelled AND jp.status IN ('pending', 'scheduled', 'in_progress')`,
-		pgdialect.Array(jobs)); err != nil {
+		FROM jobs j WHERE j.job_id = jp.job_id AND j.job_id = ANY(?::text[]) AND jp.job_id = ANY(?::text[]) AND j.cancelled
+			AND jp.status IN ('pending', 'scheduled', 'in_progress')`,
+		pgdialect.Array(jobs), pgdialect.Array(jobs)); err != nil {
 		return err
 	}
 	return a.exec(ctx, "derive job status", `WITH c AS (

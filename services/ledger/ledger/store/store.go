@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/topology"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/migrate"
 )
@@ -164,10 +166,10 @@ func retryable(err error) bool {
 
 // inTx runs fn in a transaction, retrying a few times when it collided with
 // a concurrent one.
-func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx bun.Tx) error) error {
+func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx bun.Tx, c txConn) error) error {
 	var err error
 	for try := range 5 {
-		err = s.db.RunInTx(ctx, nil, fn)
+		err = s.runTx(ctx, fn)
 		if err == nil || !retryable(err) {
 			return err
 		}
@@ -178,4 +180,36 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx bun.Tx
 		}
 	}
 	return err
+}
+
+// runTx runs fn in one transaction on a connection of its own, which fn may
+// also use through pgx (COPY) within the same transaction.
+func (s *Store) runTx(ctx context.Context, fn func(ctx context.Context, tx bun.Tx, c txConn) error) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		return fn(ctx, tx, txConn{conn: conn})
+	})
+}
+
+// txConn is the connection a transaction runs on.
+type txConn struct{ conn bun.Conn }
+
+// copyFrom loads rows with COPY on the transaction's connection, so they
+// are part of the transaction. database/sql cannot send COPY; pgx can.
+func (c txConn) copyFrom(ctx context.Context, table string, cols []string, rows [][]any) (int64, error) {
+	var n int64
+	err := c.conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("copy into %s: driver connection is %T, not pgx", table, dc)
+		}
+		var err error
+		n, err = sc.Conn().CopyFrom(ctx, pgx.Identifier{table}, cols, pgx.CopyFromRows(rows))
+		return err
+	})
+	return n, err
 }
