@@ -197,15 +197,39 @@ func (p *proc) tail(n int64) string {
 	return string(b)
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// Ports for the processes of the fault suite come from below the kernel's
+// ephemeral range (32768-60999 here) and are never handed out twice in one
+// test process. A port taken from the ephemeral range ("listen on :0, close,
+// reuse") is free only for a moment: while a broker is down for a restart,
+// the kernel can give its port to another scenario's listener or to any
+// outgoing connection, and the broker then cannot come back (seen: a
+// nats-server failing to bind 95 times while its scenario's jobs stalled).
+var (
+	portMu   sync.Mutex
+	nextPort = 20000 + (os.Getpid()%500)*20
+)
+
+// freePort returns a loopback port below the ephemeral range that is free
+// now and that no other caller in this process got.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 10000 {
+		p := nextPort
+		nextPort++
+		if nextPort >= 32000 {
+			nextPort = 20000
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // waitTCP waits until something accepts connections on addr.
