@@ -104,6 +104,19 @@ func notFound(w http.ResponseWriter, r *http.Request, what, id string) {
 	writeProblem(w, r, http.StatusNotFound, "not-found", "Not found", fmt.Sprintf("no %s %q", what, id))
 }
 
+// reply answers a lookup of one thing: 404 when the store does not know it,
+// 500 (logged, not echoed) on any other error, else v as JSON.
+func reply[T any](w http.ResponseWriter, r *http.Request, d Deps, what, id string, v T, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		notFound(w, r, what, id)
+	case err != nil:
+		internalError(w, r, d.Log, err)
+	default:
+		encode(w, http.StatusOK, v)
+	}
+}
+
 func handleJobGet(d Deps) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, ok := jobID(w, r)
@@ -111,14 +124,7 @@ func handleJobGet(d Deps) http.Handler {
 			return
 		}
 		job, err := d.Store.GetJob(r.Context(), id)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			notFound(w, r, "job", id)
-		case err != nil:
-			internalError(w, r, d.Log, err)
-		default:
-			encode(w, http.StatusOK, job)
-		}
+		reply(w, r, d, "job", id, job, err)
 	})
 }
 
@@ -129,17 +135,10 @@ func handleJobEvents(d Deps) http.Handler {
 			return
 		}
 		evs, err := d.Store.JobEvents(r.Context(), id)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			notFound(w, r, "job", id)
-		case err != nil:
-			internalError(w, r, d.Log, err)
-		default:
-			encode(w, http.StatusOK, struct {
-				JobID  string           `json:"job_id"`
-				Events []store.LogEntry `json:"events"`
-			}{id, evs})
-		}
+		reply(w, r, d, "job", id, struct {
+			JobID  string           `json:"job_id"`
+			Events []store.LogEntry `json:"events"`
+		}{id, evs}, err)
 	})
 }
 
@@ -151,14 +150,7 @@ func handlePackageGet(d Deps) http.Handler {
 			return
 		}
 		p, err := d.Store.GetPackage(r.Context(), id)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			notFound(w, r, "package", id)
-		case err != nil:
-			internalError(w, r, d.Log, err)
-		default:
-			encode(w, http.StatusOK, p)
-		}
+		reply(w, r, d, "package", id, p, err)
 	})
 }
 
