@@ -68,7 +68,12 @@ func TestTopologyReload(t *testing.T) {
 			if tt.trigger {
 				reload <- struct{}{}
 			}
+			// The consumers are provisioned just before the new topology is
+			// swapped in; the reload counter says the swap is done.
 			waitFor(t, 5*time.Second, func() error {
+				if m := h.metrics(); !strings.Contains(m, `planner_topology_reloads_total{outcome="reloaded"}`) {
+					return errors.New("no successful reload yet")
+				}
 				for _, p := range subject.Priorities {
 					if _, err := h.js.Consumer(t.Context(), subject.RequestsStream, subject.StagerDurable("bonn", p)); err != nil {
 						return err
