@@ -397,6 +397,7 @@ func (s *system) verify(since time.Time, within time.Duration) result {
 	}
 	r.Recover = time.Since(since)
 	if r.Stuck > 0 {
+		s.logConsumers()
 		// Ask the services where they are: Go prints every goroutine's
 		// stack on SIGQUIT, into the log tailed below.
 		for _, p := range append([]*proc{s.planner, s.ledger}, s.stagers...) {
@@ -629,4 +630,28 @@ func (s *system) supervisorRestarts() string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// logConsumers logs where the streams and every consumer on them are: a
+// stuck job is either not delivered (delivered < last sequence), not acked
+// (ack floor behind), or delivered and acked but not projected.
+func (s *system) logConsumers() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, name := range []string{subject.EventsStream, subject.ArchiveStream, subject.RequestsStream} {
+		st, err := s.js.Stream(ctx, name)
+		if err != nil {
+			s.t.Logf("stream %s: %v", name, err)
+			continue
+		}
+		si := st.CachedInfo()
+		s.t.Logf("stream %s: msgs=%d first=%d last=%d consumers=%d", name, si.State.Msgs, si.State.FirstSeq,
+			si.State.LastSeq, si.State.Consumers)
+		for ci := range st.ListConsumers(ctx).Info() {
+			s.t.Logf("  consumer %s: delivered=%d/%d ackfloor=%d/%d ack_pending=%d redelivered=%d pending=%d waiting=%d paused=%v",
+				ci.Name, ci.Delivered.Consumer, ci.Delivered.Stream, ci.AckFloor.Consumer, ci.AckFloor.Stream,
+				ci.NumAckPending, ci.NumRedelivered, ci.NumPending, ci.NumWaiting, ci.Paused)
+		}
+	}
+	s.t.Logf("--- nats-server log:\n%s", s.nats.tail(8000))
 }

@@ -303,10 +303,18 @@ func (s *service) loop(ctx context.Context, it jetstream.MessagesContext, limit 
 			}
 			continue
 		}
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxHandle)
+		// The handler's context is cancelled after maxHandle but has no
+		// deadline, on purpose: a JetStream API call under a context
+		// without one gets the client's default timeout (5 s). Under a
+		// deadline it would wait that long instead, and a request lost in
+		// a reconnect held the submit (kept alive by InProgress) for
+		// minutes.
+		hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		timer := time.AfterFunc(maxHandle, cancel)
 		stop := keepAlive(m, limit/3)
 		h(hctx, m)
 		stop()
+		timer.Stop()
 		cancel()
 	}
 }
