@@ -69,11 +69,12 @@ func runProjection(ctx context.Context, env harness.Env) ([]harness.Table, error
 		jobs = 50
 	}
 	evs := lifecycle(jobs, 100)
-	ours := harness.Row{Name: "ledger projection (batched apply from JetStream)", Ours: true}
+	ours := harness.Row{Name: "ledger projection (batched apply from JetStream, 2 appliers: the default)", Ours: true}
+	one := harness.Row{Name: "ledger projection with one applier (LEDGER_APPLY_WORKERS=1)"}
 	cp := harness.Row{Name: "COPY into an event_log-shaped table (pgx CopyFrom)"}
 	var batches []float64
 	for r := range env.Repeat {
-		rate, copyRate, batch, err := projectOnce(ctx, env, filepath.Join(env.WorkDir, fmt.Sprintf("run-%d", r)), evs)
+		rate, copyRate, batch, err := projectOnce(ctx, env, filepath.Join(env.WorkDir, fmt.Sprintf("run-%d", r)), evs, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -82,14 +83,21 @@ func runProjection(ctx context.Context, env harness.Env) ([]harness.Table, error
 		if batch > 0 {
 			batches = append(batches, batch)
 		}
-		env.Log.Info().Int("run", r+1).Int("events", len(evs)).Float64("ledger_events_per_s", rate).Float64("copy_rows_per_s", copyRate).Msg("projection")
+		rate1, _, _, err := projectOnce(ctx, env, filepath.Join(env.WorkDir, fmt.Sprintf("run-%d-one", r)), evs,
+			map[string]string{"LEDGER_APPLY_WORKERS": "1"})
+		if err != nil {
+			return nil, err
+		}
+		one.Samples = append(one.Samples, rate1)
+		env.Log.Info().Int("run", r+1).Int("events", len(evs)).Float64("ledger_events_per_s", rate).
+			Float64("one_applier_events_per_s", rate1).Float64("copy_rows_per_s", copyRate).Msg("projection")
 	}
 	batchRow := harness.Row{Name: "ledger's mean batch size (events per transaction, from its /metrics)", Samples: batches}
 	if len(batches) == 0 {
 		batchRow.Missing = "the ledger's /metrics did not expose ledger_batch_size"
 	}
 	return []harness.Table{{Title: fmt.Sprintf("Ledger projection, %d events", len(evs)), Unit: "events/s (COPY: rows/s)",
-		Rows: []harness.Row{ours, cp},
+		Rows: []harness.Row{ours, one, cp},
 		Notes: []string{"the ledger writes more than the baseline: every event also updates jobs, job_packages and attempts; COPY only appends the log",
 			"fresh embedded JetStream server and fresh database per run"}},
 		{Title: "Ledger batching", Unit: "events", Rows: []harness.Row{batchRow}}}, nil
@@ -97,8 +105,8 @@ func runProjection(ctx context.Context, env harness.Env) ([]harness.Table, error
 
 // projectOnce returns the ledger's events/s, COPY's rows/s, and the ledger's
 // mean batch size from its /metrics (0 when unreadable).
-func projectOnce(ctx context.Context, env harness.Env, dir string, evs []pendingEvent) (float64, float64, float64, error) {
-	sys, err := system.New(ctx, system.Options{WorkDir: dir, Log: env.Log.Level(zerolog.WarnLevel)})
+func projectOnce(ctx context.Context, env harness.Env, dir string, evs []pendingEvent, svcEnv map[string]string) (float64, float64, float64, error) {
+	sys, err := system.New(ctx, system.Options{WorkDir: dir, Log: env.Log.Level(zerolog.WarnLevel), Env: svcEnv})
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -130,6 +138,12 @@ func projectOnce(ctx context.Context, env harness.Env, dir string, evs []pending
 		batch = sum / count
 	} else {
 		env.Log.Warn().Err(err).Msg("ledger batch size not readable from /metrics")
+	}
+	// Where the time goes: the mean time to apply and commit one batch,
+	// against the wall time per batch.
+	if sum, count, err := metricPair(ctx, sys.API.BaseURL+"/metrics", "ledger_batch_apply_seconds"); err == nil && count > 0 {
+		env.Log.Info().Float64("mean_apply_ms", 1000*sum/count).Float64("wall_ms_per_batch", 1000*time.Since(start).Seconds()/count).
+			Msg("ledger apply time")
 	}
 	conn, err := pgx.Connect(ctx, sys.DBURL)
 	if err != nil {

@@ -32,6 +32,7 @@ const (
 	EnvHTTPAddr    = "LEDGER_HTTP_ADDR"
 	EnvBatchSize   = "LEDGER_BATCH_SIZE"
 	EnvMaxWait     = "LEDGER_FETCH_MAX_WAIT"
+	EnvWorkers     = "LEDGER_APPLY_WORKERS"
 	EnvDBConns     = "LEDGER_DB_MAX_CONNS"
 	EnvTokens      = "LEDGER_TOKENS"
 	EnvTokenFile   = "LEDGER_TOKEN_FILE"
@@ -53,6 +54,8 @@ type Config struct {
 	BatchSize int
 	// FetchMaxWait is how long one pull waits for a first message.
 	FetchMaxWait time.Duration
+	// ApplyWorkers is how many batches each durable applies at once.
+	ApplyWorkers int
 	DBMaxConns   int
 	Streams      bus.StreamConfig
 	// Tokens are the accepted bearer tokens; none means the API is open.
@@ -77,6 +80,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		TopologyFile:   e.String(config.Topology, ""),
 		BatchSize:      e.Int(EnvBatchSize, 500),
 		FetchMaxWait:   e.Duration(EnvMaxWait, time.Second),
+		ApplyWorkers:   e.Int(EnvWorkers, 2),
 		DBMaxConns:     e.Int(EnvDBConns, 8),
 		CORSOrigins:    splitList(e.String(EnvCORSOrigins, "")),
 		RequestTimeout: e.Duration(EnvTimeout, 10*time.Second),
@@ -107,6 +111,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		return c, fmt.Errorf("%s=%d: want 1 to 10000", EnvBatchSize, c.BatchSize)
+	}
+	if c.ApplyWorkers < 1 || c.ApplyWorkers > 32 {
+		return c, fmt.Errorf("%s=%d: want 1 to 32", EnvWorkers, c.ApplyWorkers)
 	}
 	if c.MaxPage < 1 {
 		return c, fmt.Errorf("%s=%d: want at least 1", EnvMaxPage, c.MaxPage)
@@ -201,7 +208,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			return fmt.Errorf("consumer %s: %w", c.durable, err)
 		}
 		consumers = append(consumers, &consume.Consumer{Store: st, Cons: cons, Stream: c.stream, Durable: c.durable,
-			Batch: cfg.BatchSize, MaxWait: cfg.FetchMaxWait, Log: log, Metrics: metrics,
+			Batch: cfg.BatchSize, Workers: cfg.ApplyWorkers, MaxWait: cfg.FetchMaxWait, Log: log, Metrics: metrics,
 			Applied: func(r store.Result) { broker.Publish(r.Jobs) }})
 	}
 	if len(cfg.Tokens) == 0 && cfg.HTTPAddr != "" {
@@ -243,6 +250,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			}
 		})
 	}
+	wg.Go(func() { compactSiteCounts(ctx, st, log) })
 	wg.Go(func() {
 		if err := obs.Serve(ctx, cfg.HTTPAddr, h, log, cfg.Listening); err != nil {
 			errc <- fmt.Errorf("http: %w", err)
@@ -264,3 +272,27 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	log.Info().Msg("ledger stopped")
 	return errors.Join(errs...)
 }
+
+// compactSiteCounts folds the site counters' delta rows every
+// compactEvery, so the site summary sums a short table.
+func compactSiteCounts(ctx context.Context, st *store.Store, log zerolog.Logger) {
+	t := time.NewTicker(compactEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := st.CompactSiteCounts(ctx)
+		if err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Msg("site counters not compacted; will retry")
+			continue
+		}
+		log.Debug().Int64("rows_folded", n).Msg("site counters compacted")
+	}
+}
+
+// compactEvery is how often the site counters are compacted: a busy
+// projection appends a few rows per batch.
+const compactEvery = 30 * time.Second

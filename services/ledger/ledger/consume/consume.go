@@ -1,7 +1,9 @@
 // Package consume feeds the ledger's projection from a JetStream durable
-// consumer: it pulls batches, sorts valid events from poison, applies the
-// batch in one transaction and acks only after the commit. Several ledger
-// instances may share one durable; the projection's SQL guards make that safe.
+// consumer: it pulls batches, sorts valid events from poison, applies each
+// batch in one transaction and acks only after the commit. Several batches
+// may be applied at once, by one ledger (Workers) or by several instances
+// sharing the durable: the projection's merge rules commute and its SQL
+// guards make that safe.
 package consume
 
 import (
@@ -66,6 +68,11 @@ type Consumer struct {
 	Stream  string
 	Durable string
 	Batch   int
+	// Workers is how many batches are applied at once, each in its own
+	// transaction on its own connection: one PostgreSQL backend runs one
+	// statement at a time, so a single applier leaves the database's other
+	// cores idle while the projection catches up. 0 means 2.
+	Workers int
 	// MaxWait bounds how long one pull waits for a first message, and so how
 	// long Run takes to notice cancellation.
 	MaxWait time.Duration
@@ -83,12 +90,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.MaxWait <= 0 {
 		c.MaxWait = time.Second
 	}
-	// The next batch is fetched and validated while the current one is
-	// applied: PostgreSQL and the validation then use the machine's cores
-	// at the same time. Batches are still applied one at a time, in the
-	// order fetched, and each is acked only after its commit; a batch
-	// fetched when shutdown begins is still applied (handle finishes it).
-	batches := make(chan batch, 1)
+	if c.Workers <= 0 {
+		c.Workers = 2
+	}
+	// The next batches are fetched and validated while earlier ones are
+	// applied, by Workers appliers at once: PostgreSQL and the validation
+	// then use the machine's cores at the same time. Order between batches
+	// does not matter (the merge rules commute); each batch is acked only
+	// after its own commit, and a batch fetched when shutdown begins is
+	// still applied (handle finishes it).
+	batches := make(chan batch, c.Workers)
 	go func() {
 		defer close(batches)
 		for ctx.Err() == nil {
@@ -110,9 +121,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	for b := range batches {
-		c.handle(ctx, b)
+	var wg sync.WaitGroup
+	for range c.Workers {
+		wg.Go(func() {
+			for b := range batches {
+				c.handle(ctx, b)
+			}
+		})
 	}
+	wg.Wait()
 	return nil
 }
 

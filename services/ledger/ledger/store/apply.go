@@ -52,6 +52,9 @@ type decoded struct {
 	data  any
 	jobID string
 	pkgID string
+	// mergedStart is the time of a started of the same attempt folded into
+	// this done (mergeStarts).
+	mergedStart time.Time
 }
 
 func decode(e Event) (decoded, error) {
@@ -317,39 +320,50 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 	return res, nil
 }
 
-// logColumns are the columns of the staging table insertLog copies into.
-var logColumns = []string{"ord", "source", "id", "type", "subject", "event_time", "job_id", "package_id", "stream", "stream_seq", "data"}
+// logColumns are the event log's columns insertLog copies.
+var logColumns = []string{"source", "id", "type", "subject", "event_time", "job_id", "package_id", "stream", "stream_seq", "data"}
 
-// insertLog adds the batch's events to the event log, in batch order, and
-// returns those that were not in it yet. The rows are loaded with COPY into
-// a temporary table (per session, emptied at commit), then inserted from
-// there with the same conflict rule as a multi-row INSERT: COPY costs a
-// fraction of a wide INSERT's parsing and planning. A rolled-back
-// transaction's rows vanish with it, a committed one's at commit.
+// insertLog adds the batch's events that are not in the event log yet, in
+// batch order, with COPY straight into event_log, and returns them: COPY
+// costs a fraction of an INSERT's parsing, planning and conflict checks.
+// The events already there are found first by their keys. A concurrent
+// applier inserting one of the same events in between makes the COPY fail
+// on the primary key; the transaction is then retried (retryable) and finds
+// the event logged.
 func insertLog(ctx context.Context, tx bun.Tx, c txConn, ds []decoded) ([]logKey, error) {
-	if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS ledger_log_in (ord integer NOT NULL, source text NOT NULL,
-			id text NOT NULL, type text NOT NULL, subject text NOT NULL, event_time timestamptz NOT NULL, job_id text,
-			package_id text, stream text NOT NULL, stream_seq bigint NOT NULL, data text NOT NULL) ON COMMIT DELETE ROWS`); err != nil {
-		return nil, fmt.Errorf("event log staging table: %w", err)
-	}
-	rows := make([][]any, len(ds))
+	sources, ids := make([]string, len(ds)), make([]string, len(ds))
 	for i, d := range ds {
-		rows[i] = []any{int32(i), d.Env.Source, d.Env.ID, d.Env.Type, d.Env.Subject, d.Time, strPtr(d.jobID), strPtr(d.pkgID),
-			d.Stream, int64(d.StreamSeq), string(d.Env.Data)}
+		sources[i], ids[i] = d.Env.Source, d.Env.ID
 	}
-	n, err := c.copyFrom(ctx, "ledger_log_in", logColumns, rows)
+	var known []logKey
+	if err := tx.NewRaw(`SELECT l.source, l.id FROM unnest(?::text[], ?::text[]) AS x(s, i)
+		JOIN event_log l ON l.source = x.s AND l.id = x.i`, pgdialect.Array(sources), pgdialect.Array(ids)).Scan(ctx, &known); err != nil {
+		return nil, fmt.Errorf("event log lookup: %w", err)
+	}
+	have := make(map[logKey]bool, len(known))
+	for _, k := range known {
+		have[k] = true
+	}
+	fresh := make([]logKey, 0, len(ds))
+	rows := make([][]any, 0, len(ds))
+	for _, d := range ds {
+		k := logKey{d.Env.Source, d.Env.ID}
+		if have[k] {
+			continue
+		}
+		fresh = append(fresh, k)
+		rows = append(rows, []any{d.Env.Source, d.Env.ID, d.Env.Type, d.Env.Subject, d.Time, strPtr(d.jobID), strPtr(d.pkgID),
+			d.Stream, int64(d.StreamSeq), string(d.Env.Data)})
+	}
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	n, err := c.copyFrom(ctx, "event_log", logColumns, rows)
 	if err != nil {
 		return nil, fmt.Errorf("copy event log: %w", err)
 	}
 	if n != int64(len(rows)) {
 		return nil, fmt.Errorf("copy event log: %d of %d rows", n, len(rows))
-	}
-	var fresh []logKey
-	if err := tx.NewRaw(`INSERT INTO event_log (source, id, type, subject, event_time, job_id, package_id, stream, stream_seq, data)
-		SELECT source, id, type, subject, event_time, job_id, package_id, stream, stream_seq, data::jsonb
-		FROM ledger_log_in ORDER BY ord
-		ON CONFLICT (source, id) DO NOTHING RETURNING source, id`).Scan(ctx, &fresh); err != nil {
-		return nil, fmt.Errorf("insert event log: %w", err)
 	}
 	return fresh, nil
 }
@@ -520,12 +534,15 @@ func (a *applier) copies(ctx context.Context) error {
 	// whole table the way an EXISTS may be) its holders by package, each
 	// holder's job by key (NULL when it has no job row, which, like false,
 	// does not count; no row at all is NULL too: deletion_scheduled).
-	return a.exec(ctx, "staged copy status", `UPDATE staged_copies sc SET status = CASE WHEN (
+	// A copy whose status stays is not written again (most are: a done
+	// makes its copy staged, which it is already).
+	status := `CASE WHEN (
 				SELECT true FROM job_packages h
 				WHERE h.package_id = sc.package_id AND h.dest_location = sc.location AND h.status = 'completed'
-					AND (SELECT j.released_at IS NULL FROM jobs j WHERE j.job_id = h.job_id) LIMIT 1) THEN 'staged' ELSE 'deletion_scheduled' END
-		WHERE sc.status IN ('staged', 'deletion_scheduled') AND sc.package_id = ANY(ARRAY(SELECT unnest(?::text[])
-			UNION SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
+					AND (SELECT j.released_at IS NULL FROM jobs j WHERE j.job_id = h.job_id) LIMIT 1) THEN 'staged' ELSE 'deletion_scheduled' END`
+	return a.exec(ctx, "staged copy status", `UPDATE staged_copies sc SET status = `+status+`
+		WHERE sc.status IN ('staged', 'deletion_scheduled') AND sc.status <> `+status+`
+			AND sc.package_id = ANY(ARRAY(SELECT unnest(?::text[]) UNION SELECT package_id FROM job_packages WHERE job_id = ANY(?::text[])))`,
 		pgdialect.Array(a.staged), pgdialect.Array(a.released))
 }
 

@@ -124,9 +124,52 @@ func outcomeOf(d decoded) event.Outcome {
 	return event.Outcome{}
 }
 
+// mergeStarts folds a started into the done of the same package and
+// attempt when both are in the batch (a projection catching up, or a short
+// transfer): the done's rows then record the start too, and the package's
+// rows are written once instead of twice. The result is the one applying
+// both gives: started and done of one attempt commute, and done is final.
+func mergeStarts(ds []decoded) []decoded {
+	type key struct {
+		job, pkg string
+		attempt  int
+	}
+	dones := map[key]bool{}
+	for _, d := range ds {
+		if v, ok := d.data.(event.Done); ok {
+			dones[key{v.JobID, v.PackageID, v.Attempt}] = true
+		}
+	}
+	if len(dones) == 0 {
+		return ds
+	}
+	starts := map[key]time.Time{}
+	for _, d := range ds {
+		if v, ok := d.data.(event.Started); ok {
+			k := key{v.JobID, v.PackageID, v.Attempt}
+			if t, seen := starts[k]; dones[k] && (!seen || d.Time.Before(t)) {
+				starts[k] = d.Time
+			}
+		}
+	}
+	out := ds[:0:0]
+	for _, d := range ds {
+		switch v := d.data.(type) {
+		case event.Started:
+			if dones[key{v.JobID, v.PackageID, v.Attempt}] {
+				continue
+			}
+		case event.Done:
+			d.mergedStart = starts[key{v.JobID, v.PackageID, v.Attempt}]
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
 // applyHot applies stager events set-wise.
 func (a *applier) applyHot(ctx context.Context, ds []decoded) error {
-	rs := rounds(foldProgress(ds), func(d decoded) []string {
+	rs := rounds(mergeStarts(foldProgress(ds)), func(d decoded) []string {
 		if v, ok := d.data.(event.PackageArchived); ok {
 			return []string{"pk\x00" + v.PackageID, "ac\x00" + v.PackageID + "\x00" + v.Location}
 		}
@@ -261,18 +304,35 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 	var files []int
 	var present []bool
 	var dur []float64
+	// A start merged into the done (mergeStarts): its attempt, 0 for none,
+	// and its time.
+	var sa []int
+	var st []time.Time
 	for _, d := range ds {
 		v := d.data.(event.Done)
 		c.add(v.Outcome, d.Time)
 		path, size, files = append(path, v.Path), append(size, v.SizeBytes), append(files, v.Files)
 		present, dur = append(present, v.AlreadyPresent), append(dur, v.DurationSeconds)
+		if d.mergedStart.IsZero() {
+			sa, st = append(sa, 0), append(st, d.Time)
+		} else {
+			sa, st = append(sa, v.Attempt), append(st, d.mergedStart)
+		}
 	}
 	if err := a.exec(ctx, "complete packages", `INSERT INTO job_packages AS jp (job_id, package_id, status, attempts, request_id,
-			dest_site, dest_location, path, size_bytes, files, already_present, completed_at, duration_seconds, updated_at)
-		SELECT j, p, 'completed', a, r, s, l, path, sz, f, ap, t, dur, t
-		FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bool[], ?::timestamptz[], ?::float8[])
-			AS x(j, p, a, r, s, l, path, sz, f, ap, t, dur)
+			dest_site, dest_location, path, size_bytes, files, already_present, completed_at, duration_seconds, updated_at,
+			started_at, started_attempt)
+		SELECT j, p, 'completed', a, r, s, l, path, sz, f, ap, t, dur, GREATEST(t, st), CASE WHEN sa > 0 THEN st END, sa
+		FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bool[], ?::timestamptz[], ?::float8[],
+				?::int[], ?::timestamptz[])
+			AS x(j, p, a, r, s, l, path, sz, f, ap, t, dur, sa, st)
 		ON CONFLICT (job_id, package_id) DO UPDATE SET
+			-- the merged start, by the rules of attempts() for a started
+			started_at = CASE WHEN EXCLUDED.started_attempt = 0 THEN jp.started_at
+				WHEN EXCLUDED.started_attempt > jp.started_attempt OR jp.started_at IS NULL THEN EXCLUDED.started_at
+				WHEN EXCLUDED.started_attempt = jp.started_attempt THEN LEAST(jp.started_at, EXCLUDED.started_at)
+				ELSE jp.started_at END,
+			started_attempt = GREATEST(jp.started_attempt, EXCLUDED.started_attempt),
 			status = CASE WHEN `+sqlFinal+` THEN jp.status ELSE 'completed' END,
 			reason = CASE WHEN `+sqlFinal+` THEN jp.reason ELSE '' END,
 			message = CASE WHEN `+sqlFinal+` THEN jp.message ELSE '' END,
@@ -290,11 +350,11 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
 		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(c.attempt), pgdialect.Array(c.req), pgdialect.Array(c.site),
 		pgdialect.Array(c.loc), pgdialect.Array(path), pgdialect.Array(size), pgdialect.Array(files), pgdialect.Array(present),
-		pgdialect.Array(c.t), pgdialect.Array(dur)); err != nil {
+		pgdialect.Array(c.t), pgdialect.Array(dur), pgdialect.Array(sa), pgdialect.Array(st)); err != nil {
 		return err
 	}
 	n := len(ds)
-	if err := a.endAttempts(ctx, c, repeat("completed", n), repeat("", n), repeat("", n), make([]bool, n)); err != nil {
+	if err := a.endAttempts(ctx, c, repeat("completed", n), repeat("", n), repeat("", n), make([]bool, n), sa, st); err != nil {
 		return err
 	}
 	// Two jobs may stage the same package to the same location in one
@@ -370,15 +430,19 @@ func (a *applier) failures(ctx context.Context, ds []decoded) error {
 		pgdialect.Array(c.attempt), pgdialect.Array(c.req), pgdialect.Array(c.site), pgdialect.Array(c.loc), pgdialect.Array(c.t)); err != nil {
 		return err
 	}
-	return a.endAttempts(ctx, c, repeat("failed", len(ds)), reason, msg, perm)
+	return a.endAttempts(ctx, c, repeat("failed", len(ds)), reason, msg, perm, make([]int, len(ds)), c.t)
 }
 
-func (a *applier) endAttempts(ctx context.Context, c cols, outcome, reason, msg []string, perm []bool) error {
+// endAttempts records how attempts ended; sa and st are a start merged into
+// the outcome (mergeStarts): its attempt (0 for none) and time.
+func (a *applier) endAttempts(ctx context.Context, c cols, outcome, reason, msg []string, perm []bool, sa []int, st []time.Time) error {
 	return a.exec(ctx, "end attempts", `INSERT INTO attempts AS at (job_id, package_id, attempt, site, location, instance, request_id,
-			outcome, reason, message, permanent, ended_at)
-		SELECT * FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
-			?::bool[], ?::timestamptz[])
+			outcome, reason, message, permanent, ended_at, started_at)
+		SELECT j, p, a, s, l, i, r, o, re, m, perm, t, CASE WHEN sa > 0 THEN st END
+		FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
+			?::bool[], ?::timestamptz[], ?::int[], ?::timestamptz[]) AS x(j, p, a, s, l, i, r, o, re, m, perm, t, sa, st)
 		ON CONFLICT (job_id, package_id, attempt) DO UPDATE SET
+			started_at = LEAST(at.started_at, EXCLUDED.started_at),
 			outcome = CASE WHEN at.outcome = 'in_progress' THEN EXCLUDED.outcome ELSE at.outcome END,
 			reason = CASE WHEN at.outcome = 'in_progress' THEN EXCLUDED.reason ELSE at.reason END,
 			message = CASE WHEN at.outcome = 'in_progress' THEN EXCLUDED.message ELSE at.message END,
@@ -390,7 +454,7 @@ func (a *applier) endAttempts(ctx context.Context, c cols, outcome, reason, msg 
 			request_id = CASE WHEN at.request_id = '' THEN EXCLUDED.request_id ELSE at.request_id END`,
 		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(c.attempt), pgdialect.Array(c.site), pgdialect.Array(c.loc),
 		pgdialect.Array(c.inst), pgdialect.Array(c.req), pgdialect.Array(outcome), pgdialect.Array(reason), pgdialect.Array(msg),
-		pgdialect.Array(perm), pgdialect.Array(c.t))
+		pgdialect.Array(perm), pgdialect.Array(c.t), pgdialect.Array(sa), pgdialect.Array(st))
 }
 
 // archives applies archive.package.archived.

@@ -462,8 +462,11 @@ func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
 		Status   string `bun:"status"`
 		N        int    `bun:"n"`
 	}
-	if err := s.db.NewRaw(`SELECT dest_site, dest_location, status, count(*) AS n FROM job_packages
-		GROUP BY dest_site, dest_location, status`).Scan(ctx, &counts); err != nil {
+	// Kept by triggers as deltas of the jobs' package counters (migration
+	// site_counts): a sum over a few thousand rows at most, not a count of
+	// every job package.
+	if err := s.db.NewRaw(`SELECT site AS dest_site, location AS dest_location, status, sum(n) AS n FROM site_count_deltas
+		GROUP BY site, location, status HAVING sum(n) <> 0`).Scan(ctx, &counts); err != nil {
 		return nil, fmt.Errorf("count packages by site: %w", err)
 	}
 	var staged []struct {
@@ -510,6 +513,41 @@ func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
 	}
 	return out, nil
 }
+
+// CompactSiteCounts folds the site counters' delta rows into one row per
+// site, location and status, and returns how many rows it removed. Deltas
+// committed meanwhile are not visible to it and stay; of several ledgers only
+// one compacts at a time.
+func (s *Store) CompactSiteCounts(ctx context.Context) (int64, error) {
+	var removed int64
+	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var mine bool
+		if err := tx.NewRaw("SELECT pg_try_advisory_xact_lock(?)", compactLockKey).Scan(ctx, &mine); err != nil {
+			return err
+		}
+		if !mine {
+			return nil
+		}
+		var r struct {
+			Removed int64 `bun:"removed"`
+		}
+		if err := tx.NewRaw(`WITH gone AS (DELETE FROM site_count_deltas RETURNING site, location, status, n),
+			kept AS (INSERT INTO site_count_deltas (site, location, status, n)
+				SELECT site, location, status, sum(n) FROM gone GROUP BY 1, 2, 3 HAVING sum(n) <> 0 RETURNING 1)
+			SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM kept) AS removed`).Scan(ctx, &r); err != nil {
+			return err
+		}
+		removed = r.Removed
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("compact site counts: %w", err)
+	}
+	return removed, nil
+}
+
+// compactLockKey is the advisory lock CompactSiteCounts holds.
+const compactLockKey = 0x63636174_73697465 // "ccatsite"
 
 // PoisonEntry is a message the ledger could not apply.
 type PoisonEntry struct {

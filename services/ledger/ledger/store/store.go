@@ -158,10 +158,20 @@ func (s *Store) SeedTopology(ctx context.Context, t *topology.Topology) error {
 }
 
 // retryable reports whether a transaction failed only because it collided
-// with another ledger instance's (deadlock or serialization failure).
+// with a concurrent applier's: a deadlock, a serialization failure, or an
+// event the other logged after this one looked (insertLog).
 func retryable(err error) bool {
 	var pg *pgconn.PgError
-	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
+	if !errors.As(err, &pg) {
+		return false
+	}
+	return pg.Code == "40P01" || pg.Code == "40001" || isLogConflict(err)
+}
+
+// isLogConflict reports whether err is an event already in the event log.
+func isLogConflict(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "event_log_pkey"
 }
 
 // inTx runs fn in a transaction, retrying a few times when it collided with

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -235,6 +236,19 @@ func TestShuffledAndDuplicatedGiveTheSameState(t *testing.T) {
 				evs = evs[n:]
 			}
 			diffSnapshots(t, "shuffled", snapshot(t, st), want)
+		})
+	}
+	// One batch holds each package's started and done together, which the
+	// applier folds into one write (mergeStarts), and every follower with
+	// its leader.
+	for seed := range uint64(2) {
+		t.Run(fmt.Sprintf("one batch, seed %d", seed), func(t *testing.T) {
+			evs := events(t, jobs...)
+			evs = append(evs, evs[:len(evs)/3]...)
+			rand.New(rand.NewPCG(seed, 3)).Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
+			st := newStore(t)
+			apply(t, st, evs)
+			diffSnapshots(t, "one batch", snapshot(t, st), want)
 		})
 	}
 	t.Run("two instances at once", func(t *testing.T) {
@@ -536,5 +550,78 @@ func TestPlanPartsMustAllArrive(t *testing.T) {
 	apply(t, st, []store.Event{part(2, pl.Packages[1:])})
 	if job, err = st.GetJob(t.Context(), "parts"); err != nil || job.Status != "completed" || len(job.Packages) != 2 {
 		t.Fatalf("after both parts: %s with %d packages, %v; want completed with 2", job.Status, len(job.Packages), err)
+	}
+}
+
+// The site summary's counters (deltas kept by triggers on jobs) always equal
+// a count of the job packages by their job's destination, whatever the
+// batches; once every event is in, that is each package's own destination.
+// Compaction changes the rows but not what they sum to.
+func TestSiteCountsMatchThePackages(t *testing.T) {
+	jobs := []scenario.Job{
+		{ID: "a", Packages: 3, Progress: 2, Release: true},
+		{ID: "b", Packages: 2, NoSource: true, Permanent: true},
+		{ID: "c", Packages: 3, Cancel: true, Withdraw: true},
+		{ID: "d", Packages: 2, Follows: "a"},
+		{ID: "e", Packages: 2, Site: "us", Location: "us-proc"},
+	}
+	st := newStore(t)
+	evs := events(t, jobs...)
+	rand.New(rand.NewPCG(5, 5)).Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
+	type count struct {
+		Site     string `bun:"site"`
+		Location string `bun:"location"`
+		Status   string `bun:"status"`
+		N        int64  `bun:"n"`
+	}
+	byJob := `SELECT j.dest_site AS site, j.dest_location AS location, jp.status, count(*) AS n
+			FROM job_packages jp JOIN jobs j USING (job_id) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`
+	byPackage := `SELECT dest_site AS site, dest_location AS location, status, count(*) AS n
+			FROM job_packages GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`
+	check := func(when, query string) {
+		t.Helper()
+		var want, got []count
+		if err := st.DB().NewRaw(query).Scan(t.Context(), &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.DB().NewRaw(`SELECT site, location, status, sum(n) AS n FROM site_count_deltas
+			GROUP BY 1, 2, 3 HAVING sum(n) <> 0 ORDER BY 1, 2, 3`).Scan(t.Context(), &got); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: counters %v, packages %v", when, got, want)
+		}
+	}
+	for len(evs) > 0 {
+		n := min(len(evs), 5)
+		apply(t, st, evs[:n])
+		evs = evs[n:]
+		check(fmt.Sprintf("%d events left", len(evs)), byJob)
+	}
+	check("all events in", byPackage)
+	var before int
+	if err := st.DB().NewRaw(`SELECT count(*) FROM site_count_deltas`).Scan(t.Context(), &before); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := st.CompactSiteCounts(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after int
+	if err := st.DB().NewRaw(`SELECT count(*) FROM site_count_deltas`).Scan(t.Context(), &after); err != nil {
+		t.Fatal(err)
+	}
+	if removed == 0 || int64(before-after) != removed {
+		t.Errorf("compaction removed %d rows, table went from %d to %d", removed, before, after)
+	}
+	check("after compaction", byPackage)
+	sites, err := st.Sites(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sites {
+		if s.Name == "us" && s.Packages["completed"] != 2 {
+			t.Errorf("us summary = %+v", s.Packages)
+		}
 	}
 }
