@@ -33,6 +33,8 @@ const (
 	EnvBatchSize   = "LEDGER_BATCH_SIZE"
 	EnvMaxWait     = "LEDGER_FETCH_MAX_WAIT"
 	EnvWorkers     = "LEDGER_APPLY_WORKERS"
+	EnvBatchBytes  = "LEDGER_BATCH_BYTES"
+	EnvSiteCache   = "LEDGER_SITE_CACHE"
 	EnvDBConns     = "LEDGER_DB_MAX_CONNS"
 	EnvTokens      = "LEDGER_TOKENS"
 	EnvTokenFile   = "LEDGER_TOKEN_FILE"
@@ -56,8 +58,13 @@ type Config struct {
 	FetchMaxWait time.Duration
 	// ApplyWorkers is how many batches each durable applies at once.
 	ApplyWorkers int
-	DBMaxConns   int
-	Streams      bus.StreamConfig
+	// BatchBytes caps a batch's size in bytes.
+	BatchBytes int
+	// SiteCache is how long a site summary is served again; negative
+	// never.
+	SiteCache  time.Duration
+	DBMaxConns int
+	Streams    bus.StreamConfig
 	// Tokens are the accepted bearer tokens; none means the API is open.
 	Tokens         []string
 	CORSOrigins    []string
@@ -81,6 +88,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		BatchSize:      e.Int(EnvBatchSize, 500),
 		FetchMaxWait:   e.Duration(EnvMaxWait, time.Second),
 		ApplyWorkers:   e.Int(EnvWorkers, 2),
+		BatchBytes:     e.Int(EnvBatchBytes, 4<<20),
+		SiteCache:      e.Duration(EnvSiteCache, time.Second),
 		DBMaxConns:     e.Int(EnvDBConns, 8),
 		CORSOrigins:    splitList(e.String(EnvCORSOrigins, "")),
 		RequestTimeout: e.Duration(EnvTimeout, 10*time.Second),
@@ -111,6 +120,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		return c, fmt.Errorf("%s=%d: want 1 to 10000", EnvBatchSize, c.BatchSize)
+	}
+	if c.BatchBytes < 64<<10 {
+		return c, fmt.Errorf("%s=%d: want at least 65536", EnvBatchBytes, c.BatchBytes)
 	}
 	if c.ApplyWorkers < 1 || c.ApplyWorkers > 32 {
 		return c, fmt.Errorf("%s=%d: want 1 to 32", EnvWorkers, c.ApplyWorkers)
@@ -208,7 +220,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			return fmt.Errorf("consumer %s: %w", c.durable, err)
 		}
 		consumers = append(consumers, &consume.Consumer{Store: st, Cons: cons, Stream: c.stream, Durable: c.durable,
-			Batch: cfg.BatchSize, Workers: cfg.ApplyWorkers, MaxWait: cfg.FetchMaxWait, Log: log, Metrics: metrics,
+			Batch: cfg.BatchSize, MaxBytes: cfg.BatchBytes, Workers: cfg.ApplyWorkers, MaxWait: cfg.FetchMaxWait, Log: log, Metrics: metrics,
 			Applied: func(r store.Result) { broker.Publish(r.Jobs) }})
 	}
 	if len(cfg.Tokens) == 0 && cfg.HTTPAddr != "" {
@@ -236,7 +248,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	h := httpapi.NewServer(httpapi.Deps{Store: st, Live: natsLive{js: js}, Log: log, Registry: reg, Checks: checks,
 		Version: cfg.Version, Tokens: cfg.Tokens, CORSOrigins: cfg.CORSOrigins, Timeout: cfg.RequestTimeout,
-		MaxPage: cfg.MaxPage, Broker: broker})
+		MaxPage: cfg.MaxPage, Broker: broker, SiteCache: cfg.SiteCache})
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

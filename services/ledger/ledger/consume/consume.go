@@ -68,6 +68,11 @@ type Consumer struct {
 	Stream  string
 	Durable string
 	Batch   int
+	// MaxBytes caps a batch's size in bytes as well (0 means 4 MiB): a
+	// batch of 500 plans of a hundred packages each is tens of megabytes
+	// once decoded and turned into SQL, and Workers of them are in memory
+	// at once.
+	MaxBytes int
 	// Workers is how many batches are applied at once, each in its own
 	// transaction on its own connection: one PostgreSQL backend runs one
 	// statement at a time, so a single applier leaves the database's other
@@ -93,13 +98,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.Workers <= 0 {
 		c.Workers = 2
 	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 4 << 20
+	}
 	// The next batches are fetched and validated while earlier ones are
 	// applied, by Workers appliers at once: PostgreSQL and the validation
 	// then use the machine's cores at the same time. Order between batches
 	// does not matter (the merge rules commute); each batch is acked only
 	// after its own commit, and a batch fetched when shutdown begins is
 	// still applied (handle finishes it).
-	batches := make(chan batch, c.Workers)
+	batches := make(chan batch, 1)
 	go func() {
 		defer close(batches)
 		for ctx.Err() == nil {
@@ -141,7 +149,9 @@ type batch struct {
 }
 
 // fetch waits up to MaxWait for one message, then takes whatever else is
-// already waiting, up to Batch: low latency when idle, big batches under load.
+// already waiting, up to Batch messages and MaxBytes: low latency when idle,
+// big batches under load. The second pull waits restWait at most for
+// messages that are not there (a no-wait pull cannot limit bytes).
 func (c *Consumer) fetch() ([]jetstream.Msg, error) {
 	first, err := c.Cons.Fetch(1, jetstream.FetchMaxWait(c.MaxWait))
 	if err != nil {
@@ -157,7 +167,11 @@ func (c *Consumer) fetch() ([]jetstream.Msg, error) {
 	if len(msgs) == 0 || c.Batch == 1 {
 		return msgs, nil
 	}
-	rest, err := c.Cons.FetchNoWait(c.Batch - 1)
+	budget := c.MaxBytes - len(msgs[0].Data())
+	if budget <= 0 {
+		return msgs, nil
+	}
+	rest, err := c.Cons.Fetch(c.Batch-1, jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait))
 	if err != nil {
 		return msgs, nil // the first one is still worth applying
 	}
@@ -210,6 +224,10 @@ func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
 	}
 	return events, poison
 }
+
+// restWait bounds how long the pull after a batch's first message waits for
+// more: only when fewer than a batch are waiting does it wait that long.
+const restWait = 5 * time.Millisecond
 
 // minPerWorker is the fewest messages worth a goroutine of their own.
 const minPerWorker = 32

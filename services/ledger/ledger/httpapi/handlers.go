@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
@@ -164,7 +165,36 @@ type Site struct {
 	LiveError string `json:"live_error,omitempty"`
 }
 
+// siteCache holds the last site summary for ttl. Callers arriving while it
+// is computed wait for that result instead of computing their own.
+type siteCache struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	at  time.Time
+	val []Site
+}
+
+// sites returns the site summaries, from the cache when fresh enough. The
+// slice is shared: callers must not modify it.
 func sites(d Deps, r *http.Request) ([]Site, error) {
+	c := d.sites
+	if c == nil || c.ttl < 0 {
+		return computeSites(d, r)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.val != nil && time.Since(c.at) < c.ttl {
+		return c.val, nil
+	}
+	v, err := computeSites(d, r)
+	if err != nil {
+		return nil, err
+	}
+	c.val, c.at = v, time.Now()
+	return v, nil
+}
+
+func computeSites(d Deps, r *http.Request) ([]Site, error) {
 	st, err := d.Store.Sites(r.Context(), d.Now())
 	if err != nil {
 		return nil, err

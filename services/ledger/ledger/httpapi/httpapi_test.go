@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -325,5 +326,59 @@ func TestStreamSendsChangedJobs(t *testing.T) {
 			t.Fatal("no job event on the stream")
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// countingLive counts the rounds of JetStream lookups a site summary makes.
+type countingLive struct {
+	fakeLive
+	mu    sync.Mutex
+	calls int
+}
+
+func (c *countingLive) Stagers(ctx context.Context) ([]heartbeat.Beat, error) {
+	c.mu.Lock()
+	c.calls++
+	c.mu.Unlock()
+	return c.fakeLive.Stagers(ctx)
+}
+
+// A polled site summary is computed once per SiteCache, however many
+// requests arrive at once; a negative SiteCache computes every request.
+func TestSiteSummaryCache(t *testing.T) {
+	_, st := newServer(t)
+	tests := []struct {
+		name      string
+		cache     time.Duration
+		wantCalls int
+	}{
+		{"cached", time.Hour, 1},
+		{"not cached", -1, 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			live := &countingLive{}
+			srv := httptest.NewServer(httpapi.NewServer(httpapi.Deps{Store: st, Live: live, Log: zerolog.New(io.Discard),
+				Registry: obs.NewRegistry(), SiteCache: tt.cache}))
+			defer srv.Close()
+			var wg sync.WaitGroup
+			for range 20 {
+				wg.Go(func() {
+					resp, err := http.Get(srv.URL + "/v1/sites/cologne")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("status %d", resp.StatusCode)
+					}
+				})
+			}
+			wg.Wait()
+			if live.calls != tt.wantCalls {
+				t.Errorf("computed %d times, want %d", live.calls, tt.wantCalls)
+			}
+		})
 	}
 }

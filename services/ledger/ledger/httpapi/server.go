@@ -56,6 +56,13 @@ type Deps struct {
 	MaxPage, DefaultPage int
 	Broker               *Broker
 	Now                  func() time.Time
+	// SiteCache is how long a computed site summary is served again (0
+	// means 1 s, negative never): a dashboard polling it at hundreds of
+	// requests per second then costs one database aggregate and one round
+	// of JetStream consumer lookups per interval, not per request.
+	SiteCache time.Duration
+
+	sites *siteCache
 }
 
 // NewServer returns the whole API as one handler.
@@ -75,6 +82,10 @@ func NewServer(d Deps) http.Handler {
 	if d.Broker == nil {
 		d.Broker = NewBroker()
 	}
+	if d.SiteCache == 0 {
+		d.SiteCache = time.Second
+	}
+	d.sites = &siteCache{ttl: d.SiteCache}
 	mux := http.NewServeMux()
 	addRoutes(mux, d)
 	return logRequests(d.Log, cors(d.CORSOrigins, saneInput(mux)))
