@@ -3,10 +3,8 @@ module github.com/ccatobs/ccat-staging/deploy
 go 1.26.0
 
 require (
-	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
-	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
-	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/tests v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.3
 	github.com/nats-io/nats.go v1.55.0
 	github.com/rs/zerolog v1.35.1
@@ -17,6 +15,9 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.9.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/ccatobs/ccat-staging/schemas v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
@@ -68,6 +69,8 @@ replace (
 	github.com/ccatobs/ccat-staging/schemas => ../schemas
 	github.com/ccatobs/ccat-staging/services/ledger => ../services/ledger
 	github.com/ccatobs/ccat-staging/services/planner => ../services/planner
+	github.com/ccatobs/ccat-staging/services/stagectl => ../services/stagectl
 	github.com/ccatobs/ccat-staging/services/stager => ../services/stager
 	github.com/ccatobs/ccat-staging/shared => ../shared
+	github.com/ccatobs/ccat-staging/tests => ../tests
 )

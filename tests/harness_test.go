@@ -10,26 +10,21 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/planner/planner"
-	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
-	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
 	"github.com/ccatobs/ccat-staging/shared/topology"
+	"github.com/ccatobs/ccat-staging/tests/inproc"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -43,8 +38,6 @@ type system struct {
 	bus      *bustest.Server
 	dbURL    string
 	api      ledgerapi.Client
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
 }
 
 const testTopology = `sites:
@@ -121,67 +114,27 @@ func startSystemWith(t *testing.T, topologyTemplate string, extraEnv map[string]
 		"STAGER_WORKERS":    "2",
 	}
 	maps.Copy(env, extraEnv)
-	get := func(extra map[string]string) func(string) string {
-		return func(k string) string {
-			if v, ok := extra[k]; ok {
-				return v
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	p, err := inproc.Start(inproc.Options{Sites: []string{"cologne", "us"}, Log: log,
+		Env: func(service string) map[string]string {
+			e := maps.Clone(env)
+			if site, ok := strings.CutPrefix(service, "stager-"); ok {
+				e["STAGER_INSTANCE"] = "t-" + site
 			}
-			return env[k]
-		}
+			return e
+		}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
 	// Stop the services before the server and the database go away
 	// (cleanups run last-registered first).
-	t.Cleanup(func() { cancel(); s.wg.Wait() })
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	errc := make(chan error, 8)
-	start := func(name string, run func(context.Context) error) {
-		s.wg.Go(func() {
-			if err := run(ctx); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		})
-	}
-
-	addr := make(chan net.Addr, 1)
-	lcfg, err := ledger.ConfigFromEnv(get(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lcfg.Listening = func(a net.Addr) { addr <- a }
-	start("ledger", func(ctx context.Context) error {
-		return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger())
-	})
-	pcfg, err := planner.ConfigFromEnv(get(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start("planner", func(ctx context.Context) error {
-		return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger())
-	})
-	for _, site := range []string{"cologne", "us"} {
-		scfg, err := stager.ConfigFromEnv(get(map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "t-" + site}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		start("stager "+site, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
-		})
-	}
-	select {
-	case a := <-addr:
-		s.api.BaseURL = "http://" + a.String()
-	case err := <-errc:
-		t.Fatal(err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("ledger API did not come up within 60s")
-	}
+	t.Cleanup(p.Stop)
+	s.api.BaseURL = p.LedgerURL
 	go func() {
 		select {
-		case err := <-errc:
+		case err := <-p.Errors:
 			t.Errorf("service stopped: %v", err)
-		case <-ctx.Done():
+		case <-t.Context().Done():
 		}
 	}()
 	if err := bus.Provision(t.Context(), s.bus.JS, bus.StreamConfig{}); err != nil {

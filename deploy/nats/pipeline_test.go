@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,15 +13,13 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/deploy/provision"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/planner/planner"
-	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
+	"github.com/ccatobs/ccat-staging/tests/inproc"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -80,7 +78,7 @@ type pipeline struct {
 	base  string
 	api   ledgerapi.Client
 	logs  *logBuffer
-	errc  chan error
+	errc  <-chan error
 	sites []string
 	ujs   jetstream.JetStream // the upstream user
 }
@@ -92,7 +90,7 @@ type pipelineJob struct {
 
 func startPipeline(t *testing.T) *pipeline {
 	t.Helper()
-	p := &pipeline{sites: []string{"cologne", "us"}, logs: &logBuffer{}, errc: make(chan error, 8)}
+	p := &pipeline{sites: []string{"cologne", "us"}, logs: &logBuffer{}}
 	c := startCluster(t)
 	p.c = c
 	p.base = t.TempDir()
@@ -116,64 +114,29 @@ func startPipeline(t *testing.T) *pipeline {
 
 	dbURL := dbtest.New(t)
 	log := zerolog.New(p.logs).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	env := func(user string, extra map[string]string) func(string) string {
-		m := map[string]string{
-			"NATS_URL": c.urls(user), "DATABASE_URL": dbURL, "TOPOLOGY_FILE": topo, "STREAM_REPLICAS": "3",
-			"LEDGER_HTTP_ADDR": "127.0.0.1:0", "PLANNER_HTTP_ADDR": "off", "STAGER_HTTP_ADDR": "",
-			"STAGER_WORKERS": "2", "STAGER_ACK_WAIT": "5s", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms",
-			// Cross-job dedup on, so its bucket and durable are exercised too.
-			"PLANNER_DEDUP": "true",
-		}
-		for k, v := range extra {
-			m[k] = v
-		}
-		return func(k string) string { return m[k] }
+	env := map[string]string{
+		"DATABASE_URL": dbURL, "TOPOLOGY_FILE": topo, "STREAM_REPLICAS": "3",
+		"LEDGER_HTTP_ADDR": "127.0.0.1:0", "PLANNER_HTTP_ADDR": "off", "STAGER_HTTP_ADDR": "",
+		"STAGER_WORKERS": "2", "STAGER_ACK_WAIT": "5s", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms",
+		// Cross-job dedup on, so its bucket and durable are exercised too.
+		"PLANNER_DEDUP": "true",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
+	// Each service connects as its own least-privilege user.
+	pl, err := inproc.Start(inproc.Options{Sites: sites, Log: log,
+		Env: func(service string) map[string]string {
+			e := maps.Clone(env)
+			e["NATS_URL"] = c.urls(service) // the users are named after the services
+			e["STAGER_INSTANCE"] = "i1"
+			return e
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Services stop before the cluster and the database go (cleanups run
 	// last-registered first).
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	start := func(name string, run func(context.Context) error) {
-		wg.Go(func() {
-			if err := run(ctx); err != nil && ctx.Err() == nil {
-				p.errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		})
-	}
-	addr := make(chan net.Addr, 1)
-	lcfg, err := ledger.ConfigFromEnv(env("ledger", nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lcfg.Listening = func(a net.Addr) { addr <- a }
-	start("ledger", func(ctx context.Context) error {
-		return ledger.Run(ctx, lcfg, log.With().Str("svc", "ledger").Logger())
-	})
-	pcfg, err := planner.ConfigFromEnv(env("planner", nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start("planner", func(ctx context.Context) error {
-		return planner.Run(ctx, pcfg, log.With().Str("svc", "planner").Logger())
-	})
-	for _, site := range sites {
-		scfg, err := stager.ConfigFromEnv(env("stager-"+site, map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "i1"}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		start("stager "+site, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, log.With().Str("svc", "stager-"+site).Logger())
-		})
-	}
-	select {
-	case a := <-addr:
-		p.api.BaseURL = "http://" + a.String()
-	case err := <-p.errc:
-		t.Fatal(err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("ledger API did not come up within 60s")
-	}
+	t.Cleanup(pl.Stop)
+	p.api.BaseURL = pl.LedgerURL
+	p.errc = pl.Errors
 	return p
 }
 

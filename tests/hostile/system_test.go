@@ -15,7 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,16 +24,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/planner/planner"
-	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
-	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
+	"github.com/ccatobs/ccat-staging/tests/inproc"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -169,71 +166,25 @@ func startSystem(t *testing.T) *system {
 		"STAGER_ACK_WAIT":                 "10s",
 		"STAGER_PROGRESS_INTERVAL":        "1s",
 	}
-	get := func(extra map[string]string) func(string) string {
-		return func(k string) string {
-			if v, ok := extra[k]; ok {
-				return v
-			}
-			return env[k]
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel).With().Timestamp().Logger()
-	errc := make(chan error, 8)
-	start := func(name string, run func(context.Context) error) {
-		wg.Go(func() {
-			if err := run(ctx); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
+	p, err := inproc.Start(inproc.Options{Sites: []string{"cologne", "us"}, Log: log,
+		Env: func(service string) map[string]string {
+			e := maps.Clone(env)
+			if site, ok := strings.CutPrefix(service, "stager-"); ok {
+				e["STAGER_INSTANCE"] = "hostile-" + site
 			}
-		})
-	}
-	ledgerAddr := make(chan net.Addr, 1)
-	lcfg, err := ledger.ConfigFromEnv(get(nil))
+			return e
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lcfg.Listening = func(a net.Addr) { ledgerAddr <- a }
-	start("ledger", func(ctx context.Context) error {
-		return ledger.Run(ctx, lcfg, log.With().Str(logx.Service, "ledger").Logger())
-	})
-	plannerAddr := make(chan net.Addr, 1)
-	pcfg, err := planner.ConfigFromEnv(get(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pcfg.OnHTTP = func(a net.Addr) { plannerAddr <- a }
-	start("planner", func(ctx context.Context) error {
-		return planner.Run(ctx, pcfg, log.With().Str(logx.Service, "planner").Logger())
-	})
-	for _, site := range []string{"cologne", "us"} {
-		scfg, err := stager.ConfigFromEnv(get(map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "hostile-" + site}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		start("stager "+site, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
-		})
-	}
-	for _, c := range []struct {
-		ch  chan net.Addr
-		dst *string
-	}{{ledgerAddr, &s.api.BaseURL}, {plannerAddr, &s.plannerURL}} {
-		select {
-		case a := <-c.ch:
-			*c.dst = "http://" + a.String()
-		case err := <-errc:
-			t.Fatal(err)
-		case <-time.After(60 * time.Second):
-			t.Fatal("a service's HTTP listener did not come up within 60s")
-		}
-	}
+	t.Cleanup(p.Stop)
+	s.api.BaseURL, s.plannerURL = p.LedgerURL, p.PlannerURL
 	go func() {
 		select {
-		case err := <-errc:
+		case err := <-p.Errors:
 			t.Errorf("service stopped: %v", err)
-		case <-ctx.Done():
+		case <-t.Context().Done():
 		}
 	}()
 	s.events = newCollector(t, s.js)
