@@ -3,6 +3,7 @@ package bus_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
@@ -38,7 +39,18 @@ stager_consumer_pending{priority="high",site="cologne"} 0
 stager_consumer_pending{priority="low",site="cologne"} 0
 stager_consumer_pending{priority="normal",site="cologne"} 3
 `
-	if err := testutil.CollectAndCompare(b, strings.NewReader(want), "stager_consumer_pending"); err != nil {
-		t.Error(err)
+	// The server counts a consumer's pending messages asynchronously after
+	// the stream acknowledged them: the gauge gets there, not necessarily
+	// at once.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := testutil.CollectAndCompare(b, strings.NewReader(want), "stager_consumer_pending")
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
