@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"runtime"
 	"sync"
 	"time"
@@ -103,13 +104,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	// The next batches are fetched and validated while earlier ones are
 	// applied, by Workers appliers at once: PostgreSQL and the validation
-	// then use the machine's cores at the same time. Order between batches
-	// does not matter (the merge rules commute); each batch is acked only
-	// after its own commit, and a batch fetched when shutdown begins is
-	// still applied (handle finishes it).
-	batches := make(chan batch, 1)
+	// then use the machine's cores at the same time. Each fetched batch is
+	// split among the appliers by job (split), because a batch locks its
+	// jobs' rows first: two appliers given the same job take turns, which
+	// they did for nearly every batch when batches were handed out whole.
+	// Order between batches does not matter (the merge rules commute);
+	// each batch is acked only after its own commit, and a batch fetched
+	// when shutdown begins is still applied (handle finishes it).
+	queues := make([]chan batch, c.Workers)
+	for w := range queues {
+		queues[w] = make(chan batch, 1)
+	}
 	go func() {
-		defer close(batches)
+		defer func() {
+			for _, q := range queues {
+				close(q)
+			}
+		}()
 		for ctx.Err() == nil {
 			msgs, err := c.fetch()
 			if err != nil {
@@ -123,16 +134,20 @@ func (c *Consumer) Run(ctx context.Context) error {
 				}
 				continue
 			}
-			if len(msgs) > 0 {
-				events, poison := Sort(c.Stream, msgs)
-				batches <- batch{msgs: msgs, events: events, poison: poison}
+			if len(msgs) == 0 {
+				continue
+			}
+			for w, b := range split(msgs, classifyAll(c.Stream, msgs), c.Workers) {
+				if len(b.msgs) > 0 {
+					queues[w] <- b
+				}
 			}
 		}
 	}()
 	var wg sync.WaitGroup
-	for range c.Workers {
+	for _, q := range queues {
 		wg.Go(func() {
-			for b := range batches {
+			for b := range q {
 				c.handle(ctx, b)
 			}
 		})
@@ -181,16 +196,20 @@ func (c *Consumer) fetch() ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
-// Sort separates valid events from poison, the way Apply expects them.
-// Validation (JSON Schema) is most of the ledger's CPU, so a big batch is
-// classified by several goroutines; the result keeps the batch's order.
-func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
-	type result struct {
-		ev store.Event
-		p  store.Poison
-		ok bool
-	}
-	rs := make([]result, len(msgs))
+// classified is one message sorted: a valid event (ok) or poison, and for
+// an event the key split divides batches by.
+type classified struct {
+	ev  store.Event
+	p   store.Poison
+	ok  bool
+	key string
+}
+
+// classifyAll classifies every message of a batch. Validation (JSON Schema)
+// is most of the ledger's CPU, so a big batch is classified by several
+// goroutines; the result keeps the batch's order.
+func classifyAll(stream string, msgs []jetstream.Msg) []classified {
+	rs := make([]classified, len(msgs))
 	classify := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			m := msgs[i]
@@ -199,7 +218,11 @@ func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
 			if md, err := m.Metadata(); err == nil {
 				seq, ts = md.Sequence.Stream, md.Timestamp
 			}
-			rs[i].ev, rs[i].p, rs[i].ok = Classify(stream, m.Subject(), seq, ts, m.Data())
+			r := &rs[i]
+			r.ev, r.p, r.ok = Classify(stream, m.Subject(), seq, ts, m.Data())
+			if r.ok {
+				r.key = splitKey(r.ev)
+			}
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(msgs)/minPerWorker)
@@ -213,24 +236,57 @@ func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
 		}
 		wg.Wait()
 	}
-	events := make([]store.Event, 0, len(msgs))
-	var poison []store.Poison
-	for _, r := range rs {
+	return rs
+}
+
+// Sort separates valid events from poison, the way Apply expects them.
+func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
+	b := split(msgs, classifyAll(stream, msgs), 1)[0]
+	return b.events, b.poison
+}
+
+// splitKey is what keeps events together when a batch is split among the
+// appliers: the job (whose row each batch locks first), else the package.
+func splitKey(e store.Event) string {
+	var k struct {
+		JobID     string `json:"job_id"`
+		PackageID string `json:"package_id"`
+	}
+	_ = json.Unmarshal(e.Env.Data, &k) // validated already
+	if k.JobID != "" {
+		return k.JobID
+	}
+	return k.PackageID
+}
+
+// split divides a classified batch into n, by key: the events of one job
+// always land in the same part, poison in the first.
+func split(msgs []jetstream.Msg, rs []classified, n int) []batch {
+	out := make([]batch, n)
+	for i, r := range rs {
+		w := 0
+		if n > 1 && r.ok {
+			h := fnv.New32a()
+			_, _ = h.Write([]byte(r.key))
+			w = int(h.Sum32() % uint32(n))
+		}
+		b := &out[w]
+		b.msgs = append(b.msgs, msgs[i])
 		if r.ok {
-			events = append(events, r.ev)
+			b.events = append(b.events, r.ev)
 		} else {
-			poison = append(poison, r.p)
+			b.poison = append(b.poison, r.p)
 		}
 	}
-	return events, poison
+	return out
 }
+
+// minPerWorker is the fewest messages worth a goroutine of their own.
+const minPerWorker = 32
 
 // restWait bounds how long the pull after a batch's first message waits for
 // more: only when fewer than a batch are waiting does it wait that long.
 const restWait = 5 * time.Millisecond
-
-// minPerWorker is the fewest messages worth a goroutine of their own.
-const minPerWorker = 32
 
 // ReasonWrongSubject is the poison reason of an event whose type does not
 // belong on the subject it arrived on.

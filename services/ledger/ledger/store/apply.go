@@ -5,14 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
-	"github.com/uptrace/bun/schema"
 )
 
 // Event is one valid event to apply, with where it came from.
@@ -266,7 +267,7 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		for _, f := range fresh {
 			isNew[[2]string{f.Source, f.ID}] = true
 		}
-		a := applier{tx: tx, gen: s.db.QueryGen(), sites: map[string]bool{}, locs: map[[2]string]bool{}}
+		a := applier{tx: tx, conn: c, sites: map[string]bool{}, locs: map[[2]string]bool{}}
 		var hot []decoded
 		for _, d := range ds {
 			if !isNew[[2]string{d.Env.Source, d.Env.ID}] {
@@ -392,8 +393,8 @@ func toValidUTF8(b []byte) string {
 // the sites and locations they mention.
 type applier struct {
 	tx       bun.Tx
-	gen      schema.QueryGen
-	queue    []string // formatted statements, run by flush
+	conn     txConn
+	queue    []queued // statements run by flush
 	staged   []string // packages with a new done
 	released []string // jobs released
 	sites    map[string]bool
@@ -470,27 +471,65 @@ func (a *applier) apply(ctx context.Context, d decoded) error {
 	return nil // logged only
 }
 
+// queued is a statement waiting for flush, in PostgreSQL's placeholders.
+type queued struct {
+	name, sql string
+	args      []any
+}
+
 // exec queues a statement. The queue goes to the server in one round trip
-// (flush): a batch is hundreds of statements, and waiting for each one is
+// (flush): a batch is dozens of statements, and waiting for each one is
 // what limits throughput, not executing them.
-func (a *applier) exec(_ context.Context, _ string, query string, args ...any) error {
-	a.queue = append(a.queue, a.gen.FormatQuery(query, args...))
+func (a *applier) exec(_ context.Context, name string, query string, args ...any) error {
+	a.queue = append(a.queue, queued{name: name, sql: numberPlaceholders(query), args: pgxArgs(args)})
 	return nil
 }
 
-// flush runs the queued statements as one multi-statement simple query. It
-// goes through database/sql directly because the text is already formatted:
-// bun would take a '?' inside a quoted value for a placeholder.
+// flush runs the queued statements as one pgx batch on the transaction's
+// connection: one round trip, each statement with its arguments bound in
+// binary (arrays are not formatted into text and parsed back), and each
+// prepared once per connection and then reused from pgx's statement cache,
+// so a batch's statements are not parsed and planned again every time.
 func (a *applier) flush(ctx context.Context) error {
 	if len(a.queue) == 0 {
 		return nil
 	}
-	q := strings.Join(a.queue, ";\n")
-	a.queue = a.queue[:0]
-	if _, err := a.tx.Tx.ExecContext(ctx, q); err != nil {
-		return fmt.Errorf("apply batch: %w", err)
+	q := a.queue
+	a.queue = nil
+	return a.conn.batch(ctx, q)
+}
+
+// numberPlaceholders turns bun's ? placeholders into $1, $2, … (none of the
+// applier's statements has a ? of its own).
+func numberPlaceholders(q string) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range q {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
 	}
-	return nil
+	return b.String()
+}
+
+// pgxArgs unwraps bun's array wrappers: pgx binds Go slices as arrays
+// itself. A nil slice becomes an empty one, not NULL (x <> ALL(NULL) is
+// never true).
+func pgxArgs(args []any) []any {
+	out := make([]any, len(args))
+	for i, v := range args {
+		if av, ok := v.(*pgdialect.ArrayValue); ok {
+			v = av.Value()
+			if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
+				v = reflect.MakeSlice(rv.Type(), 0, 0).Interface()
+			}
+		}
+		out[i] = v
+	}
+	return out
 }
 
 // removed marks an archive copy gone. Arriving before the copy's archived
@@ -616,24 +655,22 @@ func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {
 }
 
 type plannedRow struct {
-	bun.BaseModel `bun:"table:job_packages,alias:jp"`
-	JobID         string       `bun:"job_id"`
-	PackageID     string       `bun:"package_id"`
-	Status        string       `bun:"status"`
-	Reason        string       `bun:"reason"`
-	Message       string       `bun:"message"`
-	RequestID     string       `bun:"request_id"`
-	SrcLocation   string       `bun:"src_location"`
-	SrcSite       string       `bun:"src_site"`
-	SrcStorage    string       `bun:"src_storage"`
-	SrcKey        string       `bun:"src_key"`
-	DestSite      string       `bun:"dest_site"`
-	DestLocation  string       `bun:"dest_location"`
-	SizeBytes     int64        `bun:"size_bytes"`
-	Checksum      string       `bun:"checksum"`
-	PlannedAt     time.Time    `bun:"planned_at"`
-	CompletedAt   bun.NullTime `bun:"completed_at"`
-	UpdatedAt     time.Time    `bun:"updated_at"`
+	JobID        string    `bun:"job_id"`
+	PackageID    string    `bun:"package_id"`
+	Status       string    `bun:"status"`
+	Reason       string    `bun:"reason"`
+	Message      string    `bun:"message"`
+	RequestID    string    `bun:"request_id"`
+	SrcLocation  string    `bun:"src_location"`
+	SrcSite      string    `bun:"src_site"`
+	SrcStorage   string    `bun:"src_storage"`
+	SrcKey       string    `bun:"src_key"`
+	DestSite     string    `bun:"dest_site"`
+	DestLocation string    `bun:"dest_location"`
+	SizeBytes    int64     `bun:"size_bytes"`
+	Checksum     string    `bun:"checksum"`
+	PlannedAt    time.Time `bun:"planned_at"`
+	UpdatedAt    time.Time `bun:"updated_at"`
 }
 
 func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error {
@@ -654,9 +691,6 @@ func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error
 		r := plannedRow{JobID: v.JobID, PackageID: p.PackageID, Status: p.Status, Reason: p.Reason, Message: p.Message,
 			RequestID: p.RequestID, DestSite: v.Destination.Site, DestLocation: v.Destination.Location,
 			SizeBytes: p.SizeBytes, Checksum: p.Checksum, PlannedAt: d.Time, UpdatedAt: d.Time}
-		if p.Status == event.StatusFailed {
-			r.CompletedAt = bun.NullTime{Time: d.Time}
-		}
 		if p.Source != nil {
 			r.SrcLocation, r.SrcSite, r.SrcStorage, r.SrcKey = p.Source.Location, p.Source.Site, p.Source.Storage, p.Source.Key
 			a.place(p.Source.Site, p.Source.Location)
@@ -676,25 +710,48 @@ func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error
 		return nil // a plan without packages: the job has none
 	}
 	slices.SortFunc(rows, func(x, y plannedRow) int { return cmp.Compare(x.PackageID, y.PackageID) })
-	q, err := a.tx.NewInsert().Model(&rows).
-		On("CONFLICT (job_id, package_id) DO UPDATE").
-		Set(`status = CASE WHEN `+sqlTerminal+` THEN jp.status
-			WHEN EXCLUDED.status = 'failed' THEN 'failed'
-			WHEN jp.status = 'pending' THEN 'scheduled' ELSE jp.status END`).
-		Set(`reason = CASE WHEN `+sqlTerminal+` OR EXCLUDED.status <> 'failed' THEN jp.reason ELSE EXCLUDED.reason END`).
-		Set(`message = CASE WHEN `+sqlTerminal+` OR EXCLUDED.status <> 'failed' THEN jp.message ELSE EXCLUDED.message END`).
-		Set(`completed_at = CASE WHEN `+sqlTerminal+` THEN jp.completed_at ELSE EXCLUDED.completed_at END`).
-		Set("request_id = EXCLUDED.request_id, src_location = EXCLUDED.src_location, src_site = EXCLUDED.src_site").
-		Set("src_storage = EXCLUDED.src_storage, src_key = EXCLUDED.src_key").
-		Set("dest_site = EXCLUDED.dest_site, dest_location = EXCLUDED.dest_location").
-		Set("size_bytes = CASE WHEN jp.status = 'completed' THEN jp.size_bytes ELSE EXCLUDED.size_bytes END").
-		Set("checksum = EXCLUDED.checksum, planned_at = EXCLUDED.planned_at, updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)").
-		AppendQuery(a.gen, nil)
-	if err != nil {
-		return fmt.Errorf("plan packages: %w", err)
+	col := func(f func(plannedRow) string) []string {
+		out := make([]string, len(rows))
+		for i, r := range rows {
+			out[i] = f(r)
+		}
+		return out
 	}
-	a.queue = append(a.queue, string(q))
-	return nil
+	sizes := make([]int64, len(rows))
+	for i, r := range rows {
+		sizes[i] = r.SizeBytes
+	}
+	// A package failed at plan time (no_source) is completed when planned.
+	return a.exec(ctx, "plan packages", `INSERT INTO job_packages AS jp (job_id, package_id, status, reason, message, request_id,
+			src_location, src_site, src_storage, src_key, dest_site, dest_location, size_bytes, checksum, planned_at, completed_at,
+			updated_at)
+		SELECT ?, p, st, re, m, r, sl, ss, sst, sk, ?, ?, sz, cs, ?, CASE WHEN st = 'failed' THEN ?::timestamptz END, ?
+		FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::text[])
+			AS x(p, st, re, m, r, sl, ss, sst, sk, sz, cs)
+		ON CONFLICT (job_id, package_id) DO UPDATE SET
+			status = CASE WHEN `+sqlTerminal+` THEN jp.status
+				WHEN EXCLUDED.status = 'failed' THEN 'failed'
+				WHEN jp.status = 'pending' THEN 'scheduled' ELSE jp.status END,
+			reason = CASE WHEN `+sqlTerminal+` OR EXCLUDED.status <> 'failed' THEN jp.reason ELSE EXCLUDED.reason END,
+			message = CASE WHEN `+sqlTerminal+` OR EXCLUDED.status <> 'failed' THEN jp.message ELSE EXCLUDED.message END,
+			completed_at = CASE WHEN `+sqlTerminal+` THEN jp.completed_at ELSE EXCLUDED.completed_at END,
+			request_id = EXCLUDED.request_id, src_location = EXCLUDED.src_location, src_site = EXCLUDED.src_site,
+			src_storage = EXCLUDED.src_storage, src_key = EXCLUDED.src_key,
+			dest_site = EXCLUDED.dest_site, dest_location = EXCLUDED.dest_location,
+			size_bytes = CASE WHEN jp.status = 'completed' THEN jp.size_bytes ELSE EXCLUDED.size_bytes END,
+			checksum = EXCLUDED.checksum, planned_at = EXCLUDED.planned_at, updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
+		v.JobID, v.Destination.Site, v.Destination.Location, d.Time, d.Time, d.Time,
+		pgdialect.Array(col(func(r plannedRow) string { return r.PackageID })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.Status })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.Reason })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.Message })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.RequestID })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.SrcLocation })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.SrcSite })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.SrcStorage })),
+		pgdialect.Array(col(func(r plannedRow) string { return r.SrcKey })),
+		pgdialect.Array(sizes),
+		pgdialect.Array(col(func(r plannedRow) string { return r.Checksum })))
 }
 
 func (a *applier) rejected(ctx context.Context, d decoded, v event.Rejected) error {

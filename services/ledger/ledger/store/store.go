@@ -208,6 +208,30 @@ func (s *Store) runTx(ctx context.Context, fn func(ctx context.Context, tx bun.T
 // txConn is the connection a transaction runs on.
 type txConn struct{ conn bun.Conn }
 
+// batch runs statements in one round trip on the transaction's connection
+// (pgx batch, statements prepared once per connection and cached) and
+// returns the first failure, named.
+func (c txConn) batch(ctx context.Context, qs []queued) error {
+	return c.conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("statement batch: driver connection is %T, not pgx", dc)
+		}
+		b := &pgx.Batch{}
+		for _, q := range qs {
+			b.Queue(q.sql, q.args...)
+		}
+		br := sc.Conn().SendBatch(ctx, b)
+		for _, q := range qs {
+			if _, err := br.Exec(); err != nil {
+				_ = br.Close()
+				return fmt.Errorf("%s: %w", q.name, err)
+			}
+		}
+		return br.Close()
+	})
+}
+
 // copyFrom loads rows with COPY on the transaction's connection, so they
 // are part of the transaction. database/sql cannot send COPY; pgx can.
 func (c txConn) copyFrom(ctx context.Context, table string, cols []string, rows [][]any) (int64, error) {
