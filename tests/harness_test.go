@@ -115,28 +115,10 @@ func startSystemWith(t *testing.T, topologyTemplate string, extraEnv map[string]
 	}
 	maps.Copy(env, extraEnv)
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	p, err := inproc.Start(inproc.Options{Sites: []string{"cologne", "us"}, Log: log,
-		Env: func(service string) map[string]string {
-			e := maps.Clone(env)
-			if site, ok := strings.CutPrefix(service, "stager-"); ok {
-				e["STAGER_INSTANCE"] = "t-" + site
-			}
-			return e
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Stop the services before the server and the database go away
-	// (cleanups run last-registered first).
-	t.Cleanup(p.Stop)
+	// Registered after the server's and the database's cleanups, so the
+	// services stop before those go away.
+	p := inproc.StartTest(t, inproc.Options{Sites: []string{"cologne", "us"}, Log: log, Env: inproc.SameEnv(env, "t-")})
 	s.api.BaseURL = p.LedgerURL
-	go func() {
-		select {
-		case err := <-p.Errors:
-			t.Errorf("service stopped: %v", err)
-		case <-t.Context().Done():
-		}
-	}()
 	if err := bus.Provision(t.Context(), s.bus.JS, bus.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -167,26 +166,8 @@ func startSystem(t *testing.T) *system {
 		"STAGER_PROGRESS_INTERVAL":        "1s",
 	}
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel).With().Timestamp().Logger()
-	p, err := inproc.Start(inproc.Options{Sites: []string{"cologne", "us"}, Log: log,
-		Env: func(service string) map[string]string {
-			e := maps.Clone(env)
-			if site, ok := strings.CutPrefix(service, "stager-"); ok {
-				e["STAGER_INSTANCE"] = "hostile-" + site
-			}
-			return e
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Stop)
+	p := inproc.StartTest(t, inproc.Options{Sites: []string{"cologne", "us"}, Log: log, Env: inproc.SameEnv(env, "hostile-")})
 	s.api.BaseURL, s.plannerURL = p.LedgerURL, p.PlannerURL
-	go func() {
-		select {
-		case err := <-p.Errors:
-			t.Errorf("service stopped: %v", err)
-		case <-t.Context().Done():
-		}
-	}()
 	s.events = newCollector(t, s.js)
 	return s
 }

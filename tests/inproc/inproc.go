@@ -8,8 +8,11 @@ package inproc
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
@@ -135,4 +138,37 @@ func Start(o Options) (*Pipeline, error) {
 func (p *Pipeline) Stop() {
 	p.cancel()
 	p.wg.Wait()
+}
+
+// StartTest starts the pipeline for a test: it fails the test when a
+// service does not come up, stops the services in the test's cleanup (so
+// register the broker's and the database's cleanups first), and reports a
+// service that stops on its own as a test error.
+func StartTest(t testing.TB, o Options) *Pipeline {
+	t.Helper()
+	p, err := Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	go func() {
+		select {
+		case err := <-p.Errors:
+			t.Errorf("service stopped: %v", err)
+		case <-t.Context().Done():
+		}
+	}()
+	return p
+}
+
+// SameEnv gives every service env, and each stager the instance name
+// <instance><site>.
+func SameEnv(env map[string]string, instance string) func(service string) map[string]string {
+	return func(service string) map[string]string {
+		e := maps.Clone(env)
+		if site, ok := strings.CutPrefix(service, "stager-"); ok {
+			e["STAGER_INSTANCE"] = instance + site
+		}
+		return e
+	}
 }
