@@ -314,8 +314,8 @@ func restartPostgres(t *testing.T, s *system, trials int, rng *rand.Rand) string
 
 // failedBatches counts the batches the ledger handed back because the
 // database failed them, with the longest delay it asked for (the ledger
-// backs off per message, by its delivery count, up to a minute: this is
-// what bounds the time to recover), and the crash recoveries in the
+// backs off by its failures in a row, up to 5 s: this is what bounds the
+// time to recover), and the crash recoveries in the
 // server's log (evidence that the immediate stops and kills crashed it).
 func failedBatches(s *system) string {
 	b, err := os.ReadFile(s.ledger.log)

@@ -15,6 +15,7 @@ import (
 	"hash/fnv"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -86,7 +87,16 @@ type Consumer struct {
 	Metrics *Metrics
 	// Applied, when not nil, is called after each committed batch.
 	Applied func(store.Result)
+
+	// failures counts batches failed in a row, by any applier: the retry
+	// delay follows the database's state, not a message's history.
+	failures atomic.Int64
 }
+
+// maxRetryDelay caps the delay before a failed batch is tried again. A
+// batch fails when the database does; retrying one every few seconds is no
+// load, and a longer delay is only time lost once the database is back.
+const maxRetryDelay = 5 * time.Second
 
 // Run consumes until ctx is cancelled and returns nil then.
 func (c *Consumer) Run(ctx context.Context) error {
@@ -353,15 +363,23 @@ func (c *Consumer) handle(ctx context.Context, b batch) {
 	if err != nil {
 		c.Metrics.Failures.Inc()
 		// The batch is handed back whole: every event in it is idempotent, so
-		// whatever part of it a retry finds already applied is skipped.
-		d := bus.Backoff(msgs[0])
+		// whatever part of it a retry finds already applied is skipped. The
+		// delay grows with the failures in a row (1 s, 2 s, 4 s, 5 s) and
+		// starts again at 1 s after a success; this applier also waits it
+		// out, so an outage does not spin through the whole backlog.
+		d := min(bus.BackoffN(int(c.failures.Add(1))), maxRetryDelay)
 		c.Log.Error().Err(err).Int("batch", len(msgs)).Dur("retry_in", d).Str("durable", c.Durable).
 			Msg("apply batch failed; handing it back")
 		for _, m := range msgs {
 			_ = m.NakWithDelay(d)
 		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
 		return
 	}
+	c.failures.Store(0)
 	c.Metrics.Latency.Observe(time.Since(start).Seconds())
 	c.Metrics.Batch.Observe(float64(len(msgs)))
 	c.Metrics.Duplicates.Add(float64(res.Duplicates))
