@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -644,4 +645,49 @@ func TestTwoLedgersShareTheWork(t *testing.T) {
 			t.Errorf("table %s differs between two live ledgers and one replay:\nlive   %v\nreplay %v", name, got[name], want[name])
 		}
 	}
+}
+
+// A backlog of large events is applied in batches of at most
+// LEDGER_BATCH_BYTES, not LEDGER_BATCH_SIZE messages each: memory stays
+// bounded when plans list many packages.
+func TestBatchesAreCappedByBytes(t *testing.T) {
+	t.Parallel()
+	const capBytes = 64 << 10
+	e := start(t, func(c *ledger.Config) { c.BatchBytes = capBytes; c.BatchSize = 500 })
+	e.stop() // queue everything first, so batches could be as large as allowed
+	var msgs []scenario.Msg
+	for j := range 12 {
+		msgs = append(msgs, jobEvents(t, scenario.Job{ID: fmt.Sprintf("big-%02d", j), Packages: 60})...)
+	}
+	total := 0
+	for _, m := range msgs {
+		raw, err := json.Marshal(m.Env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(raw)
+	}
+	e.publish(msgs...)
+	e.run()
+	e.drained()
+	e.waitJob("big-11", "completed")
+
+	resp, err := http.Get(e.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var batches float64
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, "ledger_batch_size_count "); ok {
+			batches, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	// By count alone the backlog would fit in a few batches of 500.
+	if min := float64(total) / capBytes; batches < min {
+		t.Errorf("%d messages (%d bytes) applied in %.0f batches, want at least %.0f (%d bytes each at most)",
+			len(msgs), total, batches, min, capBytes)
+	}
+	t.Logf("%d messages, %d bytes, %.0f batches", len(msgs), total, batches)
 }
