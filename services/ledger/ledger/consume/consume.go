@@ -147,7 +147,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			if len(msgs) == 0 {
 				continue
 			}
-			for w, b := range split(msgs, classifyAll(c.Stream, msgs), c.Workers) {
+			for w, b := range split(msgs, classifyAll(c.Stream, msgs, c.Workers > 1), c.Workers) {
 				if len(b.msgs) > 0 {
 					queues[w] <- b
 				}
@@ -215,10 +215,11 @@ type classified struct {
 	key string
 }
 
-// classifyAll classifies every message of a batch. Validation (JSON Schema)
-// is most of the ledger's CPU, so a big batch is classified by several
-// goroutines; the result keeps the batch's order.
-func classifyAll(stream string, msgs []jetstream.Msg) []classified {
+// classifyAll classifies every message of a batch, with the split key when
+// keyed. Validation (JSON Schema) is most of the ledger's CPU, so a big
+// batch is classified by several goroutines; the result keeps the batch's
+// order.
+func classifyAll(stream string, msgs []jetstream.Msg, keyed bool) []classified {
 	rs := make([]classified, len(msgs))
 	classify := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -230,7 +231,7 @@ func classifyAll(stream string, msgs []jetstream.Msg) []classified {
 			}
 			r := &rs[i]
 			r.ev, r.p, r.ok = Classify(stream, m.Subject(), seq, ts, m.Data())
-			if r.ok {
+			if r.ok && keyed {
 				r.key = splitKey(r.ev)
 			}
 		}
@@ -251,7 +252,7 @@ func classifyAll(stream string, msgs []jetstream.Msg) []classified {
 
 // Sort separates valid events from poison, the way Apply expects them.
 func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
-	b := split(msgs, classifyAll(stream, msgs), 1)[0]
+	b := split(msgs, classifyAll(stream, msgs, false), 1)[0]
 	return b.events, b.poison
 }
 
