@@ -654,25 +654,6 @@ func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {
 		v.JobID, v.Destination.Site, v.Destination.Location, d.Time, pgdialect.Array(v.Packages))
 }
 
-type plannedRow struct {
-	JobID        string    `bun:"job_id"`
-	PackageID    string    `bun:"package_id"`
-	Status       string    `bun:"status"`
-	Reason       string    `bun:"reason"`
-	Message      string    `bun:"message"`
-	RequestID    string    `bun:"request_id"`
-	SrcLocation  string    `bun:"src_location"`
-	SrcSite      string    `bun:"src_site"`
-	SrcStorage   string    `bun:"src_storage"`
-	SrcKey       string    `bun:"src_key"`
-	DestSite     string    `bun:"dest_site"`
-	DestLocation string    `bun:"dest_location"`
-	SizeBytes    int64     `bun:"size_bytes"`
-	Checksum     string    `bun:"checksum"`
-	PlannedAt    time.Time `bun:"planned_at"`
-	UpdatedAt    time.Time `bun:"updated_at"`
-}
-
 func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error {
 	a.place(v.Destination.Site, v.Destination.Location)
 	part, parts := max(v.Part, 1), max(v.Parts, 1)
@@ -684,18 +665,22 @@ func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error
 		v.RequestedBy, v.Priority, v.Note, v.Destination.Site, v.Destination.Location, d.Time, parts, part, part, v.JobID); err != nil {
 		return err
 	}
-	ids := make([]string, len(v.Packages))
-	rows := make([]plannedRow, len(v.Packages))
-	for i, p := range v.Packages {
-		ids[i] = p.PackageID
-		r := plannedRow{JobID: v.JobID, PackageID: p.PackageID, Status: p.Status, Reason: p.Reason, Message: p.Message,
-			RequestID: p.RequestID, DestSite: v.Destination.Site, DestLocation: v.Destination.Location,
-			SizeBytes: p.SizeBytes, Checksum: p.Checksum, PlannedAt: d.Time, UpdatedAt: d.Time}
+	// One column per field, in package order (a fixed row order keeps
+	// concurrent ledgers from deadlocking on each other's rows).
+	pkgs := slices.SortedFunc(slices.Values(v.Packages), func(x, y event.PlannedPackage) int {
+		return cmp.Compare(x.PackageID, y.PackageID)
+	})
+	n := len(pkgs)
+	ids, status, reason, msg, req := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	srcLoc, srcSite, srcStorage, srcKey, sum := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	sizes := make([]int64, n)
+	for i, p := range pkgs {
+		ids[i], status[i], reason[i], msg[i], req[i] = p.PackageID, p.Status, p.Reason, p.Message, p.RequestID
+		sizes[i], sum[i] = p.SizeBytes, p.Checksum
 		if p.Source != nil {
-			r.SrcLocation, r.SrcSite, r.SrcStorage, r.SrcKey = p.Source.Location, p.Source.Site, p.Source.Storage, p.Source.Key
+			srcLoc[i], srcSite[i], srcStorage[i], srcKey[i] = p.Source.Location, p.Source.Site, p.Source.Storage, p.Source.Key
 			a.place(p.Source.Site, p.Source.Location)
 		}
-		rows[i] = r
 	}
 	// Packages a conflicting submit may have added before the plan arrived
 	// are not part of the job: a plan in one message lists every package of
@@ -706,20 +691,8 @@ func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error
 			return err
 		}
 	}
-	if len(rows) == 0 {
+	if n == 0 {
 		return nil // a plan without packages: the job has none
-	}
-	slices.SortFunc(rows, func(x, y plannedRow) int { return cmp.Compare(x.PackageID, y.PackageID) })
-	col := func(f func(plannedRow) string) []string {
-		out := make([]string, len(rows))
-		for i, r := range rows {
-			out[i] = f(r)
-		}
-		return out
-	}
-	sizes := make([]int64, len(rows))
-	for i, r := range rows {
-		sizes[i] = r.SizeBytes
 	}
 	// A package failed at plan time (no_source) is completed when planned.
 	return a.exec(ctx, "plan packages", `INSERT INTO job_packages AS jp (job_id, package_id, status, reason, message, request_id,
@@ -741,17 +714,9 @@ func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error
 			size_bytes = CASE WHEN jp.status = 'completed' THEN jp.size_bytes ELSE EXCLUDED.size_bytes END,
 			checksum = EXCLUDED.checksum, planned_at = EXCLUDED.planned_at, updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
 		v.JobID, v.Destination.Site, v.Destination.Location, d.Time, d.Time, d.Time,
-		pgdialect.Array(col(func(r plannedRow) string { return r.PackageID })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.Status })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.Reason })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.Message })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.RequestID })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.SrcLocation })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.SrcSite })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.SrcStorage })),
-		pgdialect.Array(col(func(r plannedRow) string { return r.SrcKey })),
-		pgdialect.Array(sizes),
-		pgdialect.Array(col(func(r plannedRow) string { return r.Checksum })))
+		pgdialect.Array(ids), pgdialect.Array(status), pgdialect.Array(reason), pgdialect.Array(msg), pgdialect.Array(req),
+		pgdialect.Array(srcLoc), pgdialect.Array(srcSite), pgdialect.Array(srcStorage), pgdialect.Array(srcKey),
+		pgdialect.Array(sizes), pgdialect.Array(sum))
 }
 
 func (a *applier) rejected(ctx context.Context, d decoded, v event.Rejected) error {

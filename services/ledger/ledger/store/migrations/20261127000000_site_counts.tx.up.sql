@@ -12,34 +12,32 @@ CREATE TABLE site_count_deltas (
     n        bigint NOT NULL
 );
 
+-- A job's package counters as (status, n) rows.
+CREATE FUNCTION job_status_counts(j jobs) RETURNS TABLE (status text, n bigint) LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('pending', j.n_pending::bigint), ('scheduled', j.n_scheduled), ('in_progress', j.n_in_progress),
+        ('completed', j.n_completed), ('failed', j.n_failed), ('cancelled', j.n_cancelled)
+$$;
+
 CREATE FUNCTION site_count_deltas_record() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO site_count_deltas (site, location, status, n)
         SELECT j.dest_site, j.dest_location, c.status, sum(c.n)
-        FROM new_rows j, LATERAL (VALUES ('pending', j.n_pending), ('scheduled', j.n_scheduled),
-            ('in_progress', j.n_in_progress), ('completed', j.n_completed), ('failed', j.n_failed),
-            ('cancelled', j.n_cancelled)) AS c(status, n)
+        FROM new_rows j, LATERAL job_status_counts(j) c
         GROUP BY 1, 2, 3 HAVING sum(c.n) <> 0;
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO site_count_deltas (site, location, status, n)
         SELECT site, location, status, sum(n) FROM (
             SELECT j.dest_site AS site, j.dest_location AS location, c.status, c.n
-            FROM new_rows j, LATERAL (VALUES ('pending', j.n_pending), ('scheduled', j.n_scheduled),
-                ('in_progress', j.n_in_progress), ('completed', j.n_completed), ('failed', j.n_failed),
-                ('cancelled', j.n_cancelled)) AS c(status, n)
+            FROM new_rows j, LATERAL job_status_counts(j) c
             UNION ALL
             SELECT j.dest_site, j.dest_location, c.status, -c.n
-            FROM old_rows j, LATERAL (VALUES ('pending', j.n_pending), ('scheduled', j.n_scheduled),
-                ('in_progress', j.n_in_progress), ('completed', j.n_completed), ('failed', j.n_failed),
-                ('cancelled', j.n_cancelled)) AS c(status, n)
+            FROM old_rows j, LATERAL job_status_counts(j) c
         ) d GROUP BY 1, 2, 3 HAVING sum(n) <> 0;
     ELSE
         INSERT INTO site_count_deltas (site, location, status, n)
         SELECT j.dest_site, j.dest_location, c.status, -sum(c.n)
-        FROM old_rows j, LATERAL (VALUES ('pending', j.n_pending), ('scheduled', j.n_scheduled),
-            ('in_progress', j.n_in_progress), ('completed', j.n_completed), ('failed', j.n_failed),
-            ('cancelled', j.n_cancelled)) AS c(status, n)
+        FROM old_rows j, LATERAL job_status_counts(j) c
         GROUP BY 1, 2, 3 HAVING sum(c.n) <> 0;
     END IF;
     RETURN NULL;
@@ -55,9 +53,7 @@ CREATE TRIGGER jobs_site_counts_delete AFTER DELETE ON jobs
 -- The jobs already projected.
 INSERT INTO site_count_deltas (site, location, status, n)
 SELECT j.dest_site, j.dest_location, c.status, sum(c.n)
-FROM jobs j, LATERAL (VALUES ('pending', j.n_pending), ('scheduled', j.n_scheduled),
-    ('in_progress', j.n_in_progress), ('completed', j.n_completed), ('failed', j.n_failed),
-    ('cancelled', j.n_cancelled)) AS c(status, n)
+FROM jobs j, LATERAL job_status_counts(j) c
 GROUP BY 1, 2, 3 HAVING sum(c.n) <> 0;
 
 -- Bytes staged in the last hour and day: a range of recent completions, not
