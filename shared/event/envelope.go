@@ -13,11 +13,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"mime"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // SpecVersion is the only CloudEvents version accepted.
@@ -68,43 +71,40 @@ const (
 
 var attrName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
 
-// core lists the attributes the spec defines; everything else is an extension.
-var core = map[string]bool{
-	"specversion": true, "id": true, "source": true, "type": true, "subject": true,
-	"time": true, "datacontenttype": true, "dataschema": true, "data": true, "data_base64": true,
-}
-
 // Decode parses and checks a structured-mode CloudEvent. It does not look at
 // the data beyond requiring it to be JSON; use DataAs for that. Errors wrap
 // ErrInvalid.
+//
+// The event is read in one pass with a streaming tokenizer (jsontext): it is
+// the first thing every consumer does to every message, and decoding into a
+// map of raw values and then each attribute again cost the ledger more than
+// its schema checks. The tokenizer is strict where encoding/json is lenient,
+// and the ledger depends on that: invalid UTF-8 and lone UTF-16 surrogates
+// (\ud800) are refused here, at every depth of data, as PostgreSQL's jsonb
+// refuses them too (an event that cannot be stored would fail its batch on
+// every delivery). A name given twice is taken as its last value, as
+// encoding/json and jsonb do.
 func Decode(raw []byte) (Envelope, error) {
 	var env Envelope
 	if len(raw) > MaxSize {
 		return env, invalid(ReasonInvalidEnvelope, "event is %d bytes, more than the %d allowed", len(raw), MaxSize)
 	}
-	var attrs map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&attrs); err != nil {
+	var a attrs
+	if err := a.read(raw); err != nil {
 		return env, invalid(ReasonInvalidEnvelope, "not a JSON object: %v", err)
 	}
-	if dec.More() {
-		return env, invalid(ReasonInvalidEnvelope, "trailing data after the JSON object")
-	}
-	if attrs == nil {
-		return env, invalid(ReasonInvalidEnvelope, "not a JSON object")
-	}
 	str := func(name string, required bool) (string, error) {
-		v, ok := attrs[name]
-		if !ok || string(v) == "null" {
+		v, ok := a.strs[name]
+		if !ok || v.null {
 			if required {
 				return "", invalid(ReasonInvalidEnvelope, "missing required attribute %q", name)
 			}
 			return "", nil
 		}
-		var s string
-		if err := json.Unmarshal(v, &s); err != nil {
+		if !v.isString {
 			return "", invalid(ReasonInvalidEnvelope, "attribute %q is not a string", name)
 		}
+		s := v.s
 		if required && s == "" {
 			return "", invalid(ReasonInvalidEnvelope, "attribute %q is empty", name)
 		}
@@ -138,7 +138,7 @@ func Decode(raw []byte) (Envelope, error) {
 	if env.DataContentType, err = str("datacontenttype", false); err != nil {
 		return env, err
 	}
-	if env.DataContentType != "" {
+	if env.DataContentType != "" && env.DataContentType != "application/json" {
 		mt, _, err := mime.ParseMediaType(env.DataContentType)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 			return env, invalid(ReasonInvalidEnvelope, "datacontenttype %q is not JSON", env.DataContentType)
@@ -153,31 +153,118 @@ func Decode(raw []byte) (Envelope, error) {
 			return env, invalid(ReasonInvalidEnvelope, "time %q is not RFC 3339", ts)
 		}
 	}
-	if _, ok := attrs["data_base64"]; ok {
+	if a.base64 {
 		return env, invalid(ReasonInvalidEnvelope, "data_base64 is not accepted: data must be JSON")
 	}
-	data, ok := attrs["data"]
-	if !ok || string(data) == "null" {
+	if a.data == nil || string(a.data) == "null" {
 		return env, invalid(ReasonInvalidEnvelope, "missing data")
 	}
-	env.Data = data
-	for name, v := range attrs {
-		if core[name] {
-			continue
+	env.Data = a.data
+	for _, x := range a.ext {
+		if !attrName.MatchString(x.name) {
+			return env, invalid(ReasonInvalidEnvelope, "attribute name %q is not valid (lower-case letters and digits, at most 20)", x.name)
 		}
-		if !attrName.MatchString(name) {
-			return env, invalid(ReasonInvalidEnvelope, "attribute name %q is not valid (lower-case letters and digits, at most 20)", name)
-		}
-		var x any
-		if err := json.Unmarshal(v, &x); err != nil {
-			return env, invalid(ReasonInvalidEnvelope, "extension %q: %v", name, err)
+		var v any
+		if err := json.Unmarshal(x.raw, &v); err != nil {
+			return env, invalid(ReasonInvalidEnvelope, "extension %q: %v", x.name, err)
 		}
 		if env.Extensions == nil {
 			env.Extensions = map[string]any{}
 		}
-		env.Extensions[name] = x
+		env.Extensions[x.name] = v
 	}
 	return env, nil
+}
+
+// attr is a core string attribute as read: a string, null, or something else.
+type attr struct {
+	s        string
+	isString bool
+	null     bool
+}
+
+// attrs is a structured event's top level, read once.
+type attrs struct {
+	strs   map[string]attr
+	data   []byte // raw JSON of data (its own copy), nil when absent
+	base64 bool
+	ext    []extension
+}
+
+type extension struct {
+	name string
+	raw  []byte
+}
+
+func (a *attrs) read(raw []byte) error {
+	dec := jsontext.NewDecoder(bytes.NewBuffer(raw), jsontext.AllowDuplicateNames(true))
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return err
+	}
+	if tok.Kind() != '{' {
+		return fmt.Errorf("found %s", tok.Kind())
+	}
+	a.strs = make(map[string]attr, 8)
+	for dec.PeekKind() != '}' {
+		name, err := dec.ReadValue()
+		if err != nil {
+			return err
+		}
+		q, err := unquote(name)
+		if err != nil {
+			return err
+		}
+		n := string(q) // q is the decoder's buffer, valid until its next read
+		switch n {
+		case "data":
+			v, err := dec.ReadValue()
+			if err != nil {
+				return err
+			}
+			a.data = bytes.Clone(v)
+		case "data_base64":
+			if _, err := dec.ReadValue(); err != nil {
+				return err
+			}
+			a.base64 = true
+		case "specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema":
+			switch dec.PeekKind() {
+			case '"':
+				v, err := dec.ReadToken()
+				if err != nil {
+					return err
+				}
+				a.strs[n] = attr{s: v.String(), isString: true}
+			case 'n':
+				if _, err := dec.ReadToken(); err != nil {
+					return err
+				}
+				a.strs[n] = attr{null: true}
+			default:
+				if _, err := dec.ReadValue(); err != nil {
+					return err
+				}
+				a.strs[n] = attr{}
+			}
+		default:
+			v, err := dec.ReadValue()
+			if err != nil {
+				return err
+			}
+			a.ext = append(a.ext, extension{name: n, raw: bytes.Clone(v)})
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // '}'
+		return err
+	}
+	if _, err := dec.ReadToken(); err != io.EOF {
+		if err == nil {
+			return errors.New("trailing data after the JSON object")
+		}
+		return err
+	}
+	return nil
 }
 
 // MarshalJSON writes the structured-mode form with extensions inlined.

@@ -73,12 +73,26 @@ func ValidateData(typ string, raw []byte) error {
 	if !ok {
 		return invalid(ReasonUnknownType, "unknown event type %q", typ)
 	}
+	c := checks()[typ]
+	var refused error
+	if c != nil {
+		if refused = c.validate(raw); refused == nil {
+			return nil
+		}
+	}
+	// Refused by the check (or no check): the general validator explains
+	// why, in its words, or decides alone.
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
 	if err != nil {
 		return invalid(ReasonInvalidData, "data is not JSON: %v", err)
 	}
 	if err := s.Validate(inst); err != nil {
 		return invalid(ReasonInvalidData, "data does not match %s: %s", SchemaURI(typ), oneLine(err))
+	}
+	if refused != nil {
+		// What only the check refuses: duplicate names, invalid UTF-8,
+		// lone surrogates.
+		return invalid(ReasonInvalidData, "data is not acceptable JSON: %s", oneLine(refused))
 	}
 	return nil
 }
