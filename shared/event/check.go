@@ -35,12 +35,12 @@ type check struct {
 	never bool  // the false schema
 	types uint8 // kind* bits; 0 means any type
 
-	props     map[string]prop
-	required  []string
-	reqBit    map[string]uint64 // required name → its bit (at most 64)
-	addl      *check            // schema for other properties; nil: any
-	minProps  int
-	maxProps  int // -1: none
+	props    map[string]prop
+	required []string
+	reqBit   map[string]uint64 // required name → its bit (at most 64)
+	addl     *check            // schema for other properties; nil: any
+	minProps int
+	maxProps int // -1: none
 
 	items    *check
 	minItems int
