@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/jackc/pgx/v5"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 )
@@ -211,13 +212,14 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 	var dups int
 	err := s.inTx(ctx, func(ctx context.Context, tx bun.Tx, c txConn) error {
 		applied, dups = map[string]int{}, 0
+		// The statements before the event log's lookup go to the server
+		// with it, in one round trip (insertLog).
+		var pre []queued
 		// A batch's statements are planned with costs from statistics a
 		// fresh or fast-growing projection does not have yet; JIT then
 		// compiles statements that touch a few hundred rows, at several
 		// milliseconds each. Off for this transaction only.
-		if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
-			return fmt.Errorf("set jit: %w", err)
-		}
+		pre = append(pre, queued{name: "set jit", sql: `SET LOCAL jit = off`})
 		if len(poison) > 0 {
 			rows := make([]poisonRow, len(poison))
 			for i, p := range poison {
@@ -238,10 +240,9 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		// follow (cross-job dedup): the follower's plan and the leader's
 		// outcomes must not each miss the other's uncommitted rows.
 		if len(leaders) > 0 {
-			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?, hashtext(l)) FROM unnest(?::text[]) AS x(l) ORDER BY l`,
-				followLockClass, pgdialect.Array(leaders)); err != nil {
-				return fmt.Errorf("lock followed jobs: %w", err)
-			}
+			pre = append(pre, queued{name: "lock followed jobs", sql: numberPlaceholders(
+				`SELECT pg_advisory_xact_lock(?, hashtext(l)) FROM unnest(?::text[]) AS x(l) ORDER BY l`),
+				args: []any{followLockClass, leaders}})
 		}
 		// Lock the jobs in a fixed order before touching their packages, so
 		// two ledger instances applying events of the same job serialise
@@ -251,15 +252,13 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 			for i, j := range jobs {
 				first[i], last[i] = jobSet[j][0], jobSet[j][1]
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (job_id, created_at, updated_at)
+			pre = append(pre, queued{name: "lock jobs", sql: numberPlaceholders(`INSERT INTO jobs (job_id, created_at, updated_at)
 				SELECT j, f, l FROM unnest(?::text[], ?::timestamptz[], ?::timestamptz[]) AS x(j, f, l) ORDER BY j
 				ON CONFLICT (job_id) DO UPDATE SET created_at = LEAST(jobs.created_at, EXCLUDED.created_at),
-					updated_at = GREATEST(jobs.updated_at, EXCLUDED.updated_at)`,
-				pgdialect.Array(jobs), pgdialect.Array(first), pgdialect.Array(last)); err != nil {
-				return fmt.Errorf("lock jobs: %w", err)
-			}
+					updated_at = GREATEST(jobs.updated_at, EXCLUDED.updated_at)`),
+				args: []any{jobs, first, last}})
 		}
-		fresh, err := insertLog(ctx, tx, c, ds)
+		fresh, err := insertLog(ctx, c, pre, ds)
 		if err != nil {
 			return err
 		}
@@ -292,10 +291,7 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		derive := jobs
 		if len(jobs) > 0 || len(outcomePkgs) > 0 {
 			// Followers copy their leader's rows, which the queue may still
-			// be writing: run it first.
-			if err := a.flush(ctx); err != nil {
-				return err
-			}
+			// be writing: it runs first, in the same round trip.
 			followers, err := a.syncFollowers(ctx, jobs, outcomePkgs)
 			if err != nil {
 				return err
@@ -327,19 +323,25 @@ var logColumns = []string{"source", "id", "type", "subject", "event_time", "job_
 // insertLog adds the batch's events that are not in the event log yet, in
 // batch order, with COPY straight into event_log, and returns them: COPY
 // costs a fraction of an INSERT's parsing, planning and conflict checks.
-// The events already there are found first by their keys. A concurrent
-// applier inserting one of the same events in between makes the COPY fail
-// on the primary key; the transaction is then retried (retryable) and finds
-// the event logged.
-func insertLog(ctx context.Context, tx bun.Tx, c txConn, ds []decoded) ([]logKey, error) {
+// The events already there are found first by their keys, in the same
+// round trip as the statements in pre. A concurrent applier inserting one of
+// the same events in between makes the COPY fail on the primary key; the
+// transaction is then retried (retryable) and finds the event logged.
+func insertLog(ctx context.Context, c txConn, pre []queued, ds []decoded) ([]logKey, error) {
 	sources, ids := make([]string, len(ds)), make([]string, len(ds))
 	for i, d := range ds {
 		sources[i], ids[i] = d.Env.Source, d.Env.ID
 	}
 	var known []logKey
-	if err := tx.NewRaw(`SELECT l.source, l.id FROM unnest(?::text[], ?::text[]) AS x(s, i)
-		JOIN event_log l ON l.source = x.s AND l.id = x.i`, pgdialect.Array(sources), pgdialect.Array(ids)).Scan(ctx, &known); err != nil {
-		return nil, fmt.Errorf("event log lookup: %w", err)
+	if err := c.query(ctx, pre, queued{name: "event log lookup", sql: `SELECT l.source, l.id FROM unnest($1::text[], $2::text[]) AS x(s, i)
+			JOIN event_log l ON l.source = x.s AND l.id = x.i`, args: []any{sources, ids}},
+		func(r pgx.Rows) error {
+			var k logKey
+			err := r.Scan(&k.Source, &k.ID)
+			known = append(known, k)
+			return err
+		}); err != nil {
+		return nil, err
 	}
 	have := make(map[logKey]bool, len(known))
 	for _, k := range known {
@@ -420,10 +422,14 @@ func (a *applier) places(ctx context.Context) error {
 			}
 		}
 	})
+	// Both statements skip what is known already: an upsert locks the row
+	// it conflicts with even when it changes nothing, and every batch names
+	// the same few sites and locations, so two appliers took turns on them,
+	// each waiting for the other's commit.
 	if len(sites) > 0 {
-		if _, err := a.tx.ExecContext(ctx, `INSERT INTO sites (name) SELECT s FROM unnest(?::text[]) AS x(s) ORDER BY s ON CONFLICT DO NOTHING`,
-			pgdialect.Array(sites)); err != nil {
-			return fmt.Errorf("record sites: %w", err)
+		if err := a.exec(ctx, "record sites", `INSERT INTO sites (name) SELECT s FROM unnest(?::text[]) AS x(s)
+			WHERE NOT EXISTS (SELECT 1 FROM sites WHERE name = x.s) ORDER BY s ON CONFLICT DO NOTHING`, sites); err != nil {
+			return err
 		}
 	}
 	if len(a.locs) > 0 {
@@ -436,11 +442,13 @@ func (a *applier) places(ctx context.Context) error {
 		for i, k := range keys {
 			names[i], sitesOf[i] = k[0], k[1]
 		}
-		if _, err := a.tx.ExecContext(ctx, `INSERT INTO locations (name, site)
-			SELECT DISTINCT ON (n) n, s FROM unnest(?::text[], ?::text[]) AS x(n, s) ORDER BY n, s DESC
+		if err := a.exec(ctx, "record locations", `INSERT INTO locations (name, site)
+			SELECT DISTINCT ON (n) n, s FROM unnest(?::text[], ?::text[]) AS x(n, s)
+			WHERE NOT EXISTS (SELECT 1 FROM locations l WHERE l.name = x.n AND (l.site <> '' OR x.s = ''))
+			ORDER BY n, s DESC
 			ON CONFLICT (name) DO UPDATE SET site = EXCLUDED.site WHERE locations.site = '' AND EXCLUDED.site <> ''`,
-			pgdialect.Array(names), pgdialect.Array(sitesOf)); err != nil {
-			return fmt.Errorf("record locations: %w", err)
+			names, sitesOf); err != nil {
+			return err
 		}
 	}
 	return nil

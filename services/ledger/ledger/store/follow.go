@@ -2,13 +2,12 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
-	"github.com/uptrace/bun/dialect/pgdialect"
+	"github.com/jackc/pgx/v5"
 )
 
 // Cross-job deduplication: the planner may schedule job B's package P with
@@ -70,11 +69,10 @@ func followKeys(ds []decoded) (leaders, pkgs []string) {
 // nothing to pass on: the follower stays scheduled, and the planner's
 // reconciler re-issues it as its own request once it stays quiet.
 func (a *applier) syncFollowers(ctx context.Context, jobs, pkgs []string) ([]string, error) {
-	var changed []struct {
-		JobID     string `bun:"job_id"`
-		PackageID string `bun:"package_id"`
-	}
-	err := a.tx.NewRaw(`UPDATE job_packages f SET status = l.status, reason = l.reason, message = l.message,
+	var out []string
+	q := a.queue
+	a.queue = nil
+	err := a.conn.query(ctx, q, queued{name: "sync followers", sql: numberPlaceholders(`UPDATE job_packages f SET status = l.status, reason = l.reason, message = l.message,
 			attempts = l.attempts, last_attempt_failed = l.last_attempt_failed,
 			started_at = l.started_at, started_attempt = l.started_attempt,
 			progress_attempt = l.progress_attempt, progress_bytes_done = l.progress_bytes_done,
@@ -90,14 +88,18 @@ func (a *applier) syncFollowers(ctx context.Context, jobs, pkgs []string) ([]str
 			AND (f.status NOT IN ('completed', 'failed') OR f.status = l.status)
 			AND (l.status IN ('completed', 'in_progress') OR (l.status = 'failed' AND l.reason <> ?)
 				OR (l.status = 'scheduled' AND l.attempts > 0))
-		RETURNING f.job_id, f.package_id`, pgdialect.Array(jobs), pgdialect.Array(pkgs), event.ReasonCancelled).Scan(ctx, &changed)
+		RETURNING f.job_id, f.package_id`), args: pgxArgs([]any{jobs, pkgs, event.ReasonCancelled})},
+		func(r pgx.Rows) error {
+			var job, pkg string
+			if err := r.Scan(&job, &pkg); err != nil {
+				return err
+			}
+			out = append(out, job)
+			a.staged = append(a.staged, pkg)
+			return nil
+		})
 	if err != nil {
-		return nil, fmt.Errorf("sync followers: %w", err)
-	}
-	out := make([]string, 0, len(changed))
-	for _, c := range changed {
-		out = append(out, c.JobID)
-		a.staged = append(a.staged, c.PackageID)
+		return nil, err
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil

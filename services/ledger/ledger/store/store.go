@@ -232,6 +232,43 @@ func (c txConn) batch(ctx context.Context, qs []queued) error {
 	})
 }
 
+// query runs the statements in pre and then q, whose rows it hands to
+// scan one by one, all in one round trip.
+func (c txConn) query(ctx context.Context, pre []queued, q queued, scan func(pgx.Rows) error) error {
+	return c.conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("%s: driver connection is %T, not pgx", q.name, dc)
+		}
+		b := &pgx.Batch{}
+		for _, p := range pre {
+			b.Queue(p.sql, p.args...)
+		}
+		b.Queue(q.sql, q.args...)
+		br := sc.Conn().SendBatch(ctx, b)
+		defer br.Close()
+		for _, p := range pre {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("%s: %w", p.name, err)
+			}
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("%s: %w", q.name, err)
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				rows.Close()
+				return fmt.Errorf("%s: %w", q.name, err)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("%s: %w", q.name, err)
+		}
+		return br.Close()
+	})
+}
+
 // copyFrom loads rows with COPY on the transaction's connection, so they
 // are part of the transaction. database/sql cannot send COPY; pgx can.
 func (c txConn) copyFrom(ctx context.Context, table string, cols []string, rows [][]any) (int64, error) {
