@@ -266,7 +266,8 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 		for _, f := range fresh {
 			isNew[[2]string{f.Source, f.ID}] = true
 		}
-		a := applier{tx: tx, conn: c, sites: map[string]bool{}, locs: map[[2]string]bool{}}
+		a := applier{tx: tx, conn: c, sites: map[string]bool{}, locs: map[[2]string]bool{},
+			wholePlans: wholePlans(ds, isNew)}
 		var hot []decoded
 		for _, d := range ds {
 			if !isNew[[2]string{d.Env.Source, d.Env.ID}] {
@@ -401,6 +402,23 @@ type applier struct {
 	released []string // jobs released
 	sites    map[string]bool
 	locs     map[[2]string]bool // location, site
+	// wholePlans holds, by job, the latest time of a new plan in this
+	// batch that lists all of the job's packages (not split in parts).
+	wholePlans map[string]time.Time
+}
+
+// wholePlans returns, by job, the latest time of the new plans in ds that
+// list all of their job's packages.
+func wholePlans(ds []decoded, isNew map[[2]string]bool) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, d := range ds {
+		if v, ok := d.data.(event.Planned); ok && v.Parts <= 1 && isNew[[2]string{d.Env.Source, d.Env.ID}] {
+			if t, seen := out[v.JobID]; !seen || d.Time.After(t) {
+				out[v.JobID] = d.Time
+			}
+		}
+	}
+	return out
 }
 
 func (a *applier) place(site, loc string) {
@@ -645,6 +663,23 @@ func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {
 	// (the planner rejects it with job_id_conflict) changes nothing. A plan
 	// already applied is authoritative, so the submit only fills what is
 	// still empty, and adds packages only to a job without a plan.
+	if t, ok := a.wholePlans[v.JobID]; ok && !d.Time.After(t) {
+		// A plan of the whole job is in this batch (a projection catching
+		// up): it writes or deletes every row the submit would add, so they
+		// are not written only to be rewritten. The rows come out the same
+		// either way: the plan sets each column the submit sets (the
+		// pending status becomes the plan's), and updated_at, the latest
+		// time of both, is the plan's, which is not earlier.
+		return a.exec(ctx, "submit", `UPDATE jobs SET submit_id = ?,
+				requested_by = CASE WHEN planned THEN requested_by ELSE ? END,
+				priority = CASE WHEN planned THEN priority ELSE ? END,
+				note = CASE WHEN planned THEN note ELSE ? END,
+				dest_site = CASE WHEN planned THEN dest_site ELSE ? END,
+				dest_location = CASE WHEN planned THEN dest_location ELSE ? END,
+				updated_at = GREATEST(updated_at, ?)
+			WHERE job_id = ? AND (submit_id IS NULL OR submit_id = ?)`,
+			d.Env.ID, v.RequestedBy, prio, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID, d.Env.ID)
+	}
 	return a.exec(ctx, "submit", `WITH owner AS (
 			UPDATE jobs SET submit_id = ?,
 				requested_by = CASE WHEN planned THEN requested_by ELSE ? END,
