@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io/fs"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -190,4 +191,42 @@ func FuzzCheck(f *testing.F) {
 		}
 		agree(t, types[int(typ)%len(types)], raw)
 	})
+}
+
+// UnmarshalData decodes everything ValidateData accepts exactly as
+// encoding/json does: every sample and every valid variation of it.
+func TestUnmarshalDataIsEncodingJSON(t *testing.T) {
+	cases, refused := 0, 0
+	for _, d := range samples {
+		raw, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ := reflect.TypeOf(d)
+		for _, m := range append(variations(t, raw), raw, []byte(`{"JOB_ID":"x","job_id":"y","Job_Id":"z"}`)) {
+			if event.ValidateData(d.EventType(), m) != nil {
+				continue
+			}
+			want, got := reflect.New(typ), reflect.New(typ)
+			errWant := json.Unmarshal(m, want.Interface())
+			errGot := event.UnmarshalData(m, got.Interface())
+			if (errWant == nil) != (errGot == nil) {
+				t.Fatalf("%s: encoding/json: %v, UnmarshalData: %v\n%s", d.EventType(), errWant, errGot, m)
+			}
+			if errGot != nil {
+				// Valid but not decodable into the Go type (1.0 for an
+				// integer): refused either way.
+				refused++
+				continue
+			}
+			if !reflect.DeepEqual(want.Interface(), got.Interface()) {
+				t.Fatalf("%s: decoded differently:\nencoding/json %+v\nUnmarshalData %+v\n%s", d.EventType(), want.Elem(), got.Elem(), m)
+			}
+			cases++
+		}
+	}
+	if cases < 500 {
+		t.Fatalf("only %d valid variations", cases)
+	}
+	t.Logf("%d valid variations decoded alike, %d refused by both", cases, refused)
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/ccatobs/ccat-staging/schemas"
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
@@ -131,4 +133,13 @@ func Validate(raw []byte) (Envelope, error) {
 		return env, err
 	}
 	return env, ValidateData(env.Type, env.Data)
+}
+
+// UnmarshalData decodes data that ValidateData accepted into v, the way
+// encoding/json would (names matched case-insensitively as well, the last of
+// a repeated name kept) at a fraction of its cost: the ledger decodes every
+// event it applies, and encoding/json was a fifth of its CPU.
+// TestUnmarshalDataIsEncodingJSON holds the two to the same result.
+func UnmarshalData(raw []byte, v any) error {
+	return jsonv2.Unmarshal(raw, v, jsontext.AllowDuplicateNames(true), jsonv2.MatchCaseInsensitiveNames(true))
 }

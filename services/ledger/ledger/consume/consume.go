@@ -259,15 +259,10 @@ func Sort(stream string, msgs []jetstream.Msg) ([]store.Event, []store.Poison) {
 // splitKey is what keeps events together when a batch is split among the
 // appliers: the job (whose row each batch locks first), else the package.
 func splitKey(e store.Event) string {
-	var k struct {
-		JobID     string `json:"job_id"`
-		PackageID string `json:"package_id"`
+	if j := e.JobID(); j != "" {
+		return j
 	}
-	_ = json.Unmarshal(e.Env.Data, &k) // validated already
-	if k.JobID != "" {
-		return k.JobID
-	}
-	return k.PackageID
+	return e.PackageID()
 }
 
 // split divides a classified batch into n, by key: the events of one job
@@ -343,7 +338,19 @@ func Classify(stream, subj string, seq uint64, ts time.Time, raw []byte) (store.
 		if t.IsZero() {
 			t = ts
 		}
-		return store.Event{Env: env, Stream: stream, StreamSeq: seq, Time: t.UTC()}, store.Poison{}, true
+		ev := store.Event{Env: env, Stream: stream, StreamSeq: seq, Time: t.UTC()}
+		// Decoded here, once, so that valid data without a Go value (1.0
+		// for an integer) or a type the projection has no place for (a
+		// work item published on staging.submit) is poison, not a batch
+		// that fails on every delivery.
+		if err = ev.Decode(); err == nil {
+			return ev, store.Poison{}, true
+		}
+		reason := event.ReasonInvalidData
+		if errors.Is(err, store.ErrNoProjection) {
+			reason = ReasonWrongSubject
+		}
+		err = &event.InvalidError{Reason: reason, Msg: err.Error()}
 	}
 	reason := event.ReasonInvalidEnvelope
 	if ie, ok := errors.AsType[*event.InvalidError](err); ok {

@@ -3,7 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -25,7 +25,45 @@ type Event struct {
 	// Time is the event's time attribute, or the stream's timestamp when the
 	// producer left it out; either way a replay gives the same value.
 	Time time.Time
+
+	// The typed data, once Decode has run, and the raw data it came from:
+	// an Event whose Env is replaced afterwards is decoded again.
+	typed        bool
+	from         []byte
+	data         any
+	jobID, pkgID string
 }
+
+// ErrNoProjection is Decode's error for a known event type that has no place
+// in the projection (a work item, say): it is recorded as poison.
+var ErrNoProjection = errors.New("no projection for this event type")
+
+// Decode decodes e's data into its Go type, once: Apply then uses it, and a
+// consumer can tell data that validates but does not decode (1.0 for an
+// integer; a type the projection has no place for) before it reaches a
+// batch, which would fail on every delivery.
+func (e *Event) Decode() error {
+	d, err := decode(*e)
+	if err != nil {
+		return err
+	}
+	e.typed, e.from, e.data, e.jobID, e.pkgID = true, e.Env.Data, d.data, d.jobID, d.pkgID
+	return nil
+}
+
+// decodedFrom reports whether the typed data was decoded from e.Env.Data.
+func (e *Event) decodedFrom() bool {
+	a, b := e.from, e.Env.Data
+	return e.typed && len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// JobID is the job the decoded event is about ("" for none, or before
+// Decode).
+func (e *Event) JobID() string { return e.jobID }
+
+// PackageID is the package the decoded event is about ("" for none, or
+// before Decode).
+func (e *Event) PackageID() string { return e.pkgID }
 
 // Poison is a message that could not be applied, kept with the reason.
 type Poison struct {
@@ -61,68 +99,72 @@ type decoded struct {
 
 func decode(e Event) (decoded, error) {
 	d := decoded{Event: e}
+	if e.decodedFrom() {
+		d.data, d.jobID, d.pkgID = e.data, e.jobID, e.pkgID
+		return d, nil
+	}
 	var err error
 	switch e.Env.Type {
 	case event.TypePackageArchived:
 		var v event.PackageArchived
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.pkgID = v, v.PackageID
 	case event.TypeSubmit:
 		var v event.Submit
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
 	case event.TypePlanned:
 		var v event.Planned
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
 	case event.TypeRejected:
 		var v event.Rejected
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
 	case event.TypeStarted:
 		var v event.Started
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	case event.TypeProgress:
 		var v event.Progress
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	case event.TypeDone:
 		var v event.Done
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	case event.TypeFailed:
 		var v event.Failed
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	case event.TypePackageRemoved:
 		var v event.PackageRemoved
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.pkgID = v, v.PackageID
 	case event.TypeCancel:
 		var v event.Cancel
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
 	case event.TypeRelease:
 		var v event.Release
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID = v, v.JobID
 	case event.TypeReleased:
 		var v event.Released
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.pkgID = v, v.PackageID
 	case event.TypeStalled:
 		var v event.Stalled
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	case event.TypeRequest:
 		// Requests live in the work queue, not in the streams the ledger
 		// reads; one arriving here is logged and otherwise ignored.
 		var v event.Request
-		err = json.Unmarshal(e.Env.Data, &v)
+		err = event.UnmarshalData(e.Env.Data, &v)
 		d.data, d.jobID, d.pkgID = v, v.JobID, v.PackageID
 	default:
-		return d, fmt.Errorf("no projection for type %q", e.Env.Type)
+		return d, fmt.Errorf("%w: %q", ErrNoProjection, e.Env.Type)
 	}
 	if err != nil {
 		return d, fmt.Errorf("decode %s: %w", e.Env.Type, err)
