@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"math/big"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,7 +46,7 @@ type check struct {
 	maxItems int // -1: none
 
 	minLen, maxLen int // code points; maxLen -1: none
-	pattern        *regexp.Regexp
+	pattern        matcher
 
 	min, max *bound
 
@@ -220,7 +219,7 @@ func (cc *checkCompiler) compileObject(s map[string]any) (*check, error) {
 			if !ok {
 				return nil, fmt.Errorf("%w: pattern", errUnsupported)
 			}
-			c.pattern, err = regexp.Compile(p)
+			c.pattern, err = compilePattern(p)
 		case "minimum":
 			c.min, err = boundOf(v)
 		case "maximum":
