@@ -94,8 +94,8 @@ func Decode(raw []byte) (Envelope, error) {
 		return env, invalid(ReasonInvalidEnvelope, "not a JSON object: %v", err)
 	}
 	str := func(name string, required bool) (string, error) {
-		v, ok := a.strs[name]
-		if !ok || v.null {
+		v := a.strs[coreIndex[name]]
+		if !v.present || v.null {
 			if required {
 				return "", invalid(ReasonInvalidEnvelope, "missing required attribute %q", name)
 			}
@@ -179,13 +179,18 @@ func Decode(raw []byte) (Envelope, error) {
 // attr is a core string attribute as read: a string, null, or something else.
 type attr struct {
 	s        string
+	present  bool
 	isString bool
 	null     bool
 }
 
+// coreIndex numbers the spec's string attributes, for attrs.strs.
+var coreIndex = map[string]int{"specversion": 0, "id": 1, "source": 2, "type": 3, "subject": 4, "time": 5,
+	"datacontenttype": 6, "dataschema": 7}
+
 // attrs is a structured event's top level, read once.
 type attrs struct {
-	strs   map[string]attr
+	strs   [8]attr // by coreIndex
 	data   []byte // raw JSON of data (its own copy), nil when absent
 	base64 bool
 	ext    []extension
@@ -205,7 +210,6 @@ func (a *attrs) read(raw []byte) error {
 	if tok.Kind() != '{' {
 		return fmt.Errorf("found %s", tok.Kind())
 	}
-	a.strs = make(map[string]attr, 8)
 	for dec.PeekKind() != '}' {
 		name, err := dec.ReadValue()
 		if err != nil {
@@ -215,8 +219,7 @@ func (a *attrs) read(raw []byte) error {
 		if err != nil {
 			return err
 		}
-		n := string(q) // q is the decoder's buffer, valid until its next read
-		switch n {
+		switch string(q) { // q is the decoder's buffer, valid until its next read
 		case "data":
 			v, err := dec.ReadValue()
 			if err != nil {
@@ -229,25 +232,27 @@ func (a *attrs) read(raw []byte) error {
 			}
 			a.base64 = true
 		case "specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema":
+			at := &a.strs[coreIndex[string(q)]]
 			switch dec.PeekKind() {
 			case '"':
 				v, err := dec.ReadToken()
 				if err != nil {
 					return err
 				}
-				a.strs[n] = attr{s: v.String(), isString: true}
+				*at = attr{s: v.String(), present: true, isString: true}
 			case 'n':
 				if _, err := dec.ReadToken(); err != nil {
 					return err
 				}
-				a.strs[n] = attr{null: true}
+				*at = attr{present: true, null: true}
 			default:
 				if _, err := dec.ReadValue(); err != nil {
 					return err
 				}
-				a.strs[n] = attr{}
+				*at = attr{present: true}
 			}
 		default:
+			n := string(q)
 			v, err := dec.ReadValue()
 			if err != nil {
 				return err
