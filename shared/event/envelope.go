@@ -191,7 +191,7 @@ var coreIndex = map[string]int{"specversion": 0, "id": 1, "source": 2, "type": 3
 // attrs is a structured event's top level, read once.
 type attrs struct {
 	strs   [8]attr // by coreIndex
-	data   []byte // raw JSON of data (its own copy), nil when absent
+	data   []byte  // raw JSON of data (its own copy), nil when absent
 	base64 bool
 	ext    []extension
 }
