@@ -699,8 +699,21 @@ func (a *applier) stalled(ctx context.Context, d decoded, v event.Stalled) error
 		v.JobID, v.PackageID, v.Reason, v.Message, v.RequestID, v.Site, v.Location, d.Time, d.Time)
 }
 
+// sqlSubmitJob records a submit on its job row; its arguments are the
+// submit's id, requester, priority, note, destination site and location,
+// time, job id and id again.
+const sqlSubmitJob = `UPDATE jobs SET submit_id = ?,
+		requested_by = CASE WHEN planned THEN requested_by ELSE ? END,
+		priority = CASE WHEN planned THEN priority ELSE ? END,
+		note = CASE WHEN planned THEN note ELSE ? END,
+		dest_site = CASE WHEN planned THEN dest_site ELSE ? END,
+		dest_location = CASE WHEN planned THEN dest_location ELSE ? END,
+		updated_at = GREATEST(updated_at, ?)
+	WHERE job_id = ? AND (submit_id IS NULL OR submit_id = ?)`
+
 func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {
 	prio := cmp.Or(v.Priority, event.PriorityNormal)
+	job := []any{d.Env.ID, v.RequestedBy, prio, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID, d.Env.ID}
 	// The first submit seen for a job id owns it; a later, conflicting one
 	// (the planner rejects it with job_id_conflict) changes nothing. A plan
 	// already applied is authoritative, so the submit only fills what is
@@ -712,31 +725,14 @@ func (a *applier) submit(ctx context.Context, d decoded, v event.Submit) error {
 		// either way: the plan sets each column the submit sets (the
 		// pending status becomes the plan's), and updated_at, the latest
 		// time of both, is the plan's, which is not earlier.
-		return a.exec(ctx, "submit", `UPDATE jobs SET submit_id = ?,
-				requested_by = CASE WHEN planned THEN requested_by ELSE ? END,
-				priority = CASE WHEN planned THEN priority ELSE ? END,
-				note = CASE WHEN planned THEN note ELSE ? END,
-				dest_site = CASE WHEN planned THEN dest_site ELSE ? END,
-				dest_location = CASE WHEN planned THEN dest_location ELSE ? END,
-				updated_at = GREATEST(updated_at, ?)
-			WHERE job_id = ? AND (submit_id IS NULL OR submit_id = ?)`,
-			d.Env.ID, v.RequestedBy, prio, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID, d.Env.ID)
+		return a.exec(ctx, "submit", sqlSubmitJob, job...)
 	}
-	return a.exec(ctx, "submit", `WITH owner AS (
-			UPDATE jobs SET submit_id = ?,
-				requested_by = CASE WHEN planned THEN requested_by ELSE ? END,
-				priority = CASE WHEN planned THEN priority ELSE ? END,
-				note = CASE WHEN planned THEN note ELSE ? END,
-				dest_site = CASE WHEN planned THEN dest_site ELSE ? END,
-				dest_location = CASE WHEN planned THEN dest_location ELSE ? END,
-				updated_at = GREATEST(updated_at, ?)
-			WHERE job_id = ? AND (submit_id IS NULL OR submit_id = ?)
+	return a.exec(ctx, "submit", `WITH owner AS (`+sqlSubmitJob+`
 			RETURNING NOT planned AS owns)
 		INSERT INTO job_packages (job_id, package_id, dest_site, dest_location, updated_at)
 		SELECT ?, p, ?, ?, ? FROM unnest(?::text[]) AS x(p), owner WHERE owner.owns ORDER BY p
 		ON CONFLICT (job_id, package_id) DO NOTHING`,
-		d.Env.ID, v.RequestedBy, prio, v.Note, v.Destination.Site, v.Destination.Location, d.Time, v.JobID, d.Env.ID,
-		v.JobID, v.Destination.Site, v.Destination.Location, d.Time, pgdialect.Array(v.Packages))
+		append(job, v.JobID, v.Destination.Site, v.Destination.Location, d.Time, pgdialect.Array(v.Packages))...)
 }
 
 func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error {
