@@ -92,8 +92,8 @@ func ValidateData(typ string, raw []byte) error {
 		return invalid(ReasonInvalidData, "data does not match %s: %s", SchemaURI(typ), oneLine(err))
 	}
 	if refused != nil {
-		// What only the check refuses: duplicate names, invalid UTF-8,
-		// lone surrogates.
+		// What only the check refuses: invalid UTF-8, lone surrogates, an
+		// invalid earlier value of a name given twice.
 		return invalid(ReasonInvalidData, "data is not acceptable JSON: %s", oneLine(refused))
 	}
 	return nil
