@@ -7,12 +7,12 @@ import (
 )
 
 // CheckData runs only the compiled check of typ (false when it has none).
-func CheckData(typ string, raw []byte) (error, bool) {
+func CheckData(typ string, raw []byte) (bool, error) {
 	c := checks()[typ]
 	if c == nil {
-		return nil, false
+		return false, nil
 	}
-	return c.validate(raw), true
+	return true, c.validate(raw)
 }
 
 // ReferenceData runs only the general validator.
