@@ -857,19 +857,25 @@ func (a *applier) deriveJobs(ctx context.Context, jobs []string) error {
 				sum(GREATEST(size_bytes, progress_bytes_total)) AS bytes_total,
 				sum(CASE WHEN status = 'completed' THEN size_bytes
 					WHEN status = 'in_progress' AND progress_attempt = attempts THEN progress_bytes_done
-					ELSE 0 END) AS bytes_done
+					ELSE 0 END) AS bytes_done,
+				-- Copied for this job: not already there, and not by the
+				-- earlier job whose request it follows (counted there).
+				sum(size_bytes) FILTER (WHERE status = 'completed' AND NOT already_present
+					AND NOT (request_id LIKE 'request:%' AND split_part(request_id, ':', 2) <> job_id)) AS bytes_staged
 			FROM job_packages WHERE job_id = ANY(?::text[]) GROUP BY job_id
 		), d AS (
 			SELECT ids.job_id, COALESCE(c.total, 0) AS total, COALESCE(c.pending, 0) AS pending,
 				COALESCE(c.scheduled, 0) AS scheduled, COALESCE(c.in_progress, 0) AS in_progress,
 				COALESCE(c.completed, 0) AS completed, COALESCE(c.failed, 0) AS failed, COALESCE(c.cancelled, 0) AS cancelled,
 				COALESCE(c.started, false) AS started, c.last_end, c.fail_reason,
-				COALESCE(c.bytes_total, 0) AS bytes_total, COALESCE(c.bytes_done, 0) AS bytes_done
+				COALESCE(c.bytes_total, 0) AS bytes_total, COALESCE(c.bytes_done, 0) AS bytes_done,
+				COALESCE(c.bytes_staged, 0) AS bytes_staged
 			FROM unnest(?::text[]) AS ids(job_id) LEFT JOIN c USING (job_id)
 		)
 		UPDATE jobs j SET
 			n_total = d.total, n_pending = d.pending, n_scheduled = d.scheduled, n_in_progress = d.in_progress,
 			n_completed = d.completed, n_failed = d.failed, n_cancelled = d.cancelled, bytes_total = d.bytes_total, bytes_done = d.bytes_done,
+			bytes_staged = d.bytes_staged,
 			status = CASE WHEN j.rejected THEN 'rejected'
 				WHEN d.total = 0 AND j.cancelled THEN 'cancelled'
 				WHEN d.total = 0 THEN 'pending'

@@ -474,11 +474,13 @@ func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
 		Hour int64  `bun:"hour"`
 		Day  int64  `bun:"day"`
 	}
-	if err := s.db.NewRaw(`SELECT dest_site,
-			COALESCE(sum(size_bytes) FILTER (WHERE completed_at >= ?), 0) AS hour,
-			COALESCE(sum(size_bytes), 0) AS day
-		FROM job_packages WHERE status = 'completed' AND NOT already_present AND completed_at >= ?
-		GROUP BY dest_site`, now.Add(-time.Hour), now.Add(-24*time.Hour)).Scan(ctx, &staged); err != nil {
+	// Deltas of the jobs' bytes_staged, kept by triggers (migration
+	// site_bytes) so that a package's done stays a HOT update.
+	if err := s.db.NewRaw(`SELECT site AS dest_site,
+			COALESCE(sum(bytes) FILTER (WHERE at >= ?), 0) AS hour,
+			COALESCE(sum(bytes), 0) AS day
+		FROM site_bytes_deltas WHERE at >= ?
+		GROUP BY site`, now.Add(-time.Hour), now.Add(-24*time.Hour)).Scan(ctx, &staged); err != nil {
 		return nil, fmt.Errorf("bytes staged by site: %w", err)
 	}
 	idx := map[string]*SiteStats{}
@@ -515,7 +517,9 @@ func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
 }
 
 // CompactSiteCounts folds the site counters' delta rows into one row per
-// site, location and status, and returns how many rows it removed. Deltas
+// site, location and status, and the bytes staged into one row per site and
+// minute (hour, once older than a day), and returns how many rows it
+// removed. Deltas
 // committed meanwhile are not visible to it and stay; of several ledgers only
 // one compacts at a time.
 func (s *Store) CompactSiteCounts(ctx context.Context) (int64, error) {
@@ -538,6 +542,16 @@ func (s *Store) CompactSiteCounts(ctx context.Context) (int64, error) {
 			return err
 		}
 		removed = r.Removed
+		// Bytes staged are asked for by the hour and the day: minutes are
+		// kept for a day, hours after that.
+		if err := tx.NewRaw(`WITH gone AS (DELETE FROM site_bytes_deltas RETURNING site, at, bytes),
+			kept AS (INSERT INTO site_bytes_deltas (site, at, bytes)
+				SELECT site, date_trunc(CASE WHEN at < now() - interval '1 day' THEN 'hour' ELSE 'minute' END, at), sum(bytes)
+				FROM gone GROUP BY 1, 2 HAVING sum(bytes) <> 0 RETURNING 1)
+			SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM kept) AS removed`).Scan(ctx, &r); err != nil {
+			return err
+		}
+		removed += r.Removed
 		return nil
 	})
 	if err != nil {

@@ -50,6 +50,9 @@ type Job struct {
 	// Stalled adds a package the planner's reconciler gives up on after one
 	// started attempt (staging.stalled).
 	Stalled bool
+	// Present makes the first package's done say it was already at the
+	// destination (nothing was copied).
+	Present bool
 }
 
 type builder struct {
@@ -172,7 +175,7 @@ func Events(j Job) ([]Msg, error) {
 					Reason: event.ReasonIOError, Message: "connection reset"})
 			default:
 				b.add(subject.Done, stager, "done:"+rid, event.Done{Outcome: out(a), Path: "/data/proc/" + p,
-					SizeBytes: 10240, Files: 1, DurationSeconds: 1.5})
+					SizeBytes: 10240, Files: 1, DurationSeconds: 1.5, AlreadyPresent: j.Present && i == 0})
 			}
 		}
 	}

@@ -24,6 +24,8 @@ var snapshotQueries = map[string]string{
 	// Delta rows depend on batching and compaction; what they sum to may not.
 	"site_counts": `SELECT jsonb_build_array(site, location, status, sum(n)) FROM site_count_deltas
 		GROUP BY site, location, status HAVING sum(n) <> 0 ORDER BY site, location, status`,
+	"site_bytes": `SELECT jsonb_build_array(site, sum(bytes)) FROM site_bytes_deltas
+		GROUP BY site HAVING sum(bytes) <> 0 ORDER BY site`,
 }
 
 // Snapshot returns the whole projection as comparable text, table by table.
