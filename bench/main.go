@@ -48,7 +48,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	repeat := fs.Int("n", 3, "runs per variant (at least 3)")
 	out := fs.String("out", defaultOut(), "where to write the results (markdown)")
 	work := fs.String("work", getenv("BENCH_WORKDIR"), "scratch directory (default: a new one under $TMPDIR); needs several GiB free")
-	profile := fs.String("pprof", "", "write a CPU profile of each scenario to this directory (<scenario>.cpu.pprof); the services run in-process, so it shows their hot spots")
+	profile := fs.String("pprof", "", "write CPU profiles to this directory: <scenario>.cpu.pprof, or one per measured window for scenarios that mark theirs (projection); the services run in-process, so it shows their hot spots")
 	cold := fs.Bool("cold", false, "drop the page cache before every byte-moving run (needs root)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: bench [flags] [scenario ...]\nscenarios: %s\n", strings.Join(names, ", "))
@@ -93,12 +93,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		log.Info().Str("scenario", s.Name).Bool("short", *short).Msg("running")
-		stopProfile, err := startProfile(*profile, s.Name)
-		if err != nil {
-			return err
+		stopProfile := func() {}
+		if !s.Windowed {
+			var err error
+			if stopProfile, err = startProfile(*profile, s.Name); err != nil {
+				return err
+			}
+		} else if *profile != "" {
+			if err := os.MkdirAll(*profile, 0o755); err != nil {
+				return err
+			}
 		}
 		start := time.Now()
-		tables, err := s.Run(ctx, harness.Env{Short: *short, Repeat: *repeat, WorkDir: dir, Log: log.With().Str("scenario", s.Name).Logger()})
+		tables, err := s.Run(ctx, harness.Env{Short: *short, Repeat: *repeat, WorkDir: dir,
+			Log: log.With().Str("scenario", s.Name).Logger(), ProfileDir: *profile})
 		if err != nil {
 			log.Error().Err(err).Str("scenario", s.Name).Msg("scenario failed")
 		}

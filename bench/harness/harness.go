@@ -7,6 +7,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -19,6 +22,31 @@ type Env struct {
 	Repeat  int    // runs per variant; medians are over these
 	WorkDir string // scratch space for this scenario, removed afterwards
 	Log     zerolog.Logger
+	// ProfileDir is where -pprof writes CPU profiles ("" = off). A scenario
+	// marked Windowed profiles only its measured windows with Profile.
+	ProfileDir string
+}
+
+// Profile starts a CPU profile of one measured window into
+// ProfileDir/<label>.cpu.pprof and returns the function that stops it: a
+// profile of the whole scenario would be mostly its set-up (generating and
+// publishing the input), which hides the service being measured. It does
+// nothing when profiling is off or cannot start.
+func (e Env) Profile(label string) (stop func()) {
+	if e.ProfileDir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(e.ProfileDir, label+".cpu.pprof"))
+	if err != nil {
+		e.Log.Warn().Err(err).Msg("cpu profile")
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		e.Log.Warn().Err(err).Msg("cpu profile")
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // Scenario is one named benchmark. Run returns one or more tables; an error
@@ -28,6 +56,9 @@ type Scenario struct {
 	Issue int // number of the scenario in the benchmarks issue
 	Doc   string
 	Run   func(ctx context.Context, env Env) ([]Table, error)
+	// Windowed scenarios profile their measured windows themselves
+	// (Env.Profile) instead of being profiled whole.
+	Windowed bool
 }
 
 // Row is one measured variant. Samples hold one figure per run.

@@ -26,7 +26,7 @@ func Projection() harness.Scenario {
 			"500 jobs = 101,000 events, 50 jobs in short mode), then the ledger started on a fresh database: events/s from its start " +
 			"(migrations included) until its durable consumer has nothing pending or unacknowledged. Baseline in the same run: the same " +
 			"events inserted as rows with COPY (pgx CopyFrom, one transaction) into a table shaped like the ledger's event_log.",
-		Run: runProjection}
+		Run: runProjection, Windowed: true}
 }
 
 type pendingEvent struct {
@@ -124,14 +124,18 @@ func projectOnce(ctx context.Context, env harness.Env, dir string, evs []pending
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("copy baseline: %w", err)
 	}
+	stopProfile := env.Profile("projection-" + filepath.Base(dir))
 	start := time.Now()
 	if err := sys.StartLedger(ctx); err != nil {
+		stopProfile()
 		return 0, 0, 0, err
 	}
-	if err := waitIdle(ctx, sys.JS, subject.EventsStream, subject.LedgerEvents, 15*time.Minute, sys.Failed); err != nil {
-		return 0, 0, 0, err
-	}
+	err = waitIdle(ctx, sys.JS, subject.EventsStream, subject.LedgerEvents, 15*time.Minute, sys.Failed)
 	took := time.Since(start)
+	stopProfile()
+	if err != nil {
+		return 0, 0, 0, err
+	}
 	var batch float64
 	if sum, count, err := metricPair(ctx, sys.API.BaseURL+"/metrics", "ledger_batch_size"); err == nil && count > 0 {
 		env.Log.Info().Float64("mean_batch", sum/count).Float64("batches", count).Msg("ledger batches")
