@@ -85,7 +85,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		DatabaseURL:    e.String(config.DatabaseURL, db.DefaultURL),
 		HTTPAddr:       e.String(EnvHTTPAddr, "127.0.0.1:8080"),
 		TopologyFile:   e.String(config.Topology, ""),
-		BatchSize:      e.Int(EnvBatchSize, 500),
+		BatchSize:      e.Int(EnvBatchSize, 1000),
 		FetchMaxWait:   e.Duration(EnvMaxWait, time.Second),
 		ApplyWorkers:   e.Int(EnvWorkers, 2),
 		BatchBytes:     e.Int(EnvBatchBytes, 4<<20),

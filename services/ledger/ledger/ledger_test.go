@@ -582,7 +582,7 @@ func TestConfigFromEnv(t *testing.T) {
 		wantErr bool
 	}{
 		{"defaults", nil, func(c ledger.Config) bool {
-			return c.NATSURL == nats.DefaultURL && c.DatabaseURL == db.DefaultURL && c.HTTPAddr == "127.0.0.1:8080" && c.BatchSize == 500 && len(c.Tokens) == 0
+			return c.NATSURL == nats.DefaultURL && c.DatabaseURL == db.DefaultURL && c.HTTPAddr == "127.0.0.1:8080" && c.BatchSize == 1000 && len(c.Tokens) == 0
 		}, false},
 		{"tokens from env and file", map[string]string{"LEDGER_TOKENS": "a,b", "LEDGER_TOKEN_FILE": tokens},
 			func(c ledger.Config) bool { return reflect.DeepEqual(c.Tokens, []string{"a", "b", "file-token"}) }, false},
