@@ -236,7 +236,7 @@ func seedJobs(ctx context.Context, dbURL string, n int) error {
 	defer conn.Close(context.WithoutCancel(ctx))
 	stmts := []string{
 		`INSERT INTO jobs (job_id, status, requested_by, priority, dest_site, dest_location, submit_id, planned,
-		   created_at, updated_at, completed_at, n_total, n_scheduled, n_in_progress, n_completed, n_failed, bytes_total, bytes_done)
+		   created_at, updated_at, completed_at, n_total, n_scheduled, n_in_progress, n_completed, n_failed, bytes_total, bytes_done, bytes_staged)
 		 SELECT 'api-' || lpad(g::text, 7, '0'),
 		   (ARRAY['completed','completed','completed','failed','in_progress','scheduled'])[1 + g % 6],
 		   'user' || (g % 10), 'normal',
@@ -244,7 +244,8 @@ func seedJobs(ctx context.Context, dbURL string, n int) error {
 		   'submit:' || g, true,
 		   now() - make_interval(secs => $1 - g), now() - make_interval(secs => $1 - g),
 		   CASE WHEN g % 6 < 4 THEN now() - make_interval(secs => $1 - g) END,
-		   1, (g % 6 = 5)::int, (g % 6 = 4)::int, (g % 6 < 3)::int, (g % 6 = 3)::int, 1000000, CASE WHEN g % 6 < 3 THEN 1000000 ELSE 0 END
+		   1, (g % 6 = 5)::int, (g % 6 = 4)::int, (g % 6 < 3)::int, (g % 6 = 3)::int, 1000000, CASE WHEN g % 6 < 3 THEN 1000000 ELSE 0 END,
+		   CASE WHEN g % 6 < 3 THEN 1000000 ELSE 0 END
 		 FROM generate_series(1, $1::int) AS g`,
 		`INSERT INTO job_packages (job_id, package_id, status, attempts, request_id, src_location, src_site, src_storage, src_key,
 		   dest_site, dest_location, path, size_bytes, checksum, files, planned_at, completed_at, updated_at)

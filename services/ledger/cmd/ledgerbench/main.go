@@ -158,7 +158,7 @@ func seed(ctx context.Context, st *store.Store, from, to, pkgs int) error {
 		hi := min(lo+chunk, to)
 		_, err := st.DB().ExecContext(ctx, `
 			INSERT INTO jobs (job_id, status, requested_by, priority, note, dest_site, dest_location, planned, created_at, updated_at,
-				completed_at, n_total, n_completed, n_failed, n_scheduled, n_in_progress, bytes_total, bytes_done)
+				completed_at, n_total, n_completed, n_failed, n_scheduled, n_in_progress, bytes_total, bytes_done, bytes_staged)
 			SELECT 'bench-' || i,
 				(ARRAY['completed','completed','completed','failed','in_progress','scheduled'])[1 + i % 6],
 				'user' || (i % 50), 'normal', 'seeded job ' || i,
@@ -167,7 +167,8 @@ func seed(ctx context.Context, st *store.Store, from, to, pkgs int) error {
 				timestamptz '2026-01-01' + (i || ' seconds')::interval * 30 + interval '1 hour',
 				CASE WHEN i % 6 < 4 THEN timestamptz '2026-01-01' + (i || ' seconds')::interval * 30 + interval '1 hour' END,
 				?, CASE WHEN i % 6 < 3 THEN ? ELSE 0 END, CASE WHEN i % 6 = 3 THEN ? ELSE 0 END,
-				CASE WHEN i % 6 = 5 THEN ? ELSE 0 END, CASE WHEN i % 6 = 4 THEN ? ELSE 0 END, ? * 10240, 0
+				CASE WHEN i % 6 = 5 THEN ? ELSE 0 END, CASE WHEN i % 6 = 4 THEN ? ELSE 0 END, ? * 10240, 0,
+				CASE WHEN i % 6 < 3 THEN ? * 10240 ELSE 0 END
 			FROM generate_series(?::bigint, ?::bigint) AS i ON CONFLICT DO NOTHING;
 			INSERT INTO job_packages (job_id, package_id, status, attempts, dest_site, dest_location, size_bytes, planned_at, updated_at)
 			SELECT 'bench-' || i, 'bench-' || i || '-pkg-' || p,
@@ -179,7 +180,7 @@ func seed(ctx context.Context, st *store.Store, from, to, pkgs int) error {
 			SELECT 'ccat-staging/planner', 'planned:bench-' || i, 'ccat.staging.planned.v1',
 				timestamptz '2026-01-01' + (i || ' seconds')::interval * 30, 'bench-' || i, '{}'
 			FROM generate_series(?::bigint, ?::bigint) AS i ON CONFLICT DO NOTHING`,
-			pkgs, pkgs, pkgs, pkgs, pkgs, pkgs, lo, hi-1, lo, hi-1, pkgs, lo, hi-1)
+			pkgs, pkgs, pkgs, pkgs, pkgs, pkgs, pkgs, lo, hi-1, lo, hi-1, pkgs, lo, hi-1)
 		if err != nil {
 			return fmt.Errorf("seed jobs %d-%d: %w", lo, hi, err)
 		}
