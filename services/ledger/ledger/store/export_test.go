@@ -3,12 +3,16 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/uptrace/bun/migrate"
 )
 
-// RedoMigration runs the down of the named migration (which must be the
-// newest applied) and then migrates again: an upgrade of a projection written
-// before that migration.
-func (s *Store) RedoMigration(ctx context.Context, name string) error {
+// RedoMigrationsFrom runs the down of every applied migration from the
+// newest back to the named one, then migrates again: an upgrade of a
+// projection written before that migration.
+func (s *Store) RedoMigrationsFrom(ctx context.Context, name string) error {
 	m, err := s.migrator()
 	if err != nil {
 		return err
@@ -17,25 +21,21 @@ func (s *Store) RedoMigration(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	applied := ms.Applied()
-	if len(applied) == 0 {
-		return fmt.Errorf("no migration applied")
+	applied := slices.Clone(ms.Applied())
+	slices.SortFunc(applied, func(a, b migrate.Migration) int { return strings.Compare(b.Name, a.Name) })
+	if !slices.ContainsFunc(applied, func(mg migrate.Migration) bool { return mg.Name == name }) {
+		return fmt.Errorf("migration %s is not applied", name)
 	}
-	// Applied lists the newest first.
-	last := applied[0]
 	for _, mg := range applied {
-		if mg.Name > last.Name {
-			last = mg
+		if err := mg.Down(ctx, m, &mg); err != nil {
+			return fmt.Errorf("%s: down: %w", mg.Name, err)
 		}
-	}
-	if last.Name != name {
-		return fmt.Errorf("newest applied migration is %s, not %s", last.Name, name)
-	}
-	if err := last.Down(ctx, m, &last); err != nil {
-		return fmt.Errorf("%s: down: %w", name, err)
-	}
-	if err := m.MarkUnapplied(ctx, &last); err != nil {
-		return err
+		if err := m.MarkUnapplied(ctx, &mg); err != nil {
+			return err
+		}
+		if mg.Name == name {
+			break
+		}
 	}
 	_, err = s.Migrate(ctx)
 	return err

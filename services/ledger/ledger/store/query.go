@@ -614,11 +614,19 @@ func (s *Store) LastAttempts(ctx context.Context, jobID string) (map[string]Atte
 	return out, nil
 }
 
-// RecentFailures returns the most recently failed packages.
+// RecentFailures returns the most recently failed packages, newest first.
+// It walks package_failures (kept by triggers on job_packages, migration
+// package_failures) by time: a few index reads, not a sort of every failure.
 func (s *Store) RecentFailures(ctx context.Context, limit int) ([]Package, error) {
 	var rows []pkgRow
-	if err := s.db.NewRaw("SELECT "+pkgCols+` FROM job_packages WHERE status = 'failed'
-		ORDER BY completed_at DESC NULLS LAST, job_id, package_id LIMIT ?`, limit).Scan(ctx, &rows); err != nil {
+	// The limit applies to package_failures alone, so it is read in index
+	// order whatever the statistics say; the table holds failed packages
+	// only (its triggers see to that).
+	if err := s.db.NewRaw("SELECT "+pkgCols+` FROM (
+			SELECT job_id, package_id, failed_at FROM package_failures
+			ORDER BY failed_at DESC NULLS LAST, job_id, package_id LIMIT ?) f
+		JOIN job_packages jp USING (job_id, package_id)
+		ORDER BY f.failed_at DESC NULLS LAST, job_id, package_id`, limit).Scan(ctx, &rows); err != nil {
 		return nil, fmt.Errorf("recent failures: %w", err)
 	}
 	out := make([]Package, len(rows))

@@ -715,15 +715,19 @@ func TestJobPackageIndexesLeaveOutcomesHOT(t *testing.T) {
 }
 
 // A projection written before the site_bytes migration gets each job's
-// bytes_staged and the history of bytes staged per site from its packages.
+// bytes_staged and the history of bytes staged per site from its packages,
+// and (package_failures) its failures recorded.
 func TestSiteBytesMigrationUpgradesAProjection(t *testing.T) {
 	st := newStore(t)
 	apply(t, st, events(t,
-		scenario.Job{ID: "a", Packages: 3, Present: true},
+		scenario.Job{ID: "a", Packages: 3, Present: true, Permanent: true, NoSource: true},
 		scenario.Job{ID: "d", Packages: 2, Follows: "a"},
 		scenario.Job{ID: "e", Packages: 2, Site: "us", Location: "us-proc", Base: time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)}))
 	before := snapshot(t, st)
-	if err := st.RedoMigration(t.Context(), "20261127020000"); err != nil {
+	if len(before["failures"]) != 2 { // a: no source, and a permanent failure
+		t.Fatalf("failures before = %v", before["failures"])
+	}
+	if err := st.RedoMigrationsFrom(t.Context(), "20261127020000"); err != nil {
 		t.Fatal(err)
 	}
 	diffSnapshots(t, "after the migration's down and up", snapshot(t, st), before)
@@ -740,5 +744,50 @@ func TestSiteBytesMigrationUpgradesAProjection(t *testing.T) {
 	want := map[string][2]int64{"cologne": {2 * 10240, 2 * 10240}, "us": {0, 2 * 10240}}
 	if !maps.Equal(got, want) {
 		t.Errorf("bytes staged (hour, day) by site = %v, want %v", got, want)
+	}
+}
+
+// Recent failures come from package_failures, kept by triggers; they are
+// exactly what sorting every failed job package gives, whatever the order
+// the events arrive in: failures at plan time (no source), by the stager
+// (permanent), by the planner giving up (stalled), and followers of a
+// failed request.
+func TestRecentFailuresAreTheNewestFailedPackages(t *testing.T) {
+	st := newStore(t)
+	evs := events(t,
+		scenario.Job{ID: "a", Packages: 2, NoSource: true, Permanent: true},
+		scenario.Job{ID: "b", Packages: 3, Stalled: true, Base: time.Date(2026, 11, 26, 13, 0, 0, 0, time.UTC)},
+		scenario.Job{ID: "c", Packages: 2, Follows: "a", Permanent: true},
+		scenario.Job{ID: "d", Packages: 2, Cancel: true, Withdraw: true, Base: time.Date(2026, 11, 26, 11, 0, 0, 0, time.UTC)},
+		scenario.Job{ID: "e", Packages: 1, NoSource: true, Base: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)})
+	rand.New(rand.NewPCG(7, 7)).Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
+	for len(evs) > 0 {
+		n := min(len(evs), 4)
+		apply(t, st, evs[:n])
+		evs = evs[n:]
+	}
+	var want []string
+	if err := st.DB().NewRaw(`SELECT job_id || '/' || package_id FROM job_packages WHERE status = 'failed'
+		ORDER BY completed_at DESC NULLS LAST, job_id, package_id`).Scan(t.Context(), &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(want) < 5 {
+		t.Fatalf("only %d failed packages: %v", len(want), want)
+	}
+	for _, limit := range []int{1, 3, len(want), len(want) + 5} {
+		got, err := st.RecentFailures(t.Context(), limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, p := range got {
+			if p.Status != "failed" || p.Reason == "" {
+				t.Errorf("%s/%s: status %q reason %q", p.JobID, p.PackageID, p.Status, p.Reason)
+			}
+			ids = append(ids, p.JobID+"/"+p.PackageID)
+		}
+		if w := want[:min(limit, len(want))]; !slices.Equal(ids, w) {
+			t.Errorf("limit %d: %v, want %v", limit, ids, w)
+		}
 	}
 }

@@ -21,6 +21,7 @@ var snapshotQueries = map[string]string{
 	"job_packages":   "SELECT to_jsonb(x) FROM job_packages x ORDER BY job_id, package_id",
 	"attempts":       "SELECT to_jsonb(x) FROM attempts x ORDER BY job_id, package_id, attempt",
 	"staged_copies":  "SELECT to_jsonb(x) FROM staged_copies x ORDER BY package_id, location",
+	"failures":       "SELECT to_jsonb(x) FROM package_failures x ORDER BY job_id, package_id",
 	// Delta rows depend on batching and compaction; what they sum to may not.
 	"site_counts": `SELECT jsonb_build_array(site, location, status, sum(n)) FROM site_count_deltas
 		GROUP BY site, location, status HAVING sum(n) <> 0 ORDER BY site, location, status`,
