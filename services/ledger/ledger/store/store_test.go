@@ -714,10 +714,10 @@ func TestJobPackageIndexesLeaveOutcomesHOT(t *testing.T) {
 	}
 }
 
-// A projection written before the site_bytes migration gets each job's
-// bytes_staged and the history of bytes staged per site from its packages,
-// and (package_failures) its failures recorded.
-func TestSiteBytesMigrationUpgradesAProjection(t *testing.T) {
+// A projection written before the site_bytes and package_failures
+// migrations gets each job's bytes_staged, the history of bytes staged per
+// site from its packages, and its failures recorded.
+func TestSiteBytesAndFailuresMigrationsUpgradeAProjection(t *testing.T) {
 	st := newStore(t)
 	apply(t, st, events(t,
 		scenario.Job{ID: "a", Packages: 3, Present: true, Permanent: true, NoSource: true},

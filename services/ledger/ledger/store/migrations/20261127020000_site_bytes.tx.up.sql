@@ -2,12 +2,14 @@
 -- partial index job_packages_completed_recent: its predicate named status, so
 -- every status change of a job package (started, done, failed: most of the
 -- stream) was a non-HOT update that wrote a new entry into every index of
--- job_packages (27 against 17 µs per row, and ~8 % of the projection's
--- throughput). No index of job_packages covers a column events change again.
+-- job_packages (27 against 17 µs per row in a single-statement test; the
+-- projection bench could not tell the difference from its noise). No index
+-- of job_packages covers a column events change again.
 --
 -- A job's bytes_staged (its completed packages that were copied: not already
--- present, and not by an earlier job whose request it follows) is derived with its other counters; triggers on jobs append each
--- statement's change of it as a delta row at the job's updated_at, which the
+-- present, and not by an earlier job whose request it follows) is derived
+-- with its other counters; triggers on jobs append each statement's change
+-- of it as a delta row at the job's updated_at, which the
 -- derivation sets to its latest package completion: the change is dated to
 -- within one batch of the completions that made it. By the job's
 -- destination, like the package counts. CompactSiteCounts folds the rows to
@@ -51,7 +53,8 @@ CREATE TRIGGER jobs_site_bytes_update AFTER UPDATE ON jobs
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION site_bytes_deltas_record();
 
 -- Existing projections: each job's bytes, and its history per package
--- completion (exact, as the index served it).
+-- completion (exact, as the index served it). The UPDATE's trigger dates
+-- each job's bytes at its updated_at; those rows are replaced by the history.
 UPDATE jobs j SET bytes_staged = s.bytes
 FROM (SELECT job_id, sum(size_bytes) AS bytes FROM job_packages
       WHERE status = 'completed' AND NOT already_present
