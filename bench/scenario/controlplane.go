@@ -16,9 +16,15 @@ func ControlPlane() harness.Scenario {
 			"one stager (4 workers) and ledger on an embedded JetStream server (file storage) and a fresh PostgreSQL database per run: " +
 			"packages/s from the first submit to the last package completed in the ledger's tables, and submit → visible latency " +
 			"(all jobs are submitted at once, so this latency is mostly time queued; scenario latency measures a steady load). " +
-			"Baseline in the same run: `nats bench js pub async` then `nats bench js consume --acks explicit` (512 B, file storage) on an embedded server.",
+			"Baselines in the same run: the file-system floor (a Go loop with the stager's 4 workers doing only what durable staging of a tiny package must: " +
+			"temp dir, one 1 KiB file, fsync of file and directory, rename into place, fsync of the parent; in the same scratch file system), " +
+			"and `nats bench js pub async` then `nats bench js consume --acks explicit` (512 B, file storage) on an embedded server.",
 		Run: runControlPlane}
 }
+
+// floorWorkers is the stager's concurrency in the control-plane runs
+// (STAGER_WORKERS in startTiny), so the floor is measured at the same.
+const floorWorkers = 4
 
 func runControlPlane(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 	jobs, perJob, natsMsgs := 200, 100, 200_000
@@ -26,6 +32,7 @@ func runControlPlane(ctx context.Context, env harness.Env) ([]harness.Table, err
 		jobs, natsMsgs = 20, 50_000
 	}
 	ours := harness.Row{Name: fmt.Sprintf("ccat-staging pipeline, %d packages in %d jobs", jobs*perJob, jobs), Ours: true}
+	floor := harness.Row{Name: fmt.Sprintf("file-system floor, %d packages, %d workers (Go loop: temp dir, 1 KiB file, fsync file + dir, rename, fsync parent)", jobs*perJob, floorWorkers)}
 	pub := harness.Row{Name: "JetStream async publish (nats bench), msgs/s"}
 	con := harness.Row{Name: "JetStream durable consume, explicit ack (nats bench), msgs/s"}
 	p50 := harness.Row{Name: "submit → visible completed, p50"}
@@ -36,6 +43,13 @@ func runControlPlane(ctx context.Context, env harness.Env) ([]harness.Table, err
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
+		fr, err := fsFloor(ctx, filepath.Join(env.WorkDir, fmt.Sprintf("floor-%d", r)), floorWorkers, jobs*perJob)
+		if err != nil {
+			return nil, err
+		}
+		floor.Samples = append(floor.Samples, fr)
+		env.Log.Info().Int("run", r+1).Float64("packages_per_s", fr).Msg("file-system floor")
+
 		pr, cr, err := natsBench(ctx, dir, natsMsgs, 512)
 		if err != nil {
 			return nil, err
@@ -59,7 +73,7 @@ func runControlPlane(ctx context.Context, env harness.Env) ([]harness.Table, err
 		notes = append(notes, res.notes...)
 	}
 	return []harness.Table{
-		{Title: "Control plane throughput", Unit: "packages/s (nats rows: msgs/s)", Rows: []harness.Row{ours, pub, con},
+		{Title: "Control plane throughput", Unit: "packages/s (nats rows: msgs/s)", Rows: []harness.Row{ours, floor, pub, con},
 			Notes: append([]string{
 				"each package costs the broker 3 stored messages (request, started, done) plus its share of submit and planned, and ~5 deliveries (stager, ledger ×3, …); the ratio is packages/s ÷ the broker's raw msgs/s",
 				fmt.Sprintf("nats bench: %d messages of 512 B per run, fresh embedded server and stream each run", natsMsgs),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/bench/harness"
@@ -20,7 +21,7 @@ import (
 // catalogued; every package id points at the same 1 KiB tar, since only the
 // control plane is measured.
 func startTiny(ctx context.Context, env harness.Env, dir string, n int, extra map[string]string, stagers int) (*system.System, []string, error) {
-	e := map[string]string{"STAGER_WORKERS": "4"}
+	e := map[string]string{"STAGER_WORKERS": strconv.Itoa(floorWorkers)}
 	for k, v := range extra {
 		e[k] = v
 	}

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/bench/harness"
+	"github.com/ccatobs/ccat-staging/bench/system"
 	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Latency is issue scenario 2: a steady offered load, and whether the
@@ -46,34 +48,11 @@ func runLatency(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 			_ = sys.Close()
 			return nil, err
 		}
-		type depth struct {
-			at time.Duration
-			n  uint64
-		}
-		var depths []depth
 		start := time.Now()
-		sent := map[string]time.Time{}
-		next := start.Add(time.Second)
-		for j := 0; j*perJob < len(pkgs); j++ {
-			at := start.Add(time.Duration(j) * time.Second / jobsPerSecond)
-			time.Sleep(time.Until(at))
-			if now := time.Now(); !now.Before(next) {
-				if si, err := reqs.Info(ctx); err == nil {
-					depths = append(depths, depth{now.Sub(start), si.State.Msgs})
-				}
-				next = next.Add(time.Second)
-			}
-			s, err := submitJobs(ctx, sys, fmt.Sprintf("lat-%04d", j), pkgs[j*perJob:(j+1)*perJob], perJob, "")
-			if err != nil {
-				_ = sys.Close()
-				return nil, err
-			}
-			for k := range s {
-				sent[k] = at // the schedule, so a slow publish counts against us
-			}
-		}
-		if si, err := reqs.Info(ctx); err == nil {
-			depths = append(depths, depth{time.Since(start), si.State.Msgs})
+		sent, depths, err := offer(ctx, sys, reqs, pkgs, "lat", jobsPerSecond, perJob)
+		if err != nil {
+			_ = sys.Close()
+			return nil, err
 		}
 		end, err := waitCompleted(ctx, sys, len(pkgs), 2*time.Minute)
 		if err != nil {
@@ -92,10 +71,9 @@ func runLatency(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 		p99.Samples = append(p99.Samples, harness.Percentile(lat, 99))
 		p999.Samples = append(p999.Samples, harness.Percentile(lat, 99.9))
 		done.Samples = append(done.Samples, float64(len(pkgs))/end.Sub(start).Seconds())
-		if len(depths) >= 2 {
-			a, b := depths[0], depths[len(depths)-1]
-			growth.Samples = append(growth.Samples, (float64(b.n)-float64(a.n))/(b.at-a.at).Seconds())
-			final.Samples = append(final.Samples, float64(b.n))
+		if g, last, ok := backlogGrowth(depths); ok {
+			growth.Samples = append(growth.Samples, g)
+			final.Samples = append(final.Samples, last)
 		}
 		env.Log.Info().Int("run", r+1).Float64("p50_ms", harness.Percentile(lat, 50)).Float64("p99_ms", harness.Percentile(lat, 99)).
 			Int("depth_samples", len(depths)).Msg("latency")
@@ -106,4 +84,51 @@ func runLatency(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 		{Title: "Does the backlog stay flat?", Unit: "see row", Rows: []harness.Row{growth, final, done},
 			Notes: []string{"growth = (depth at the end of the offer − depth after 1 s) ÷ elapsed; ≈ 0 means the stagers keep up with the offered rate"}},
 	}, nil
+}
+
+type depth struct {
+	at time.Duration
+	n  uint64
+}
+
+// offer submits pkgs as jobs of perJob packages on a fixed schedule of
+// jobsPerSecond and samples the work queue's depth every second while it
+// does. Each job's latency counts from its scheduled time, so a slow
+// publish counts against us.
+func offer(ctx context.Context, sys *system.System, reqs jetstream.Stream, pkgs []string, prefix string, jobsPerSecond, perJob int) (map[string]time.Time, []depth, error) {
+	var depths []depth
+	start := time.Now()
+	sent := map[string]time.Time{}
+	next := start.Add(time.Second)
+	for j := 0; j*perJob < len(pkgs); j++ {
+		at := start.Add(time.Duration(j) * time.Second / time.Duration(jobsPerSecond))
+		time.Sleep(time.Until(at))
+		if now := time.Now(); !now.Before(next) {
+			if si, err := reqs.Info(ctx); err == nil {
+				depths = append(depths, depth{now.Sub(start), si.State.Msgs})
+			}
+			next = next.Add(time.Second)
+		}
+		s, err := submitJobs(ctx, sys, fmt.Sprintf("%s-%05d", prefix, j), pkgs[j*perJob:min(len(pkgs), (j+1)*perJob)], perJob, "")
+		if err != nil {
+			return nil, nil, err
+		}
+		for k := range s {
+			sent[k] = at
+		}
+	}
+	if si, err := reqs.Info(ctx); err == nil {
+		depths = append(depths, depth{time.Since(start), si.State.Msgs})
+	}
+	return sent, depths, nil
+}
+
+// backlogGrowth is (depth at the end of the offer − depth after 1 s) ÷
+// elapsed, and the last depth.
+func backlogGrowth(depths []depth) (growth, last float64, ok bool) {
+	if len(depths) < 2 {
+		return 0, 0, false
+	}
+	a, b := depths[0], depths[len(depths)-1]
+	return (float64(b.n) - float64(a.n)) / (b.at - a.at).Seconds(), float64(b.n), true
 }
