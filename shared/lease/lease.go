@@ -30,7 +30,9 @@ package lease
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,7 +70,10 @@ var ErrLost = errors.New("lease lost")
 // Holder is the value of a held lease.
 type Holder struct {
 	Instance string `json:"instance"`
-	Purpose  string `json:"purpose"`
+	// Run tells this process's leases from those an earlier run of the
+	// same instance left behind when it died.
+	Run     string `json:"run"`
+	Purpose string `json:"purpose"`
 	// JobID and RequestID name the staging request holding it; RefsRevision
 	// the deletion (decided at that PLANNER_REFS revision).
 	JobID        string    `json:"job_id,omitempty"`
@@ -87,6 +92,10 @@ type Current struct {
 
 // Options configure a Store.
 type Options struct {
+	// Instance names the holder (unique per site, as for the stager's temp
+	// dirs): a lease held by the same instance in an earlier run is a dead
+	// predecessor's and is taken over at once instead of after its TTL.
+	Instance string
 	Replicas int
 	// TTL of this store's leases (DefaultTTL when zero, at least MinTTL).
 	TTL time.Duration
@@ -97,10 +106,12 @@ type Options struct {
 
 // Store takes leases in the bucket. Safe for concurrent use.
 type Store struct {
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	ttl    time.Duration
-	marker time.Duration
+	instance string
+	run      string
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	ttl      time.Duration
+	marker   time.Duration
 }
 
 // Open creates the bucket when it is missing (or differs) and returns a
@@ -143,7 +154,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", Bucket, err)
 	}
-	return &Store{js: js, stream: stream, ttl: ttl, marker: marker}, nil
+	var run [8]byte
+	_, _ = rand.Read(run[:])
+	return &Store{instance: opts.Instance, run: hex.EncodeToString(run[:]), js: js, stream: stream, ttl: ttl, marker: marker}, nil
 }
 
 // TTL is how long this store's leases outlive their last renewal.
@@ -206,8 +219,17 @@ func (s *Store) TryAcquire(ctx context.Context, key string, h Holder) (*Lease, *
 		if err := json.Unmarshal(m.Data, &cur.Holder); err != nil {
 			return nil, nil, fmt.Errorf("lease %s: %w", key, err)
 		}
-		return nil, cur, nil
+		if s.instance == "" || cur.Instance != s.instance || cur.Run == s.run {
+			return nil, cur, nil
+		}
+		// This instance's, from a run that died holding it (a restart
+		// after kill -9): nobody else can be using it.
+		expect, takeover = m.Sequence, true
 	}
+	if s.instance != "" {
+		h.Instance = s.instance
+	}
+	h.Run = s.run
 	now := time.Now().UTC()
 	h.Since, h.RenewedAt, h.TTLSeconds = now, now, s.ttl.Seconds()
 	rev, err := s.put(ctx, subj, h, expect)

@@ -242,3 +242,35 @@ func TestAcquireRespectsContext(t *testing.T) {
 		t.Errorf("Acquire past its deadline = %v, want DeadlineExceeded", err)
 	}
 }
+
+// A restarted instance (same name, new run) takes over at once what its
+// dead predecessor held, rather than waiting for the TTL; another instance
+// still waits.
+func TestRestartedInstanceTakesOverItsOwn(t *testing.T) {
+	srv := bustest.New(t)
+	open := func(instance string) *lease.Store {
+		st, err := lease.Open(t.Context(), srv.JS, lease.Options{Instance: instance, TTL: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	key := lease.Key("s", "proc", "pkg")
+	dead := open("t1")
+	if l, _, err := dead.TryAcquire(t.Context(), key, lease.Holder{Purpose: lease.PurposeStage}); err != nil || l == nil {
+		t.Fatal(l, err)
+	}
+	if l, cur, err := open("t2").TryAcquire(t.Context(), key, lease.Holder{}); err != nil || l != nil || cur.Instance != "t1" {
+		t.Fatalf("another instance: lease %v, holder %+v, err %v; want t1 holding", l, cur, err)
+	}
+	l, cur, err := open("t1").TryAcquire(t.Context(), key, lease.Holder{Purpose: lease.PurposeStage})
+	if err != nil || l == nil {
+		t.Fatalf("restarted t1 waits for its own dead lease: holder %+v, err %v", cur, err)
+	}
+	if !l.TookOver {
+		t.Errorf("not counted as a takeover")
+	}
+	if err := l.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
