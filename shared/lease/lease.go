@@ -109,6 +109,7 @@ type Store struct {
 	instance string
 	run      string
 	js       jetstream.JetStream
+	kv       jetstream.KeyValue
 	stream   jetstream.Stream
 	ttl      time.Duration
 	marker   time.Duration
@@ -130,15 +131,18 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	// Look before changing anything (as heartbeat.Bucket does): under the
 	// least-privilege permissions of deploy/nats a stager may not update a
 	// bucket, and a refused update only times out.
-	ok := false
-	if kv, err := js.KeyValue(ctx, Bucket); err == nil {
-		if st, err := kv.Status(ctx); err == nil {
+	var kv jetstream.KeyValue
+	if b, err := js.KeyValue(ctx, Bucket); err == nil {
+		if st, err := b.Status(ctx); err == nil {
 			c := st.Config()
-			ok = c.History == 1 && c.LimitMarkerTTL == marker && c.Replicas == replicas && c.Storage == jetstream.FileStorage
+			if c.History == 1 && c.LimitMarkerTTL == marker && c.Replicas == replicas && c.Storage == jetstream.FileStorage {
+				kv = b
+			}
 		}
 	}
-	if !ok {
-		_, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	if kv == nil {
+		var err error
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:         Bucket,
 			Description:    "<site>.<location>.<package> -> the stager instance staging or deleting that copy (per-key TTL)",
 			History:        1,
@@ -156,7 +160,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	}
 	var run [8]byte
 	_, _ = rand.Read(run[:])
-	return &Store{instance: opts.Instance, run: hex.EncodeToString(run[:]), js: js, stream: stream, ttl: ttl, marker: marker}, nil
+	return &Store{instance: opts.Instance, run: hex.EncodeToString(run[:]), js: js, kv: kv, stream: stream, ttl: ttl, marker: marker}, nil
 }
 
 // TTL is how long this store's leases outlive their last renewal.
@@ -412,11 +416,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	close(l.lost)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	kv, err := l.st.js.KeyValue(rctx, Bucket)
-	if err != nil {
-		return fmt.Errorf("lease %s: %w", l.key, err)
-	}
-	err = kv.Purge(rctx, l.key, jetstream.LastRevision(l.rev), jetstream.PurgeTTL(l.st.marker))
+	err := l.st.kv.Purge(rctx, l.key, jetstream.LastRevision(l.rev), jetstream.PurgeTTL(l.st.marker))
 	if err != nil && !isConflict(err) {
 		// It expires after TTL anyway.
 		return fmt.Errorf("lease %s: release: %w", l.key, err)
