@@ -172,6 +172,7 @@ func (s *service) handleCleanup(ctx context.Context, m jetstream.Msg) {
 		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
 		return
 	}
+	s.holdPoint(ctx, holdAfterClaim, log)
 	// Under the lease, read the entry again: a job that took the copy after
 	// the claim reset it (refs.Table.Add), and its request waits for this
 	// lease; rather than delete and re-stage, keep the copy for it.
@@ -239,9 +240,12 @@ func (s *service) claim(ctx context.Context, table *refs.Table, c event.Cleanup)
 	return table.Put(ctx, c.RefsKey, e, it.Revision)
 }
 
-// holdBeforeRemove is the test hook point right before a claimed deletion
-// removes the copy (see holdPoint).
-const holdBeforeRemove = "before-remove"
+// Test hook points of a deletion (see holdPoint): right after the claim,
+// and right before a claimed deletion removes the copy.
+const (
+	holdAfterClaim   = "after-claim"
+	holdBeforeRemove = "before-remove"
+)
 
 // stillReferenced re-reads the copy's refs entry after the claim (at
 // revision claimed) and reports whether a job references the copy now.
