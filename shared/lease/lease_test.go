@@ -274,3 +274,48 @@ func TestRestartedInstanceTakesOverItsOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Released and expired leases leave markers that expire too: the bucket
+// holds only leases in use, however many copies were ever leased; and a
+// lease taken after a release's marker expired is no takeover.
+func TestBucketHoldsOnlyLeasesInUse(t *testing.T) {
+	srv := bustest.New(t)
+	a, anc := holderConn(t, srv, time.Second)
+	b, _ := holderConn(t, srv, time.Second)
+	released, _, err := a.TryAcquire(t.Context(), lease.Key("s", "proc", "released"), lease.Holder{Instance: "a"})
+	if err != nil || released == nil {
+		t.Fatal(released, err)
+	}
+	if err := released.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := a.TryAcquire(t.Context(), lease.Key("s", "proc", "expired"), lease.Holder{Instance: "a"}); err != nil || l == nil {
+		t.Fatal(l, err)
+	}
+	anc.Close() // the holder of "expired" dies
+	s, err := srv.JS.Stream(t.Context(), "KV_"+lease.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := s.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bucket still holds %d messages after every lease was released or expired", info.State.Msgs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	l, _, err := b.TryAcquire(t.Context(), lease.Key("s", "proc", "released"), lease.Holder{Instance: "b"})
+	if err != nil || l == nil || l.TookOver {
+		t.Fatalf("after the markers expired: lease %v (err %v), want a fresh one", l, err)
+	}
+	if err := l.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
