@@ -38,8 +38,10 @@ type attempt struct {
 	dest    dest.Location
 	started time.Time
 	read    atomic.Int64 // archive bytes read so far
-	// lease is the copy's lease while this attempt holds it.
-	lease *lease.Lease
+	// lease and unlock are the copy's lease and in-process lock while this
+	// attempt holds them; handle lets go of both once the outcome is out.
+	lease  *lease.Lease
+	unlock func()
 }
 
 func (a *attempt) outcome(s *service) event.Outcome {
@@ -101,8 +103,13 @@ func (s *service) handle(ctx context.Context, m jetstream.Msg) {
 	hctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go s.keepAlive(hctx, a)
-	// The copy's lease is released only once the outcome is published.
-	defer func() { s.releaseLease(ctx, a.lease, a.log) }()
+	// The copy is let go of only once the outcome is published.
+	defer func() {
+		s.releaseLease(ctx, a.lease, a.log)
+		if a.unlock != nil {
+			a.unlock()
+		}
+	}()
 
 	done, err := s.stage(hctx, a)
 	stop()
@@ -161,13 +168,12 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	// in-process lock, every instance of the site on the copy's lease. There
 	// is no fast path around them: another instance may be deleting the
 	// copy (claimed, not yet removed), and a copy reported present must
-	// still be there. The lease is held until the outcome is published
-	// (handle releases it).
-	unlock, err := s.lock(ctx, d.Name+"/"+a.req.PackageID)
+	// still be there. Both are held until the outcome is published (handle
+	// lets go of them).
+	a.unlock, err = s.lock(ctx, d.Name+"/"+a.req.PackageID)
 	if err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
-	defer unlock()
 	a.lease, err = s.acquireLease(ctx, d, a.req.PackageID, lease.Holder{Purpose: lease.PurposeStage, JobID: a.req.JobID, RequestID: a.reqID}, a.log)
 	if err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, fmt.Errorf("lease of %s at %s: %w", a.req.PackageID, d.Name, err))
