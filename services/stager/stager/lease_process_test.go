@@ -68,7 +68,10 @@ func TestTwoInstancesNeverCompleteOnACopyBeingDeleted(t *testing.T) {
 	procs := map[string]*proc{}
 	for _, inst := range []string{"a", "b"} {
 		procs[inst] = w.startProcess("STAGER_INSTANCE="+inst, "STAGER_HTTP_ADDR="+addrs[inst],
-			stager.EnvTestHoldDir+"="+hold, stager.EnvLeaseTTL+"=10s")
+			stager.EnvTestHoldDir+"="+hold, stager.EnvLeaseTTL+"=10s",
+			// InProgress goes out every AckWait/4: 1 s leaves room for a
+			// loaded machine to be late with one or two of them.
+			"STAGER_ACK_WAIT=4s")
 	}
 
 	// P is staged for job-0, which then releases it; the planner decides
@@ -120,6 +123,12 @@ func TestTwoInstancesNeverCompleteOnACopyBeingDeleted(t *testing.T) {
 		return done || metric(addrs[other], `stager_lease_waits_total{purpose="stage"}`) >= 1
 	})
 
+	// Keep it waiting past its AckWait (4 s): InProgress must keep the
+	// request with this attempt rather than have it redelivered.
+	if _, done := w.rec.byID("done:" + id); !done {
+		time.Sleep(5 * time.Second)
+	}
+
 	// Let the deletion go on and finish.
 	resume()
 	if err := os.Remove(point); err != nil {
@@ -140,6 +149,9 @@ func TestTwoInstancesNeverCompleteOnACopyBeingDeleted(t *testing.T) {
 	}
 	if done.AlreadyPresent || done.Instance != other {
 		t.Errorf("done = already_present %v by %s; want staged again by %s after the deletion", done.AlreadyPresent, done.Instance, other)
+	}
+	if n := len(w.rec.ofType(event.TypeStarted, "started:"+id+":")); n != 1 {
+		t.Errorf("%d attempts of job-1's request, want 1: the wait for the lease let it be redelivered", n)
 	}
 	if n := metric(addrs[other], `stager_lease_waits_total{purpose="stage"}`); n < 1 {
 		t.Errorf("the other instance never waited for the copy's lease (waits %v)", n)
