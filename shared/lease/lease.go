@@ -209,6 +209,9 @@ func (s *Store) TryAcquire(ctx context.Context, key string, h Holder) (*Lease, *
 	subj := subjectOf(key)
 	var expect uint64
 	takeover := false
+	// The read may come from a replica that lags (KV buckets allow direct
+	// get); it only chooses what to expect. The compare-and-set publish,
+	// decided by the stream's leader, is what makes two takers impossible.
 	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
