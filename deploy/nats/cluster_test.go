@@ -18,6 +18,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -651,8 +652,33 @@ func stagerStart(site string) op {
 		if _, err := c.js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(site)); err != nil {
 			return err
 		}
-		_, err := heartbeat.Bucket(ctx, c.js, streams.Replicas)
+		if _, err := heartbeat.Bucket(ctx, c.js, streams.Replicas); err != nil {
+			return err
+		}
+		_, err := lease.Open(ctx, c.js, lease.Options{Instance: "i1", Replicas: streams.Replicas})
 		return err
+	}
+}
+
+// takeLease takes, confirms and releases a copy's lease, as a stager does
+// around staging or deleting it.
+func takeLease(site string) op {
+	return func(ctx context.Context, _ *testing.T, c client) error {
+		st, err := lease.Open(ctx, c.js, lease.Options{Instance: "i1", Replicas: streams.Replicas})
+		if err != nil {
+			return err
+		}
+		l, cur, err := st.TryAcquire(ctx, lease.Key(site, site+"-proc", "pkg-1"), lease.Holder{Purpose: lease.PurposeStage})
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			return fmt.Errorf("lease held by %+v", cur)
+		}
+		if err := l.Confirm(ctx); err != nil {
+			return err
+		}
+		return l.Release(ctx)
 	}
 }
 
@@ -821,6 +847,8 @@ func permissionCases(fx fixture) []permCase {
 		{"stager-cologne", "fetches and acks from stager-cologne-cleanup", fetchAck(cl, subject.StagerCleanupDurable("cologne")), "", ""},
 		{"stager-cologne", "publishes staging.released", publish(subject.Released, released), "", ""},
 		{"stager-cologne", "reads and claims its site's PLANNER_REFS entry", then(kvGet(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-1"), kvPut(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-2")), "", ""},
+		{"stager-cologne", "takes, renews and releases a lease of its site's copy", takeLease("cologne"), "", ""},
+		{"stager-cologne", "takes a lease of another site's copy", takeLease("us"), "$JS.API.DIRECT.GET.KV_STAGER_LEASES.$KV.STAGER_LEASES.us.us-proc.pkg-1", ""},
 		{"stager-cologne", "claims another site's PLANNER_REFS entry", kvPut(subject.PlannerRefsBucket, "us.us-proc.pkg-1"), "$KV.PLANNER_REFS.us.us-proc.pkg-1", ""},
 		{"stager-cologne", "fetches from stager-us-cleanup", rawNext(cl, subject.StagerCleanupDurable("us")), "$JS.API.CONSUMER.MSG.NEXT.STAGING_CLEANUP.stager-us-cleanup", ""},
 		{"stager-cologne", "publishes deletion work", publish(subject.Cleanup("cologne"), cleanup("cologne")), "staging.cleanup.cologne", ""},

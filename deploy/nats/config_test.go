@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/nats-io/nats-server/v2/server"
@@ -81,7 +82,10 @@ func stagerRights(site string) (pub, sub []string) {
 		fmt.Sprintf("$JS.ACK.%s.%s.>", subject.CleanupStream, cleanup),
 		"$JS.API.STREAM.INFO.KV_"+subject.PlannerRefsBucket,
 		"$JS.API.DIRECT.GET.KV_"+subject.PlannerRefsBucket+".$KV."+subject.PlannerRefsBucket+"."+site+".>",
-		"$KV."+subject.PlannerRefsBucket+"."+site+".>")
+		"$KV."+subject.PlannerRefsBucket+"."+site+".>",
+		"$JS.API.STREAM.INFO.KV_"+lease.Bucket,
+		"$JS.API.DIRECT.GET.KV_"+lease.Bucket+".$KV."+lease.Bucket+"."+site+".>",
+		"$KV."+lease.Bucket+"."+site+".>")
 	return pub, []string{"_INBOX.>"}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
@@ -85,6 +86,10 @@ func Provision(ctx context.Context, js jetstream.JetStream, sites []string, sc b
 		return err
 	}
 	if _, err := heartbeat.Bucket(ctx, js, sc.Replicas); err != nil {
+		return err
+	}
+	// STAGER_LEASES: stagers may use it but not create it.
+	if _, err := lease.Open(ctx, js, lease.Options{Replicas: sc.Replicas}); err != nil {
 		return err
 	}
 	for _, site := range sites {

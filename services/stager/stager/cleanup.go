@@ -11,6 +11,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
@@ -22,11 +23,14 @@ import (
 //
 // The planner decides that a copy may go and says at which revision of its
 // PLANNER_REFS entry it decided. A job may take the copy again at any time
-// until the stager acts, so the stager, holding the package's lock (the
-// same one staging takes), claims the deletion by compare-and-set on that
-// very revision: if the entry moved, somebody needs the copy and it stays.
-// After the claim a new reference resets the entry and its request waits
-// for the lock, then stages the package afresh. The claim records the
+// until the stager acts, so the stager, holding the copy's lease (the one
+// staging and the already_present answer take, in every instance of the
+// site: lease.go), claims the deletion by compare-and-set on that very
+// revision: if the entry moved, somebody needs the copy and it stays.
+// After the claim a new reference resets the entry; the deletion reads the
+// entry again under the lease and keeps the copy if a job holds it now, and
+// a reference that comes later still has its request wait for the lease,
+// then find the copy gone and stage it afresh. The claim records the
 // revision it was for, so a redelivered item whose first delivery claimed
 // but died before finishing may go on.
 
@@ -131,12 +135,26 @@ func (s *service) handleCleanup(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 
+	// A wait for the lease may outlast the item's AckWait.
+	kctx, stopKeep := context.WithCancel(ctx)
+	defer stopKeep()
+	go s.keepCleanupAlive(kctx, m, log)
+
 	unlock, err := s.lock(ctx, d.Name+"/"+c.PackageID)
 	if err != nil {
 		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
 		return
 	}
 	defer unlock()
+	// The copy's lease, from before the claim until the copy is gone: no
+	// instance may stage it or report it present in between.
+	l, err := s.acquireLease(ctx, d, c.PackageID, lease.Holder{Purpose: lease.PurposeDelete, RefsRevision: c.RefsRevision}, log)
+	if err != nil {
+		s.m.cleanups.WithLabelValues("retry").Inc()
+		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, fmt.Errorf("lease of %s at %s: %w", c.PackageID, d.Name, err)), log)
+		return
+	}
+	defer s.releaseLease(ctx, l, log)
 	claimed, err := s.claim(ctx, table, c)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -150,6 +168,28 @@ func (s *service) handleCleanup(ctx context.Context, m jetstream.Msg) {
 		bus.Settle(ctx, m, nil, log)
 		return
 	case err != nil:
+		s.m.cleanups.WithLabelValues("retry").Inc()
+		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
+		return
+	}
+	s.holdPoint(ctx, holdAfterClaim, log)
+	// Under the lease, read the entry again: a job that took the copy after
+	// the claim reset it (refs.Table.Add), and its request waits for this
+	// lease; rather than delete and re-stage, keep the copy for it.
+	if keep, err := s.stillReferenced(ctx, table, c, claimed); err != nil {
+		s.m.cleanups.WithLabelValues("retry").Inc()
+		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
+		return
+	} else if keep {
+		s.m.cleanups.WithLabelValues("referenced").Inc()
+		log.Info().Msg("copy referenced again after the deletion was claimed: kept")
+		bus.Settle(ctx, m, nil, log)
+		return
+	}
+	s.holdPoint(ctx, holdBeforeRemove, log)
+	if err := s.confirmLease(ctx, l, log); err != nil {
+		// Somebody else may own the copy now; the claim stays recorded, so
+		// the redelivery goes on from here.
 		s.m.cleanups.WithLabelValues("retry").Inc()
 		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
 		return
@@ -198,6 +238,44 @@ func (s *service) claim(ctx context.Context, table *refs.Table, c event.Cleanup)
 	e := it.Entry
 	e.DeletingFor = c.RefsRevision
 	return table.Put(ctx, c.RefsKey, e, it.Revision)
+}
+
+// Test hook points of a deletion (see holdPoint): right after the claim,
+// and right before a claimed deletion removes the copy.
+const (
+	holdAfterClaim   = "after-claim"
+	holdBeforeRemove = "before-remove"
+)
+
+// stillReferenced re-reads the copy's refs entry after the claim (at
+// revision claimed) and reports whether a job references the copy now.
+func (s *service) stillReferenced(ctx context.Context, table *refs.Table, c event.Cleanup, claimed uint64) (bool, error) {
+	it, err := table.Get(ctx, c.RefsKey)
+	if err != nil {
+		// Not even a forgotten entry is expected while the claim holds:
+		// leave the copy; the redelivery sorts it out.
+		return false, err
+	}
+	if it.Revision == claimed {
+		return false, nil
+	}
+	return len(it.Jobs) > 0 || it.DeletingFor != c.RefsRevision, nil
+}
+
+// keepCleanupAlive sends InProgress for a deletion item until ctx ends.
+func (s *service) keepCleanupAlive(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
+	t := time.NewTicker(max(bus.StagerCleanupConsumer(s.cfg.Site).AckWait/4, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := m.InProgress(); err != nil {
+				log.Warn().Err(err).Msg("in-progress")
+			}
+		}
+	}
 }
 
 // cleanupFailed reports a deletion that did not happen. Transient errors are

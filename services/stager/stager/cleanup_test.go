@@ -185,3 +185,51 @@ func TestStageAfterCleanup(t *testing.T) {
 		t.Errorf("package not staged again: %v", ok)
 	}
 }
+
+// A job that references the copy after the deletion claimed it (the
+// planner's reference resets the claimed entry) keeps the copy: the
+// deletion reads the entry again under the copy's lease before removing,
+// keeps the copy (no staging.released) and leaves the new reference alone;
+// the job's request then finds the copy present.
+func TestCleanupKeepsACopyReferencedAfterTheClaim(t *testing.T) {
+	w := newWorld(t)
+	hold := t.TempDir()
+	p := w.put(w.archive, "pkg-1", samplePackage(t))
+	id := w.submit(request("job-1", p))
+	w.start(stager.WithTestHold(w.config(), hold))
+	waitID[event.Done](t, w.rec, "done:"+id)
+	rig := newCleanupRig(w)
+	key, rev := rig.releaseAll("proc", "pkg-1", "job-1")
+
+	point := filepath.Join(hold, "after-claim")
+	if err := os.WriteFile(point, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rig.item("cleanup:1", subject.Cleanup(site), event.Cleanup{PackageID: "pkg-1", Site: site, Location: "proc", RefsKey: key, RefsRevision: rev, EmptiedAt: time.Now().UTC()})
+	eventually(t, 10*time.Second, "the deletion held after its claim", func() bool {
+		_, err := os.Stat(point + ".held")
+		return err == nil
+	})
+	if err := rig.table.Add(t.Context(), "job-2", []refs.Ref{{Key: key, Site: site, Location: "proc", PackageID: "pkg-1"}}, 1); err != nil {
+		t.Fatal(err)
+	}
+	id2 := w.submit(request("job-2", p))
+	if err := os.Remove(point); err != nil {
+		t.Fatal(err)
+	}
+	rig.settled()
+	done := waitID[event.Done](t, w.rec, "done:"+id2)
+	if !done.AlreadyPresent {
+		t.Errorf("done = %+v, want already_present from the kept copy", done)
+	}
+	if _, err := os.Stat(filepath.Join(w.proc, "pkg-1", "meta.json")); err != nil {
+		t.Fatalf("copy referenced after the claim was deleted: %v", err)
+	}
+	if ev := w.rec.ofType(event.TypeReleased, ""); len(ev) != 0 {
+		t.Errorf("released events for a kept copy: %v", ev)
+	}
+	it, err := rig.table.Get(t.Context(), key)
+	if err != nil || !slices.Equal(it.Jobs, []string{"job-2"}) || it.DeletingFor != 0 {
+		t.Errorf("refs entry = %+v, %v; want job-2's reference, no claim", it, err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
 	"github.com/ccatobs/ccat-staging/shared/config"
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 )
 
@@ -33,6 +34,9 @@ const (
 	EnvNoSpaceDelay     = "STAGER_NO_SPACE_DELAY"
 	EnvReadRate         = "STAGER_READ_RATE"
 	EnvHashFiles        = "STAGER_HASH_FILES"
+	EnvLeaseTTL         = "STAGER_LEASE_TTL"
+	// EnvTestHoldDir is a test hook, inert unless set: see Config.testHold.
+	EnvTestHoldDir = "STAGER_TEST_HOLD_DIR"
 )
 
 // Config is everything a stager instance needs. Zero values of the optional
@@ -71,12 +75,23 @@ type Config struct {
 	// already covers every byte).
 	HashFiles bool
 
+	// LeaseTTL is how long a (location, package) lease in STAGER_LEASES
+	// outlives its holder's last renewal (renewed every LeaseTTL/3): how
+	// long the other instances wait for a stager that died holding one.
+	LeaseTTL time.Duration
+
 	// S3Credentials holds each S3 location's credentials, by location name.
 	S3Credentials map[string]archive.Credentials
 
 	// openBackend replaces archive.For in tests that need a source the real
 	// backends cannot imitate (a stream that stalls on demand).
 	openBackend func(topology.Location, archive.Credentials) (archive.Backend, error)
+
+	// testHold is a directory of test hooks (STAGER_TEST_HOLD_DIR), for the
+	// tests that must hold a deletion at its worst moment in another
+	// process: while the file <testHold>/<point> exists, the stager stops
+	// at that point (see holdPoint). Unset, nothing is looked at.
+	testHold string
 }
 
 func (c Config) withDefaults() Config {
@@ -112,6 +127,8 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryBase, time.Second)
 	def(&c.RetryMax, 5*time.Minute)
 	def(&c.NoSpaceDelay, 30*time.Second)
+	def(&c.LeaseTTL, lease.DefaultTTL)
+	c.LeaseTTL = max(c.LeaseTTL, lease.MinTTL)
 	return c
 }
 
@@ -143,6 +160,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		NoSpaceDelay:     e.Duration(EnvNoSpaceDelay, 30*time.Second),
 		ReadRate:         int64(e.Float(EnvReadRate, 0)),
 		HashFiles:        e.Bool(EnvHashFiles, false),
+		LeaseTTL:         e.Duration(EnvLeaseTTL, lease.DefaultTTL),
+		testHold:         e.String(EnvTestHoldDir, ""),
 	}
 	if err := e.Err(); err != nil {
 		return c, err

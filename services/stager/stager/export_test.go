@@ -19,3 +19,9 @@ func WithBackend(cfg Config, b archive.Backend) Config {
 func RunReady(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.Addr)) error {
 	return run(ctx, cfg, log, ready)
 }
+
+// WithTestHold sets the test hook directory (STAGER_TEST_HOLD_DIR).
+func WithTestHold(cfg Config, dir string) Config {
+	cfg.testHold = dir
+	return cfg
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
@@ -37,6 +38,10 @@ type attempt struct {
 	dest    dest.Location
 	started time.Time
 	read    atomic.Int64 // archive bytes read so far
+	// lease and unlock are the copy's lease and in-process lock while this
+	// attempt holds them; handle lets go of both once the outcome is out.
+	lease  *lease.Lease
+	unlock func()
 }
 
 func (a *attempt) outcome(s *service) event.Outcome {
@@ -98,6 +103,13 @@ func (s *service) handle(ctx context.Context, m jetstream.Msg) {
 	hctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go s.keepAlive(hctx, a)
+	// The copy is let go of only once the outcome is published.
+	defer func() {
+		s.releaseLease(ctx, a.lease, a.log)
+		if a.unlock != nil {
+			a.unlock()
+		}
+	}()
 
 	done, err := s.stage(hctx, a)
 	stop()
@@ -152,21 +164,20 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	if err := s.publish(ctx, subject.Started, "started:"+a.reqID+":"+strconv.Itoa(a.n), a.req.PackageID, event.Started{Outcome: a.outcome(s)}); err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
-	// The fast path only while nothing holds the package: a deletion holds
-	// it from before it claims the copy until the copy is gone, and a
-	// request published after the claim must stage it again.
-	if !s.locked(d.Name + "/" + a.req.PackageID) {
-		if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
-			return s.doneData(a, len(m.Files), true), nil
-		}
-	}
-
-	unlock, err := s.lock(ctx, d.Name+"/"+a.req.PackageID)
+	// One owner of the copy at a time: this instance's workers queue on the
+	// in-process lock, every instance of the site on the copy's lease. There
+	// is no fast path around them: another instance may be deleting the
+	// copy (claimed, not yet removed), and a copy reported present must
+	// still be there. Both are held until the outcome is published (handle
+	// lets go of them).
+	a.unlock, err = s.lock(ctx, d.Name+"/"+a.req.PackageID)
 	if err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
-	defer unlock()
-	// Another worker of this instance may have staged it while we waited.
+	a.lease, err = s.acquireLease(ctx, d, a.req.PackageID, lease.Holder{Purpose: lease.PurposeStage, JobID: a.req.JobID, RequestID: a.reqID}, a.log)
+	if err != nil {
+		return event.Done{}, fault.Transient(event.ReasonIOError, fmt.Errorf("lease of %s at %s: %w", a.req.PackageID, d.Name, err))
+	}
 	if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
 		return s.doneData(a, len(m.Files), true), nil
 	}
@@ -207,6 +218,12 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	s.m.bytes.Add(float64(a.read.Load()))
 	if err != nil {
 		return event.Done{}, err
+	}
+	// A lease lost while extracting (this instance lost touch for longer
+	// than its TTL) may be another's now: do not put a copy in place that a
+	// deletion may be removing; the redelivery starts over.
+	if err := s.confirmLease(ctx, a.lease, a.log); err != nil {
+		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
 	already, err := d.Commit(tmp, a.req.PackageID, dest.Manifest{
 		PackageID: a.req.PackageID, Checksum: a.req.Checksum, SizeBytes: res.Bytes, Files: res.Files, StagedAt: time.Now().UTC(),
@@ -297,14 +314,6 @@ func (s *service) lock(ctx context.Context, key string) (func(), error) {
 			return nil, ctx.Err()
 		}
 	}
-}
-
-// locked reports whether some worker of this instance holds key.
-func (s *service) locked(key string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, busy := s.locks[key]
-	return busy
 }
 
 // reserve checks that the destination has room for the package next to the

@@ -16,6 +16,11 @@ type metrics struct {
 	dead     prometheus.Counter
 	cleanups *prometheus.CounterVec
 	freed    prometheus.Counter
+
+	leaseWaits *prometheus.CounterVec
+	leaseWait  *prometheus.HistogramVec
+	takeovers  *prometheus.CounterVec
+	leaseLost  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -51,6 +56,24 @@ func newMetrics() *metrics {
 		Name: "stager_bytes_freed_total",
 		Help: "Bytes of staged copies deleted because no job referenced them any more.",
 	})
-	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed)
+	m.leaseWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_lease_waits_total",
+		Help: "Lease acquisitions (STAGER_LEASES) that found the copy held by another holder and waited, by purpose (stage, delete).",
+	}, []string{"purpose"})
+	m.leaseWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "stager_lease_wait_seconds",
+		Help:    "Time from asking for a copy's lease to holding it, by purpose.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+	}, []string{"purpose"})
+	m.takeovers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_lease_takeovers_total",
+		Help: "Leases taken over after the previous holder's expired (it died or lost touch), by purpose.",
+	}, []string{"purpose"})
+	m.leaseLost = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_leases_lost_total",
+		Help: "Leases found lost right before an irreversible step (commit, removal), which was then not taken, by purpose.",
+	}, []string{"purpose"})
+	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost)
 	return m
 }

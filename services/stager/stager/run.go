@@ -19,6 +19,7 @@ import (
 	"github.com/ccatobs/ccat-staging/services/stager/dest"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/ccatobs/ccat-staging/shared/refs"
@@ -51,6 +52,9 @@ type service struct {
 	cancelKV atomic.Pointer[jetstream.KeyValue]
 	// refsKV is the planner's PLANNER_REFS bucket once it exists.
 	refsKV atomic.Pointer[refs.Table]
+	// leases orders staging, already_present and deletion of one copy
+	// across the site's instances (lease.go).
+	leases *lease.Store
 
 	// ready receives the HTTP listener's address (tests use it).
 	ready func(net.Addr)
@@ -157,6 +161,9 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	}
 	kv, err := heartbeat.Bucket(ctx, js, cfg.Replicas)
 	if err != nil {
+		return err
+	}
+	if s.leases, err = lease.Open(ctx, js, lease.Options{Instance: instance, Replicas: cfg.Replicas, TTL: cfg.LeaseTTL}); err != nil {
 		return err
 	}
 
