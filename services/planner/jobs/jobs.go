@@ -74,8 +74,10 @@ type Store struct {
 	kv jetstream.KeyValue
 }
 
-// Open creates or updates the bucket.
-func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Store, error) {
+// Open creates or updates the bucket. A record expires retention after its
+// last write (0 keeps it for ever): a job id resubmitted after that is
+// planned afresh, so keep retention longer than the longest job.
+func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int, retention time.Duration) (*Store, error) {
 	if replicas == 0 {
 		replicas = 1
 	}
@@ -83,6 +85,7 @@ func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Sto
 		Bucket:      subject.PlannerJobsBucket,
 		Description: "job id -> hash of the accepted submit (planner idempotency)",
 		History:     1,
+		TTL:         retention,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	})

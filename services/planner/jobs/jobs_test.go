@@ -40,7 +40,7 @@ func TestHash(t *testing.T) {
 
 func TestClaimLifecycle(t *testing.T) {
 	srv := bustest.New(t)
-	st, err := jobs.Open(t.Context(), srv.JS, 1)
+	st, err := jobs.Open(t.Context(), srv.JS, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

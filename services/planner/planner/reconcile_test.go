@@ -62,6 +62,28 @@ func cutPrefix(s, p string) (string, bool) {
 	return "", false
 }
 
+// ledgerDurable stands in for the ledger's projection on the bus: the
+// ledger-events durable, acknowledging every event as it arrives, so the
+// reconciler finds the record caught up. Stopping the returned func stops
+// acknowledging (a stalled projection behind a live API).
+func ledgerDurable(t *testing.T, h *harness) (stop func()) {
+	t.Helper()
+	cons, err := h.js.CreateOrUpdateConsumer(t.Context(), subject.EventsStream, jetstream.ConsumerConfig{
+		Durable: subject.LedgerEvents, FilterSubject: subject.EventsAll, AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { _ = m.Ack() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(cc.Stop) }
+	t.Cleanup(stop)
+	return stop
+}
+
 func counter(t *testing.T, metrics, name string) float64 {
 	t.Helper()
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` ([0-9.e+]+)$`).FindStringSubmatch(metrics)
@@ -88,6 +110,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 		c.MaxReissues = 2
 	}
 	h := start(t, testTopology, cfg)
+	ledgerDurable(t, h)
 	second := h.run(cfg)
 	h.archived("p1", "us-lta")
 	h.archived("p2", "us-lta")
