@@ -58,7 +58,7 @@ type service struct {
 	inflight      *inflight.Table   // nil unless Config.Dedup
 	ledger        *ledgerapi.Client // nil unless Config.LedgerURL
 	reissues      *reissue.Store
-	outcomes      *outcomes.Store // PLANNER_OUTCOMES: final outcomes the reconciler checks
+	outcomes      *outcomes.Store    // PLANNER_OUTCOMES: final outcomes the reconciler checks
 	refs          *refs.Table        // PLANNER_REFS: jobs referencing each staged copy
 	cancelled     jetstream.KeyValue // CANCELLED: job id -> cancel event id, read by the stagers
 	catCons       jetstream.Consumer
