@@ -31,6 +31,7 @@ const (
 	EnvMaxReissues           = "PLANNER_MAX_REISSUES"
 	EnvReleaseSweep          = "PLANNER_RELEASE_SWEEP"
 	EnvJobRetention          = "PLANNER_JOB_RETENTION"
+	EnvRefRetention          = "PLANNER_REF_RETENTION"
 	EnvLedgerCatchUp         = "PLANNER_LEDGER_CATCH_UP"
 )
 
@@ -56,6 +57,13 @@ const (
 	// beyond any job still running, yet keeps a month of resubmits
 	// idempotent and the buckets at a month of jobs.
 	DefaultJobRetention = 30 * 24 * time.Hour
+	// DefaultRefRetention is how long a job may hold references to staged
+	// copies without releasing or cancelling them. Three months: far past
+	// any job's end and an analysis campaign on its data, short enough that
+	// forgotten jobs do not pin a processing file system for ever. The
+	// copies then wait their location's retention, and the archive keeps
+	// the package.
+	DefaultRefRetention = 90 * 24 * time.Hour
 	// DefaultLedgerCatchUp is how long a reconciler round waits for the
 	// ledger and planner-outcomes durables to reach the stream's end before
 	// it gives the round up as "behind".
@@ -128,6 +136,10 @@ type Config struct {
 	// PLANNER_REISSUES expire entries this long after their last write.
 	// Keep it longer than the longest job.
 	JobRetention time.Duration
+	// RefRetention is how long a job's references to staged copies last
+	// when it is never released nor cancelled (counted by day from when it
+	// took them); negative keeps them until release or cancel.
+	RefRetention time.Duration
 	// LedgerCatchUp bounds how long a reconciler round waits for the
 	// ledger's durable (and planner-outcomes) to have applied every event
 	// published before the round began; a durable that does not get there
@@ -172,6 +184,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		MaxReissues:           env.Int(EnvMaxReissues, DefaultMaxReissues),
 		ReleaseSweep:          env.Duration(EnvReleaseSweep, DefaultReleaseSweep),
 		JobRetention:          env.Duration(EnvJobRetention, DefaultJobRetention),
+		RefRetention:          env.Duration(EnvRefRetention, DefaultRefRetention),
 		LedgerCatchUp:         env.Duration(EnvLedgerCatchUp, DefaultLedgerCatchUp),
 	}
 	switch cfg.HTTPAddr {
@@ -233,6 +246,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.JobRetention <= 0 {
 		c.JobRetention = DefaultJobRetention
+	}
+	if c.RefRetention == 0 {
+		c.RefRetention = DefaultRefRetention
 	}
 	if c.LedgerCatchUp <= 0 {
 		c.LedgerCatchUp = DefaultLedgerCatchUp

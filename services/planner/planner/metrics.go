@@ -26,6 +26,7 @@ type metrics struct {
 	cancels         *prometheus.CounterVec // outcome
 	releases        *prometheus.CounterVec // outcome: recorded, invalid, retried
 	cleanups        *prometheus.CounterVec // outcome: scheduled, republished, failed
+	lapsed          prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, version string) *metrics {
@@ -85,6 +86,9 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		cleanups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "planner_cleanups_total", Help: "deletion items for unreferenced staged copies, by outcome (scheduled, republished, failed).",
 		}, []string{"outcome"}),
+		lapsed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "planner_references_lapsed_total", Help: "references to staged copies dropped because their job held them longer than PLANNER_REF_RETENTION without a release or cancel.",
+		}),
 		sites: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "planner_sites", Help: "sites in the topology in use.",
 		}),
@@ -93,6 +97,6 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "planner_build_info", Help: "always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.ledgerBehind, m.ledgerLag, m.reconcileSkip, m.queueReads, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, info)
+	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.ledgerBehind, m.ledgerLag, m.reconcileSkip, m.queueReads, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, m.lapsed, info)
 	return m
 }

@@ -145,7 +145,15 @@ func (s *service) sweepReleases(ctx context.Context) {
 // the winner wrote, so the stager deletes only if nobody referenced the
 // copy since.
 func (s *service) sweep(ctx context.Context, now time.Time) (int, error) {
-	items, err := s.refs.List(ctx)
+	// References a job never released nor cancelled go after RefRetention;
+	// their copies then age towards their location's retention like any.
+	if lapsed, err := s.refs.Lapse(ctx, now, s.cfg.RefRetention); err != nil {
+		return 0, err
+	} else if lapsed > 0 {
+		s.m.lapsed.Add(float64(lapsed))
+		s.log.Warn().Int("references", lapsed).Dur("ref_retention", s.cfg.RefRetention).Msg("references of jobs never released lapsed")
+	}
+	items, err := s.refs.Idle(ctx)
 	if err != nil {
 		return 0, err
 	}
