@@ -25,10 +25,10 @@ package refs
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"encoding/base64"
 	"slices"
 	"strings"
 	"sync"
