@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
 
@@ -397,6 +398,7 @@ func fullDisk(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 func stallLedger(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 	pkgs := s.archive(trials*8, 4, 128<<10)
 	ctx := t.Context()
+	work := subject.StagerDurable("cologne", event.PriorityNormal)
 	var prev []string
 	for i := range trials {
 		// Jobs completed before the stall, released during it.
@@ -410,15 +412,30 @@ func stallLedger(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 			jobs = append(jobs, id)
 		}
 		s.waitJobs(time.Minute)
-		if _, err := s.js.PauseConsumer(ctx, subject.EventsStream, subject.LedgerEvents, time.Now().Add(3*stallAfter)); err != nil {
+		// Jobs the ledger has seen planned, not staged, when it stops: the
+		// stagers hold off until then.
+		if _, err := s.js.PauseConsumer(ctx, subject.RequestsStream, work, time.Now().Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
-		// Jobs the ledger sees planned but not staged until it resumes.
+		var stalled []string
 		for j := range 2 {
 			n := 8*i + 4 + 2*j
-			if err := s.submit(ctx, fmt.Sprintf("ls-%03d-b%d", i, j), pkgs[n:n+2]); err != nil {
+			id := fmt.Sprintf("ls-%03d-b%d", i, j)
+			if err := s.submit(ctx, id, pkgs[n:n+2]); err != nil {
 				t.Fatal(err)
 			}
+			stalled = append(stalled, id)
+		}
+		for _, id := range stalled {
+			if _, err := s.api.Wait(ctx, id, 50*time.Millisecond, func(j ledgerapi.Job) bool { return j.Counts.Scheduled == 2 }); err != nil {
+				t.Fatalf("job %s never scheduled in the ledger: %v", id, err)
+			}
+		}
+		if _, err := s.js.PauseConsumer(ctx, subject.EventsStream, subject.LedgerEvents, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.js.ResumeConsumer(ctx, subject.RequestsStream, work); err != nil {
+			t.Fatal(err)
 		}
 		time.Sleep(jitter(rng, 0, stallAfter))
 		for _, j := range append(prev, jobs[0]) {
@@ -428,8 +445,11 @@ func stallLedger(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 		}
 		prev = jobs[1:]
 		time.Sleep(3 * stallAfter)
+		if _, err := s.js.ResumeConsumer(ctx, subject.EventsStream, subject.LedgerEvents); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return fmt.Sprintf("ledger projection paused %d x %s (3 x StallAfter) with releases", trials, 3*stallAfter)
+	return fmt.Sprintf("ledger projection stopped %d x %s (3 x StallAfter) with the stagers working and releases", trials, 3*stallAfter)
 }
 
 // keptCopies checks what stallLedger promises and says so in the note.
