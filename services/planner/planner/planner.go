@@ -153,6 +153,9 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		if s.reissues, err = reissue.Open(ctx, js, cfg.Streams.Replicas, cfg.JobRetention); err != nil {
 			return err
 		}
+		if err := s.ensureDirectGet(ctx); err != nil {
+			return err
+		}
 	}
 	if s.outcomes, err = outcomes.Open(ctx, js, cfg.Streams.Replicas, cfg.JobRetention); err != nil {
 		return err

@@ -244,7 +244,8 @@ func lastActivity(p ledgerapi.Package) time.Time {
 // the candidates' sites, skips a site whose work consumers hold nothing
 // (consumer info: pending plus unacknowledged is what the queue holds for
 // them), walks a site with next-by-subject reads so acknowledged gaps cost
-// nothing, and stops as soon as every candidate of the site is found.
+// nothing, reads in batches of a thousand (queue.go), and stops as soon as
+// every candidate of the site is found.
 func (s *service) queuedRequests(ctx context.Context, cands []stale) (map[string]bool, error) {
 	st, err := s.js.Stream(ctx, subject.RequestsStream)
 	if err != nil {
@@ -271,25 +272,44 @@ func (s *service) queuedRequests(ctx context.Context, cands []stale) (map[string
 			continue
 		}
 		missing := len(keys)
-		for seq := st.CachedInfo().State.FirstSeq; missing > 0; {
-			m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject.SiteRequests(site)))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("scan %s: %w", subject.RequestsStream, err)
-			}
+		see := func(_ uint64, msgID string) bool {
 			s.m.queueReads.Inc()
-			if job, pkg, ok := parseRequestID(m.Header.Get(jetstream.MsgIDHeader)); ok {
+			if job, pkg, ok := parseRequestID(msgID); ok {
 				if k := job + ":" + pkg; keys[k] && !out[k] {
 					out[k] = true
 					missing--
 				}
 			}
-			seq = m.Sequence + 1
+			return missing > 0
+		}
+		first := st.CachedInfo().State.FirstSeq
+		err = walkQueue(ctx, s.nc, subject.RequestsStream, subject.SiteRequests(site), first, see)
+		if errors.Is(err, errNoDirect) {
+			// A server or stream without direct gets: one read per message.
+			err = s.walkQueueByGet(ctx, st, subject.SiteRequests(site), first, see)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("scan %s: %w", subject.RequestsStream, err)
 		}
 	}
 	return out, nil
+}
+
+// walkQueueByGet is walkQueue one next-by-subject read at a time.
+func (s *service) walkQueueByGet(ctx context.Context, st jetstream.Stream, subj string, from uint64, f func(uint64, string) bool) error {
+	for seq := from; ; {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !f(m.Sequence, m.Header.Get(jetstream.MsgIDHeader)) {
+			return nil
+		}
+		seq = m.Sequence + 1
+	}
 }
 
 // siteHolds reports whether any work consumer of the site holds a message
