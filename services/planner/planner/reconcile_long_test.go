@@ -61,6 +61,9 @@ func TestReconcilerQueueViewAtScale(t *testing.T) {
 		if _, err := js.PublishMsgAsync(m); err != nil {
 			t.Fatal(err)
 		}
+		if i%2000 == 1999 {
+			<-js.PublishAsyncComplete() // a window, so the client never stalls
+		}
 	}
 	<-js.PublishAsyncComplete()
 	t.Logf("queued %d requests in %s", n, time.Since(start).Round(time.Second))
