@@ -19,8 +19,8 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go"
-	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/nats-io/nats.go/jetstream"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 )
 
