@@ -94,26 +94,29 @@ func (s *Store) Put(ctx context.Context, packageID string, r Record) error {
 	return nil
 }
 
-// Of returns the outcome that settles the job's package at location, if
-// one is recorded: the job's own final outcome, or a copy staged there
-// since the job planned the package (the request it follows, or any other
-// that put the copy there after the job took its reference, which keeps
-// the copy until the job releases it).
-func (s *Store) Of(ctx context.Context, jobID, packageID, location string, plannedAt time.Time) (*Record, error) {
+// Of returns what is recorded of the job's package at location: the
+// job's own final outcome (own true), which settles the package; else a
+// copy staged there since the job planned it (own false) — by the request
+// the package follows (dedup), or by another job after this one took its
+// reference, which keeps the copy until this job lets it go. The latter is
+// proof the copy exists, not that this job's request ended: it forbids
+// giving the package up, while a re-issue (answered already_present) stays
+// harmless.
+func (s *Store) Of(ctx context.Context, jobID, packageID, location string, plannedAt time.Time) (r *Record, own bool, err error) {
 	if r, err := s.get(ctx, jobKey(jobID, packageID)); err != nil || r != nil {
-		return r, err
+		return r, r != nil, err
 	}
 	if location == "" {
-		return nil, nil
+		return nil, false, nil
 	}
-	r, err := s.get(ctx, copyKey(location, packageID))
+	r, err = s.get(ctx, copyKey(location, packageID))
 	if err != nil || r == nil {
-		return nil, err
+		return nil, false, err
 	}
 	if r.At.Before(plannedAt) {
-		return nil, nil // an older copy, possibly deleted since
+		return nil, false, nil // an older copy, possibly deleted since
 	}
-	return r, nil
+	return r, false, nil
 }
 
 func (s *Store) get(ctx context.Context, key string) (*Record, error) {

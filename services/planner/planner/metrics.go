@@ -66,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 			Name: "planner_reconcile_record_lag", Help: "STAGING_EVENTS sequences between the durable's ack floor and the stream's head at the last reconciler round that found it behind (0 when caught up).",
 		}, []string{"durable"}),
 		reconcileSkip: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "planner_reconcile_skipped_total", Help: "quiet packages the reconciler left alone, by reason (outcome_recorded: the planner saw its outcome though the ledger does not show it).",
+			Name: "planner_reconcile_skipped_total", Help: "quiet packages the reconciler left alone or would not give up, by reason (outcome_recorded: the planner saw its outcome though the ledger does not show it; copy_staged: past its re-issues but its copy is known staged, so re-issued instead of given up).",
 		}, []string{"reason"}),
 		queueReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "planner_reconcile_queue_reads_total", Help: "work-queue messages the reconciler read looking for quiet packages' requests.",

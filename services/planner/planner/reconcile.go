@@ -190,8 +190,10 @@ func (c stale) destination() *ledgerapi.Target {
 	return c.jobDest
 }
 
-// outcomeOf returns the recorded outcome that settles the candidate, or nil.
-func (s *service) outcomeOf(ctx context.Context, c stale, now time.Time) (*outcomes.Record, error) {
+// outcomeOf returns what the planner recorded of the candidate's outcome:
+// own means the job's own request ended (settled); otherwise a record
+// only proves the copy is staged at its destination (see outcomes.Of).
+func (s *service) outcomeOf(ctx context.Context, c stale, now time.Time) (*outcomes.Record, bool, error) {
 	loc := ""
 	if d := c.destination(); d != nil {
 		loc = d.Location
@@ -205,15 +207,15 @@ func (s *service) outcomeOf(ctx context.Context, c stale, now time.Time) (*outco
 	return s.outcomes.Of(ctx, c.jobID, c.pkg.PackageID, loc, planned)
 }
 
-// unsettled drops the candidates whose outcome is recorded.
+// unsettled drops the candidates whose own outcome is recorded.
 func (s *service) unsettled(ctx context.Context, cands []stale, now time.Time) ([]stale, error) {
 	out := cands[:0]
 	for _, c := range cands {
-		r, err := s.outcomeOf(ctx, c, now)
+		r, own, err := s.outcomeOf(ctx, c, now)
 		if err != nil {
 			return nil, err
 		}
-		if r != nil {
+		if own {
 			s.m.reconcileSkip.WithLabelValues("outcome_recorded").Inc()
 			s.log.Debug().Str(logx.JobID, c.jobID).Str(logx.PackageID, c.pkg.PackageID).Str("outcome", r.Kind).Str(logx.EventID, r.EventID).
 				Msg("quiet package has an outcome the ledger does not show yet: left alone")
@@ -339,12 +341,15 @@ func (s *service) siteHolds(ctx context.Context, site string) (bool, error) {
 func (s *service) reconcilePackage(ctx context.Context, c stale, now time.Time) (bool, error) {
 	// Checked again now that planner-outcomes has caught up: an outcome
 	// that arrived during the round settles the package.
-	if r, err := s.outcomeOf(ctx, c, now); err != nil {
+	r, own, err := s.outcomeOf(ctx, c, now)
+	if err != nil {
 		return false, err
-	} else if r != nil {
+	}
+	if own {
 		s.m.reconcileSkip.WithLabelValues("outcome_recorded").Inc()
 		return false, nil
 	}
+	copyStaged := r != nil
 	cur, rev, err := s.reissues.Current(ctx, c.jobID, c.pkg.PackageID)
 	if err != nil {
 		return false, err
@@ -360,7 +365,12 @@ func (s *service) reconcilePackage(ctx context.Context, c stale, now time.Time) 
 	if dest == nil {
 		return false, fmt.Errorf("job %s package %s: ledger gives no destination", c.jobID, c.pkg.PackageID)
 	}
-	if cur.Generation > s.cfg.MaxReissues {
+	if cur.Generation > s.cfg.MaxReissues && copyStaged {
+		// Never given up while its copy is known staged: one more
+		// re-issue is answered already_present and settles it.
+		s.m.reconcileSkip.WithLabelValues("copy_staged").Inc()
+		log.Info().Str(logx.EventID, r.EventID).Msg("package past its re-issues has a staged copy: re-issued, not given up")
+	} else if cur.Generation > s.cfg.MaxReissues {
 		return true, s.giveUp(ctx, c, *dest, id, rev, cur, event.ReasonStalled,
 			fmt.Sprintf("%s; gave up after %d re-issues", why, cur.Generation-1))
 	}
