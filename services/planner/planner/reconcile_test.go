@@ -342,3 +342,67 @@ func TestReconcilerTrustsRecordedOutcomes(t *testing.T) {
 		t.Errorf("deletion items %+v, want none", cs)
 	}
 }
+
+// A package whose own request was lost while another job staged its copy
+// at the same location (dedup off) is not settled by that copy — it is
+// re-issued, and answered already_present — but it is never given up:
+// past MaxReissues it is re-issued once more instead of stalled.
+func TestReconcilerNeverGivesUpAStagedCopy(t *testing.T) {
+	ledger := &fakeLedger{jobs: map[string]ledgerapi.Job{}}
+	api := httptest.NewServer(ledger)
+	t.Cleanup(api.Close)
+	h := start(t, testTopology, func(c *planner.Config) {
+		c.LedgerURL = api.URL
+		c.ReconcileInterval = 20 * time.Millisecond
+		c.StallAfter = 100 * time.Millisecond
+		c.MaxReissues = 1
+		c.Dedup = false
+	})
+	ledgerDurable(t, h)
+	h.archived("p1", "us-lta")
+	h.submit("s-J", event.Submit{JobID: "J", Packages: []string{"p1"}, Destination: event.Destination{Site: "us"}, RequestedBy: "me"})
+	h.event(subject.Planned, "planned:J")
+	reqs, err := h.js.Stream(t.Context(), subject.RequestsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lose := func(gen int) {
+		t.Helper()
+		id := planner.RequestID("J", "p1", gen)
+		waitFor(t, 10*time.Second, func() error {
+			for seq := uint64(1); ; {
+				m, err := reqs.GetMsg(t.Context(), seq, jetstream.WithGetMsgSubject(subject.RequestsAll))
+				if err != nil {
+					return fmt.Errorf("%s not queued", id)
+				}
+				if m.Header.Get(jetstream.MsgIDHeader) == id {
+					return reqs.DeleteMsg(t.Context(), m.Sequence)
+				}
+				seq = m.Sequence + 1
+			}
+		})
+	}
+	dest := &ledgerapi.Target{Site: "us", Location: "us-proc"}
+	long := time.Now().Add(-time.Hour)
+	ledger.set(ledgerapi.Job{JobID: "J", Status: event.StatusScheduled, Priority: "normal", Destination: dest, Packages: []ledgerapi.Package{
+		{PackageID: "p1", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long}}})
+	// Another job stages p1 at us-proc after J was planned.
+	rid := planner.RequestID("K", "p1", 1)
+	done, err := event.New("ccat-staging/stager/us/h1", "done:"+rid, "p1", event.Done{
+		Outcome: event.Outcome{JobID: "K", PackageID: "p1", Site: "us", Location: "us-proc", Attempt: 1, RequestID: rid, Instance: "h1"},
+		Path:    "/hpc/p1", SizeBytes: 10, Files: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish(subject.Done, done)
+	lose(1)
+	lose(2)
+	lose(3)
+	lose(4) // re-issued again rather than given up
+	if n := len(h.messages(subject.EventsStream, subject.Stalled)); n != 0 {
+		t.Errorf("%d stalled events for a package whose copy is staged, want none", n)
+	}
+	if n := counter(t, h.metrics(), `planner_reconcile_skipped_total{reason="copy_staged"}`); n == 0 {
+		t.Error("no re-issue past MaxReissues counted as copy_staged")
+	}
+}
