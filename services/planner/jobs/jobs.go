@@ -172,6 +172,23 @@ func (s *Store) MarkPlanned(ctx context.Context, jobID string) error {
 	return nil
 }
 
+// Touch rewrites a job's record unchanged, so that its retention counts
+// from now: called when the job ends for the planner (release, cancel). A
+// missing record or a concurrent write leaves things as they are.
+func (s *Store) Touch(ctx context.Context, jobID string) error {
+	e, err := s.kv.Get(ctx, kvkey.For(jobID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read job %s: %w", jobID, err)
+	}
+	if _, err := s.kv.Update(ctx, kvkey.For(jobID), e.Value(), e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("touch job %s: %w", jobID, err)
+	}
+	return nil
+}
+
 // Get returns the record of a job, or nil.
 func (s *Store) Get(ctx context.Context, jobID string) (*Record, error) {
 	rec, _, err := s.get(ctx, jobID)

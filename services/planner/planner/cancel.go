@@ -96,6 +96,7 @@ func (s *service) handleCancel(ctx context.Context, m jetstream.Msg) {
 	} else if n > 0 {
 		log.Info().Int("references", n).Msg("cancelled job's references to staged copies dropped")
 	}
+	s.touchJob(ctx, c.JobID, log)
 	s.m.cancels.WithLabelValues("recorded").Inc()
 	log.Info().Str("requested_by", c.RequestedBy).Str("reason", c.Reason).Msg("job cancelled: stagers withdraw its requests")
 	bus.Settle(ctx, m, nil, log)
