@@ -173,3 +173,47 @@ func TestReleaseCostsItsPackages(t *testing.T) {
 		t.Errorf("copy after lapse = %+v, %v", it.Entry, err)
 	}
 }
+
+// A bucket written before the indexes (entries only) is indexed when a
+// planner opens it: releases and the sweep then find its entries.
+func TestOpenIndexesAnOldBucket(t *testing.T) {
+	srv := bustest.New(t)
+	ctx := t.Context()
+	kv, err := srv.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "PLANNER_REFS", History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[string]string{
+		"us.us-proc.p1": `{"package_id":"p1","site":"us","location":"us-proc","jobs":["a","b.c"]}`,
+		"us.us-proc.p2": `{"package_id":"p2","site":"us","location":"us-proc","jobs":[],"emptied_at":"2026-12-01T00:00:00Z","last_jobs":["z"]}`,
+	}
+	for k, v := range old {
+		if _, err := kv.Put(ctx, k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tbl, err := refs.Open(ctx, srv.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, err := tbl.Idle(ctx)
+	if err != nil || len(idle) != 1 || idle[0].Key != "us.us-proc.p2" {
+		t.Fatalf("idle after indexing = %+v, %v", idle, err)
+	}
+	now := time.Now()
+	for _, j := range []string{"a", "b.c"} {
+		if n, err := tbl.DropJob(ctx, j, now); err != nil || n != 1 {
+			t.Fatalf("DropJob(%s) = %d, %v", j, n, err)
+		}
+	}
+	if idle, err = tbl.Idle(ctx); err != nil || len(idle) != 2 {
+		t.Errorf("idle after both releases = %+v, %v", idle, err)
+	}
+	// Opening again does not index twice (nor fail).
+	if _, err := refs.Open(ctx, srv.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	if items, err := tbl.List(ctx); err != nil || len(items) != 2 {
+		t.Errorf("List = %d entries, %v; want the two entries, no index keys", len(items), err)
+	}
+}
