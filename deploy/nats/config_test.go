@@ -68,7 +68,7 @@ func stagerRights(site string) (pub, sub []string) {
 		fmt.Sprintf("$JS.API.CONSUMER.INFO.%s.%s", subject.AdvisoryStream, dead),
 		fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", subject.AdvisoryStream, dead),
 		fmt.Sprintf("$JS.ACK.%s.%s.>", subject.AdvisoryStream, dead),
-		"$JS.API.STREAM.MSG.GET."+subject.RequestsStream, "$JS.API.STREAM.MSG.DELETE."+subject.RequestsStream,
+		"$JS.API.STREAM.MSG.GET."+subject.RequestsStream, "$JS.API.DIRECT.GET."+subject.RequestsStream, "$JS.API.STREAM.MSG.DELETE."+subject.RequestsStream,
 		"$KV."+subject.StagerBucket+"."+site+".>",
 		"$JS.API.STREAM.INFO.KV_"+subject.CancelledBucket,
 		"$JS.API.DIRECT.GET.KV_"+subject.CancelledBucket, "$JS.API.DIRECT.GET.KV_"+subject.CancelledBucket+".>",

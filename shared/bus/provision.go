@@ -79,6 +79,11 @@ func Streams(c StreamConfig) []jetstream.StreamConfig {
 			Duplicates:  c.DuplicateWindow,
 			// New work is refused rather than old work silently dropped.
 			Discard: jetstream.DiscardNew,
+			// The planner's reconciler reads the queue in batched direct
+			// gets (a work queue admits no second consumer on its
+			// subjects). StreamDiff ignores it: only the planner turns it on
+			// in a stream created before.
+			AllowDirect: true,
 		},
 	}
 }

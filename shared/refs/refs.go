@@ -7,14 +7,30 @@
 // on the key's revision, so several planners (and the stagers claiming a
 // deletion) never lose each other's updates. The planner writes it; a
 // stager only claims a deletion and forgets the entry of a deleted copy.
+//
+// Nothing scans the bucket. Besides the entries (<site>.<location>.<package
+// key>) it holds two indexes, under keys no site name can start with:
+//
+//	_job.<job token>.<entry key>  the job references that copy
+//	_idle.<entry key>             the copy's set became empty
+//	_lapse.<yyyymmdd>.<job token> the day the job took references
+//
+// so a release or cancel reads only its job's index keys (O(its packages)),
+// the sweep reads only idle copies, and references lapse by day. An index
+// key may outlive what it points at (a crash between two writes); readers
+// check the entry and tidy up, so an index is a hint that is never wrong in
+// the direction that matters: an entry with references always has its job
+// keys written first.
 package refs
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,7 +80,93 @@ func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Tab
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", subject.PlannerRefsBucket, err)
 	}
-	return &Table{kv: kv}, nil
+	t := &Table{kv: kv}
+	if err := t.migrate(ctx); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Index key prefixes; site names never start with '_'.
+const (
+	jobPrefix   = "_job."
+	idlePrefix  = "_idle."
+	lapsePrefix = "_lapse."
+	// indexedKey marks a bucket whose indexes are complete; a bucket
+	// written before them is indexed once, by the first planner to start.
+	indexedKey = "_indexed.v1"
+	dayLayout  = "20060102"
+)
+
+// jobToken is a job id as one key token: as is when it has no '.', else
+// "=" + base64url (ids never start with '='), so that _job.<token>.> matches
+// exactly that job's keys.
+func jobToken(jobID string) string {
+	if jobID != "" && !strings.Contains(jobID, ".") {
+		return jobID
+	}
+	return "=" + base64.RawURLEncoding.EncodeToString([]byte(jobID))
+}
+
+func jobIndexKey(jobID, key string) string { return jobPrefix + jobToken(jobID) + "." + key }
+
+// isEntry tells an entry key from an index key.
+func isEntry(key string) bool { return !strings.HasPrefix(key, "_") }
+
+// migrate indexes the entries of a bucket written before the indexes.
+func (t *Table) migrate(ctx context.Context) error {
+	if _, err := t.kv.Get(ctx, indexedKey); err == nil {
+		return nil
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("refs %s: %w", indexedKey, err)
+	}
+	keys, err := t.kv.ListKeys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return fmt.Errorf("refs keys: %w", err)
+	}
+	if keys != nil {
+		defer func() { _ = keys.Stop() }()
+		for key := range keys.Keys() {
+			if !isEntry(key) {
+				continue
+			}
+			it, err := t.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			for _, j := range it.Jobs {
+				if err := t.index(ctx, j, key); err != nil {
+					return err
+				}
+			}
+			if len(it.Jobs) == 0 {
+				if err := t.markIdle(ctx, key); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if _, err := t.kv.Put(ctx, indexedKey, []byte("1")); err != nil {
+		return fmt.Errorf("refs %s: %w", indexedKey, err)
+	}
+	return nil
+}
+
+func (t *Table) index(ctx context.Context, jobID, key string) error {
+	if _, err := t.kv.Put(ctx, jobIndexKey(jobID, key), nil); err != nil {
+		return fmt.Errorf("refs index of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+func (t *Table) markIdle(ctx context.Context, key string) error {
+	if _, err := t.kv.Put(ctx, idlePrefix+key, nil); err != nil {
+		return fmt.Errorf("refs idle %s: %w", key, err)
+	}
+	return nil
 }
 
 // FromKV wraps an existing bucket (the stager's side).
@@ -81,6 +183,13 @@ type Ref struct {
 // A reference cancels a deletion not yet claimed (the revision changes, so a
 // stager holding the old item leaves the copy alone).
 func (t *Table) Add(ctx context.Context, jobID string, refs []Ref, parallel int) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	lapse := lapsePrefix + time.Now().UTC().Format(dayLayout) + "." + jobToken(jobID)
+	if _, err := t.kv.Put(ctx, lapse, []byte(jobID)); err != nil {
+		return fmt.Errorf("refs %s: %w", lapse, err)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -108,6 +217,11 @@ feed:
 }
 
 func (t *Table) add(ctx context.Context, jobID string, r Ref) error {
+	// The job's index key first: an entry naming the job is always
+	// reachable from its release or cancel.
+	if err := t.index(ctx, jobID, r.Key); err != nil {
+		return err
+	}
 	// Most copies are new: one create instead of a get and a create.
 	b, err := json.Marshal(Entry{PackageID: r.PackageID, Site: r.Site, Location: r.Location, Jobs: []string{jobID}})
 	if err != nil {
@@ -135,43 +249,39 @@ func (t *Table) add(ctx context.Context, jobID string, r Ref) error {
 }
 
 // DropJob removes jobID from every entry holding it and returns how many it
-// changed. It walks the bucket's keys, fine for a rare operator action.
+// changed. It reads the job's index keys only, so it costs in proportion to
+// the job's packages whatever the bucket holds.
 func (t *Table) DropJob(ctx context.Context, jobID string, now time.Time) (int, error) {
-	items, err := t.List(ctx)
-	if err != nil {
-		return 0, err
+	prefix := jobPrefix + jobToken(jobID) + "."
+	keys, err := t.kv.ListKeysFiltered(ctx, prefix+">")
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return 0, fmt.Errorf("refs of %s: %w", jobID, err)
+	}
+	var entries []string
+	if keys != nil {
+		for k := range keys.Keys() {
+			entries = append(entries, strings.TrimPrefix(k, prefix))
+		}
+		_ = keys.Stop()
 	}
 	n := 0
-	for _, it := range items {
-		if !slices.Contains(it.Jobs, jobID) {
-			continue
-		}
-		err := t.update(ctx, it.Key, func(e *Entry, exists bool) bool {
-			i := slices.Index(e.Jobs, jobID)
-			if !exists || i < 0 {
-				return false
-			}
-			last := slices.Clone(e.Jobs)
-			e.Jobs = slices.Delete(e.Jobs, i, i+1)
-			if len(e.Jobs) == 0 {
-				at := now.UTC()
-				e.EmptiedAt, e.LastJobs = &at, last
-			}
-			return true
-		})
+	for _, key := range entries {
+		dropped, err := t.Drop(ctx, key, jobID, now)
 		if err != nil {
 			return n, err
 		}
-		n++
+		if dropped {
+			n++
+		}
 	}
 	return n, nil
 }
 
 // Drop removes jobID from the entry under key (the job's package there
-// failed for good, so the job will never use the copy) and reports whether
-// it was there.
+// failed for good, or the job was released) and reports whether it was
+// there. An entry left empty is marked idle for the sweep.
 func (t *Table) Drop(ctx context.Context, key, jobID string, now time.Time) (bool, error) {
-	dropped := false
+	dropped, emptied := false, false
 	err := t.update(ctx, key, func(e *Entry, exists bool) bool {
 		i := slices.Index(e.Jobs, jobID)
 		if !exists || i < 0 {
@@ -183,13 +293,116 @@ func (t *Table) Drop(ctx context.Context, key, jobID string, now time.Time) (boo
 			at := now.UTC()
 			e.EmptiedAt, e.LastJobs = &at, last
 		}
-		dropped = true
+		dropped, emptied = true, len(e.Jobs) == 0
 		return true
 	})
-	return dropped, err
+	if err != nil {
+		return false, err
+	}
+	if emptied {
+		if err := t.markIdle(ctx, key); err != nil {
+			return dropped, err
+		}
+	}
+	// The index key goes last: a crash before leaves a hint that the next
+	// release finds pointing at nothing.
+	if err := t.kv.Delete(ctx, jobIndexKey(jobID, key)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return dropped, fmt.Errorf("refs index of %s: %w", jobID, err)
+	}
+	return dropped, nil
 }
 
-// List returns every entry.
+// Idle returns the entries marked idle that still have no reference: the
+// sweep's candidates, read in proportion to their number. Marks whose
+// entry is gone (the copy deleted) or referenced again are removed, each
+// by compare-and-set so that a fresh mark is never lost.
+func (t *Table) Idle(ctx context.Context) ([]Item, error) {
+	keys, err := t.kv.ListKeysFiltered(ctx, idlePrefix+">")
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("refs idle keys: %w", err)
+	}
+	var marks []string
+	for k := range keys.Keys() {
+		marks = append(marks, k)
+	}
+	_ = keys.Stop()
+	var out []Item
+	for _, mark := range marks {
+		mk, err := t.kv.Get(ctx, mark)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("refs %s: %w", mark, err)
+		}
+		it, err := t.Get(ctx, strings.TrimPrefix(mark, idlePrefix))
+		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, err
+		}
+		if err == nil && len(it.Jobs) == 0 {
+			out = append(out, it)
+			continue
+		}
+		if err := t.kv.Delete(ctx, mark, jetstream.LastRevision(mk.Revision())); err != nil && !isConflict(err) {
+			return nil, fmt.Errorf("refs %s: %w", mark, err)
+		}
+	}
+	return out, nil
+}
+
+// Lapse drops the references of every job that took them more than
+// retention before now (by day) and returns how many it dropped: the
+// retention of references a job never released nor cancelled. It reads
+// one key per job holding references. retention <= 0 does nothing.
+func (t *Table) Lapse(ctx context.Context, now time.Time, retention time.Duration) (int, error) {
+	if retention <= 0 {
+		return 0, nil
+	}
+	keys, err := t.kv.ListKeysFiltered(ctx, lapsePrefix+">")
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("refs lapse keys: %w", err)
+	}
+	cutoff := now.UTC().Add(-retention)
+	var due []string
+	for k := range keys.Keys() {
+		day, _, ok := strings.Cut(strings.TrimPrefix(k, lapsePrefix), ".")
+		d, err := time.Parse(dayLayout, day)
+		// A day ends at its next midnight: the references of that day are
+		// all older than retention once that has passed.
+		if ok && err == nil && d.AddDate(0, 0, 1).Before(cutoff) {
+			due = append(due, k)
+		}
+	}
+	_ = keys.Stop()
+	n := 0
+	for _, k := range due {
+		e, err := t.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("refs %s: %w", k, err)
+		}
+		m, err := t.DropJob(ctx, string(e.Value()), now)
+		if err != nil {
+			return n, err
+		}
+		n += m
+		if err := t.kv.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return n, fmt.Errorf("refs %s: %w", k, err)
+		}
+	}
+	return n, nil
+}
+
+// List returns every entry, reading every key: for audits and migrations,
+// never on a hot path.
 func (t *Table) List(ctx context.Context) ([]Item, error) {
 	keys, err := t.kv.ListKeys(ctx)
 	if err != nil {
@@ -198,6 +411,9 @@ func (t *Table) List(ctx context.Context) ([]Item, error) {
 	defer func() { _ = keys.Stop() }()
 	var out []Item
 	for key := range keys.Keys() {
+		if !isEntry(key) {
+			continue
+		}
 		it, err := t.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue

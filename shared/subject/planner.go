@@ -20,3 +20,9 @@ const PlannerOutcomes = "planner-outcomes"
 // generation), so that several planners agree on the next generation by
 // compare-and-set and only one publishes it.
 const PlannerReissuesBucket = "PLANNER_REISSUES"
+
+// PlannerOutcomesBucket is the planner's record of final staging outcomes,
+// per job package and per staged copy, written by planner-outcomes and read
+// by the reconciler so it never re-issues or gives up on a package whose
+// outcome exists while the ledger has not shown it yet.
+const PlannerOutcomesBucket = "PLANNER_OUTCOMES"

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
 
@@ -45,6 +47,7 @@ func scenarios() []scenario {
 		{name: "full-disk", ci: 1, long: 5, opts: options{tmpfs: "128m"}, run: fullDisk, within: 60 * time.Second},
 		{name: "postgres-restart", ci: 3, long: 20, opts: options{pg: true}, run: restartPostgres, after: failedBatches, within: 120 * time.Second},
 		{name: "mixed", ci: 6, long: 100, opts: options{stagers: 2}, run: mixed, within: 120 * time.Second},
+		{name: "ledger-stall", ci: 2, long: 20, opts: options{stagers: 2, reconcile: true}, run: stallLedger, after: keptCopies, within: 60 * time.Second},
 	}
 }
 
@@ -385,4 +388,114 @@ func fullDisk(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 		s.faultOver(time.Minute)
 	}
 	return fmt.Sprintf("%d no_space waits while the disk was full", s.noSpace())
+}
+
+// stallLedger: the ledger's projection stops (its durable paused, its API
+// live) for 3 x the planner's StallAfter while stagers work and earlier
+// jobs are released; the reconciler (one re-issue, retention 0 s) must not
+// take the ledger's stale "scheduled" for a lost request: no completed
+// package given up, no copy a job still references deleted.
+func stallLedger(t *testing.T, s *system, trials int, rng *rand.Rand) string {
+	pkgs := s.archive(trials*8, 4, 128<<10)
+	ctx := t.Context()
+	work := subject.StagerDurable("cologne", event.PriorityNormal)
+	var prev []string
+	for i := range trials {
+		// Jobs completed before the stall, released during it.
+		var jobs []string
+		for j := range 2 {
+			n := 8*i + 2*j
+			id := fmt.Sprintf("ls-%03d-a%d", i, j)
+			if err := s.submit(ctx, id, pkgs[n:n+2]); err != nil {
+				t.Fatal(err)
+			}
+			jobs = append(jobs, id)
+		}
+		s.waitJobs(time.Minute)
+		// Jobs the ledger has seen planned, not staged, when it stops: the
+		// stagers hold off until then.
+		if _, err := s.js.PauseConsumer(ctx, subject.RequestsStream, work, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		var stalled []string
+		for j := range 2 {
+			n := 8*i + 4 + 2*j
+			id := fmt.Sprintf("ls-%03d-b%d", i, j)
+			if err := s.submit(ctx, id, pkgs[n:n+2]); err != nil {
+				t.Fatal(err)
+			}
+			stalled = append(stalled, id)
+		}
+		for _, id := range stalled {
+			if _, err := s.api.Wait(ctx, id, 50*time.Millisecond, func(j ledgerapi.Job) bool { return j.Counts.Scheduled == 2 }); err != nil {
+				t.Fatalf("job %s never scheduled in the ledger: %v", id, err)
+			}
+		}
+		if _, err := s.js.PauseConsumer(ctx, subject.EventsStream, subject.LedgerEvents, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.js.ResumeConsumer(ctx, subject.RequestsStream, work); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(jitter(rng, 0, stallAfter))
+		for _, j := range append(prev, jobs[0]) {
+			if err := s.release(ctx, j); err != nil {
+				t.Fatal(err)
+			}
+		}
+		prev = jobs[1:]
+		time.Sleep(3 * stallAfter)
+		if _, err := s.js.ResumeConsumer(ctx, subject.EventsStream, subject.LedgerEvents); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("ledger projection stopped %d x %s (3 x StallAfter) with the stagers working and releases", trials, 3*stallAfter)
+}
+
+// keptCopies checks what stallLedger promises and says so in the note.
+func keptCopies(s *system) string {
+	held := map[string]bool{} // packages of jobs never released
+	s.mu.Lock()
+	for j, ps := range s.jobs {
+		if !s.released[j] {
+			for _, p := range ps {
+				held[p] = true
+			}
+		}
+	}
+	s.mu.Unlock()
+	done := map[string]bool{}
+	for _, m := range s.streamMsgs(subject.EventsStream, subject.Done) {
+		if env, err := event.Validate(m.Data); err == nil {
+			if d, err := event.DataAs[event.Done](env); err == nil {
+				done[d.JobID+"/"+d.PackageID] = true
+			}
+		}
+	}
+	stalledDone := 0
+	for _, m := range s.streamMsgs(subject.EventsStream, subject.Stalled) {
+		if env, err := event.Validate(m.Data); err == nil {
+			if st, err := event.DataAs[event.Stalled](env); err == nil && done[st.JobID+"/"+st.PackageID] {
+				stalledDone++
+				s.t.Errorf("completed package %s of %s given up: %s", st.PackageID, st.JobID, st.Message)
+			}
+		}
+	}
+	deletedHeld, deleted := 0, 0
+	for _, m := range s.streamMsgs(subject.EventsStream, subject.Released) {
+		if env, err := event.Validate(m.Data); err == nil {
+			if r, err := event.DataAs[event.Released](env); err == nil {
+				deleted++
+				if held[r.PackageID] {
+					deletedHeld++
+					s.t.Errorf("copy of %s deleted while a job still references it", r.PackageID)
+				}
+			}
+		}
+	}
+	verdict := "stagectl verify clean"
+	if s.t.Failed() {
+		verdict = "see the test's errors"
+	}
+	return fmt.Sprintf("%d copies deleted after releases, %d of them still referenced; %d completed packages stalled; %s", deleted, deletedHeld, stalledDone, verdict)
 }

@@ -26,6 +26,7 @@ var binaries = sync.OnceValues(func() (string, error) {
 		"github.com/ccatobs/ccat-staging/services/planner",
 		"github.com/ccatobs/ccat-staging/services/stager",
 		"github.com/ccatobs/ccat-staging/services/ledger",
+		"github.com/ccatobs/ccat-staging/services/stagectl",
 		"github.com/nats-io/nats-server/v2")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

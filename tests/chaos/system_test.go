@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,7 +45,7 @@ const topologyYAML = `sites:
         type: processing
         storage: disk
         priority: 1
-        path: %[1]s/processing
+        path: %[1]s/processing%[4]s
 `
 
 // ackWait is the stagers' AckWait: short, so a killed or partitioned
@@ -70,9 +69,12 @@ type system struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 
+	topology string
+
 	mu       sync.Mutex
 	packages map[string]tarpkg.Info // archived packages by id
 	jobs     map[string][]string    // submitted jobs and their packages
+	released map[string]bool        // jobs released (their copies may be deleted)
 	nextPkg  int
 	// recovered is the longest time, over a scenario's trials, from the
 	// end of a fault to every job terminal, for scenarios that wait per
@@ -91,7 +93,14 @@ type options struct {
 	// pg gives the ledger a private PostgreSQL cluster the scenario may
 	// stop and crash, instead of a database on the shared server.
 	pg bool
+	// reconcile runs the planner's reconciler against the ledger with a
+	// short stallAfter (and one re-issue), and gives the processing
+	// location retention 0s, so a release deletes the copy at once.
+	reconcile bool
 }
+
+// stallAfter is the planner's PLANNER_STALL_AFTER with options.reconcile.
+const stallAfter = time.Second
 
 // recallScript stands in for a tape library: it sleeps for the seconds in
 // archive.delay and fails while archive.fail exists.
@@ -107,7 +116,7 @@ func startSystem(t *testing.T, o options) *system {
 	if o.stagers == 0 {
 		o.stagers = 1
 	}
-	s := &system{t: t, dir: t.TempDir(), packages: map[string]tarpkg.Info{}, jobs: map[string][]string{}}
+	s := &system{t: t, dir: t.TempDir(), packages: map[string]tarpkg.Info{}, jobs: map[string][]string{}, released: map[string]bool{}}
 	for _, d := range []string{"lta", "processing", "logs", "nats"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -122,9 +131,14 @@ func startSystem(t *testing.T, o options) *system {
 		storage, recall = "tape", "\n        recall:\n          command: ["+script+"]\n          timeout: 1m"
 	}
 	topo := filepath.Join(s.dir, "topology.yaml")
-	if err := os.WriteFile(topo, fmt.Appendf(nil, topologyYAML, s.dir, storage, recall), 0o644); err != nil {
+	retention := ""
+	if o.reconcile {
+		retention = "\n        retention: 0s"
+	}
+	if err := os.WriteFile(topo, fmt.Appendf(nil, topologyYAML, s.dir, storage, recall, retention), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	s.topology = topo
 	if o.tmpfs != "" {
 		mnt := filepath.Join(s.dir, "processing")
 		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+o.tmpfs, "tmpfs", mnt).CombinedOutput(); err != nil {
@@ -184,9 +198,16 @@ func startSystem(t *testing.T, o options) *system {
 	s.ledger = newProc(t, logs, "ledger", bin(t, "ledger"), nil, with(map[string]string{
 		"DATABASE_URL": dbURL, "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort),
 	}))
-	s.planner = newProc(t, logs, "planner", bin(t, "planner"), nil, with(map[string]string{
-		"PLANNER_HTTP_ADDR": "off", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms",
-	}))
+	plannerEnv := map[string]string{"PLANNER_HTTP_ADDR": "off", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms"}
+	if o.reconcile {
+		plannerEnv["LEDGER_URL"] = fmt.Sprintf("http://127.0.0.1:%d", ledgerPort)
+		plannerEnv["PLANNER_STALL_AFTER"] = stallAfter.String()
+		plannerEnv["PLANNER_RECONCILE_INTERVAL"] = "200ms"
+		plannerEnv["PLANNER_MAX_REISSUES"] = "1"
+		plannerEnv["PLANNER_RELEASE_SWEEP"] = "200ms"
+		plannerEnv["PLANNER_LEDGER_CATCH_UP"] = "200ms"
+	}
+	s.planner = newProc(t, logs, "planner", bin(t, "planner"), nil, with(plannerEnv))
 	for i := range o.stagers {
 		px := newProxy(t, s.natsAddr)
 		s.proxies = append(s.proxies, px)
@@ -312,6 +333,14 @@ func (s *system) submit(ctx context.Context, job string, packages []string) erro
 		Destination: event.Destination{Site: "cologne"}, RequestedBy: "chaos"})
 }
 
+// release publishes a staging.release for the job: its copies may go.
+func (s *system) release(ctx context.Context, job string) error {
+	s.mu.Lock()
+	s.released[job] = true
+	s.mu.Unlock()
+	return s.publish(ctx, subject.Release, "release-"+job, event.Release{JobID: job, RequestedBy: "chaos"})
+}
+
 // setArchive steers the recall script: every recall sleeps delay, and
 // fails while failing is true.
 func (s *system) setArchive(delay time.Duration, failing bool) {
@@ -353,6 +382,12 @@ func (s *system) verify(since time.Time, within time.Duration) result {
 	jobs := make(map[string][]string, len(s.jobs))
 	for k, v := range s.jobs {
 		jobs[k] = v
+	}
+	releasedPkg := map[string]bool{}
+	for j := range s.released {
+		for _, p := range s.jobs[j] {
+			releasedPkg[p] = true
+		}
 	}
 	s.mu.Unlock()
 	r := result{Jobs: len(jobs)}
@@ -490,11 +525,34 @@ func (s *system) verify(since time.Time, within time.Duration) result {
 			s.t.Errorf("ledger package %s has %d staged copies: %+v", id, n, pkg.StagedCopies)
 		}
 	}
-	sort.Strings(visible)
-	if len(visible) != len(staged) {
-		s.t.Errorf("processing root holds %d packages, jobs completed %d", len(visible), len(staged))
+	// Every completed package a job still references is on disk; only a
+	// released job's copies may be gone (deleted after their retention).
+	onDisk := map[string]bool{}
+	for _, id := range visible {
+		onDisk[id] = true
 	}
+	for id := range staged {
+		if !onDisk[id] && !releasedPkg[id] {
+			r.Lost++
+			s.t.Errorf("%s: completed, still referenced, and not on disk", id)
+		}
+	}
+	s.stagectlVerify()
 	return r
+}
+
+// stagectlVerify runs `stagectl verify` on the processing location: the
+// ledger's record (copies it calls staged) against the disk (missing or
+// altered copies, and copies it does not know) must agree.
+func (s *system) stagectlVerify() {
+	s.t.Helper()
+	cmd := exec.Command(bin(s.t, "stagectl"), "verify", "--location", "cologne-processing", "--json")
+	cmd.Env = append(os.Environ(), "NATS_URL=nats://"+s.natsAddr, "LEDGER_URL="+s.api.BaseURL, "TOPOLOGY_FILE="+s.topology)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		s.t.Errorf("stagectl verify: %v: record and disk differ:\n%s\n%s", err, out.String(), errb.String())
+	}
 }
 
 type storedMsg struct {

@@ -74,8 +74,10 @@ type Store struct {
 	kv jetstream.KeyValue
 }
 
-// Open creates or updates the bucket.
-func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Store, error) {
+// Open creates or updates the bucket. A record expires retention after its
+// last write (0 keeps it for ever): a job id resubmitted after that is
+// planned afresh, so keep retention longer than the longest job.
+func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int, retention time.Duration) (*Store, error) {
 	if replicas == 0 {
 		replicas = 1
 	}
@@ -83,6 +85,7 @@ func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Sto
 		Bucket:      subject.PlannerJobsBucket,
 		Description: "job id -> hash of the accepted submit (planner idempotency)",
 		History:     1,
+		TTL:         retention,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	})
@@ -165,6 +168,23 @@ func (s *Store) MarkPlanned(ctx context.Context, jobID string) error {
 			return nil
 		}
 		return fmt.Errorf("mark job %s planned: %w", jobID, err)
+	}
+	return nil
+}
+
+// Touch rewrites a job's record unchanged, so that its retention counts
+// from now: called when the job ends for the planner (release, cancel). A
+// missing record or a concurrent write leaves things as they are.
+func (s *Store) Touch(ctx context.Context, jobID string) error {
+	e, err := s.kv.Get(ctx, kvkey.For(jobID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read job %s: %w", jobID, err)
+	}
+	if _, err := s.kv.Update(ctx, kvkey.For(jobID), e.Value(), e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("touch job %s: %w", jobID, err)
 	}
 	return nil
 }

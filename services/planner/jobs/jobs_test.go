@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/services/planner/jobs"
 	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
@@ -40,7 +41,7 @@ func TestHash(t *testing.T) {
 
 func TestClaimLifecycle(t *testing.T) {
 	srv := bustest.New(t)
-	st, err := jobs.Open(t.Context(), srv.JS, 1)
+	st, err := jobs.Open(t.Context(), srv.JS, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,4 +75,39 @@ func TestClaimLifecycle(t *testing.T) {
 	check("other content once planned", v, err, jobs.Conflict)
 	v, _, err = st.Claim(ctx, "j", "h1", "s4", 2)
 	check("claim once planned", v, err, jobs.Duplicate)
+}
+
+// Touch restarts a record's retention without changing it; an unknown job
+// is left alone.
+func TestTouch(t *testing.T) {
+	srv := bustest.New(t)
+	ctx := t.Context()
+	st, err := jobs.Open(ctx, srv.JS, 1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Touch(ctx, "nobody"); err != nil {
+		t.Fatalf("Touch of an unknown job = %v", err)
+	}
+	if _, _, err := st.Claim(ctx, "j", "h1", "s1", 1); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := srv.JS.KeyValue(ctx, "PLANNER_JOBS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := kv.Get(ctx, "j")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Touch(ctx, "j"); err != nil {
+		t.Fatal(err)
+	}
+	after, err := kv.Get(ctx, "j")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Revision() <= before.Revision() || string(after.Value()) != string(before.Value()) {
+		t.Errorf("after Touch: revision %d (was %d), value %s (was %s)", after.Revision(), before.Revision(), after.Value(), before.Value())
+	}
 }

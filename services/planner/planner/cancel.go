@@ -17,13 +17,15 @@ import (
 // The planner cannot reach into the work queue cheaply (a request is only
 // found by walking it), so a cancel is recorded where every stager looks
 // before starting a request: the stager withdraws it (failed/cancelled,
-// permanent) without reading the archive. Entries never expire: they are a
-// few bytes per cancelled job, and a request may wait in a queue for long.
+// permanent) without reading the archive. Entries expire JobRetention after
+// the cancel (30 days by default): far longer than a request waits in a
+// queue, and the bucket stays at a month of cancellations.
 func (s *service) openCancel(ctx context.Context) (jetstream.MessagesContext, error) {
 	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      subject.CancelledBucket,
 		Description: "job id -> cancel event id (planner writes, stagers withdraw the job's requests)",
 		History:     1,
+		TTL:         s.cfg.JobRetention,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(s.cfg.Streams.Replicas, 1),
 	})
@@ -94,6 +96,7 @@ func (s *service) handleCancel(ctx context.Context, m jetstream.Msg) {
 	} else if n > 0 {
 		log.Info().Int("references", n).Msg("cancelled job's references to staged copies dropped")
 	}
+	s.touchJob(ctx, c.JobID, log)
 	s.m.cancels.WithLabelValues("recorded").Inc()
 	log.Info().Str("requested_by", c.RequestedBy).Str("reason", c.Reason).Msg("job cancelled: stagers withdraw its requests")
 	bus.Settle(ctx, m, nil, log)

@@ -30,6 +30,9 @@ const (
 	EnvStallAfter            = "PLANNER_STALL_AFTER"
 	EnvMaxReissues           = "PLANNER_MAX_REISSUES"
 	EnvReleaseSweep          = "PLANNER_RELEASE_SWEEP"
+	EnvJobRetention          = "PLANNER_JOB_RETENTION"
+	EnvRefRetention          = "PLANNER_REF_RETENTION"
+	EnvLedgerCatchUp         = "PLANNER_LEDGER_CATCH_UP"
 )
 
 // Defaults.
@@ -46,6 +49,25 @@ const (
 	DefaultStallAfter            = 15 * time.Minute
 	DefaultMaxReissues           = 3
 	DefaultReleaseSweep          = time.Minute
+	// DefaultJobRetention is how long the planner remembers a job after
+	// its last state change (PLANNER_JOBS, CANCELLED, PLANNER_OUTCOMES,
+	// PLANNER_REISSUES). The longest job is bounded by its queue wait plus
+	// StallAfter x (MaxReissues+1) (about an hour with the defaults) and a
+	// week-long queue backlog is already an incident, so 30 days is far
+	// beyond any job still running, yet keeps a month of resubmits
+	// idempotent and the buckets at a month of jobs.
+	DefaultJobRetention = 30 * 24 * time.Hour
+	// DefaultRefRetention is how long a job may hold references to staged
+	// copies without releasing or cancelling them. Three months: far past
+	// any job's end and an analysis campaign on its data, short enough that
+	// forgotten jobs do not pin a processing file system for ever. The
+	// copies then wait their location's retention, and the archive keeps
+	// the package.
+	DefaultRefRetention = 90 * 24 * time.Hour
+	// DefaultLedgerCatchUp is how long a reconciler round waits for the
+	// ledger and planner-outcomes durables to reach the stream's end before
+	// it gives the round up as "behind".
+	DefaultLedgerCatchUp = 5 * time.Second
 )
 
 // Config is everything Run needs. The zero value of an optional field means
@@ -109,6 +131,20 @@ type Config struct {
 	// ReleaseSweep is the time between sweeps of PLANNER_REFS for staged
 	// copies whose retention has passed without references.
 	ReleaseSweep time.Duration
+	// JobRetention is how long finished jobs' state stays in the planner's
+	// buckets: PLANNER_JOBS (idempotency), CANCELLED, PLANNER_OUTCOMES and
+	// PLANNER_REISSUES expire entries this long after their last write.
+	// Keep it longer than the longest job.
+	JobRetention time.Duration
+	// RefRetention is how long a job's references to staged copies last
+	// when it is never released nor cancelled (counted by day from when it
+	// took them); negative keeps them until release or cancel.
+	RefRetention time.Duration
+	// LedgerCatchUp bounds how long a reconciler round waits for the
+	// ledger's durable (and planner-outcomes) to have applied every event
+	// published before the round began; a durable that does not get there
+	// means the ledger is behind, and the round does nothing.
+	LedgerCatchUp time.Duration
 	// OnHTTP, when not nil, is called with the bound address once the HTTP
 	// listener is up (tests use "127.0.0.1:0").
 	OnHTTP func(net.Addr)
@@ -147,6 +183,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		StallAfter:            env.Duration(EnvStallAfter, DefaultStallAfter),
 		MaxReissues:           env.Int(EnvMaxReissues, DefaultMaxReissues),
 		ReleaseSweep:          env.Duration(EnvReleaseSweep, DefaultReleaseSweep),
+		JobRetention:          env.Duration(EnvJobRetention, DefaultJobRetention),
+		RefRetention:          env.Duration(EnvRefRetention, DefaultRefRetention),
+		LedgerCatchUp:         env.Duration(EnvLedgerCatchUp, DefaultLedgerCatchUp),
 	}
 	switch cfg.HTTPAddr {
 	case "off", "none", "-":
@@ -204,6 +243,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StallAfter <= 0 {
 		c.StallAfter = DefaultStallAfter
+	}
+	if c.JobRetention <= 0 {
+		c.JobRetention = DefaultJobRetention
+	}
+	if c.RefRetention == 0 {
+		c.RefRetention = DefaultRefRetention
+	}
+	if c.LedgerCatchUp <= 0 {
+		c.LedgerCatchUp = DefaultLedgerCatchUp
 	}
 	if c.MaxReissues == 0 {
 		c.MaxReissues = DefaultMaxReissues

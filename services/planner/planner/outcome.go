@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/services/planner/outcomes"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
@@ -11,15 +12,20 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// handleOutcome frees a package at a location once the request staging it
-// there has ended (done, or failed for good), so the next job that needs it
-// gets a request of its own; a package that failed for good also drops its
-// job's reference to the copy (the job will never use it). Outcomes of other
-// requests change nothing.
+// handleOutcome records a final outcome where the reconciler looks
+// (PLANNER_OUTCOMES) and frees a package at a location once the request
+// staging it there has ended (done, or failed for good), so the next job
+// that needs it gets a request of its own. A package that failed for good
+// also drops its job's reference to the copy (the job will never use it).
+// A staging.stalled does not: it is the reconciler giving up for lack of
+// news, not a fact about the copy, which may well be staged (a lagging
+// ledger); the job's reference goes with its release or cancellation.
+// Outcomes of other requests change nothing.
 func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With().Str("consumer", "planner-outcomes").Logger()
 	var o event.Outcome
-	final, failed := false, false
+	final, failed, stalled := false, false, false
+	kind := ""
 	env, err := event.Decode(m.Data())
 	if err == nil {
 		log = log.With().Str(logx.EventID, env.ID).Str(logx.EventType, env.Type).Logger()
@@ -27,19 +33,22 @@ func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 		case event.TypeDone:
 			var d event.Done
 			d, err = event.DataAs[event.Done](env)
-			o, final = d.Outcome, true
+			o, final, kind = d.Outcome, true, outcomes.Done
 		case event.TypeFailed:
 			var f event.Failed
 			f, err = event.DataAs[event.Failed](env)
 			o, final = f.Outcome, f.Permanent || f.Reason == event.ReasonRetriesExhausted
 			failed = final
+			if final {
+				kind = outcomes.Failed
+			}
 		case event.TypeStalled:
 			// A leader given up frees its package: the next job gets a
 			// request of its own.
 			var st event.Stalled
 			st, err = event.DataAs[event.Stalled](env)
 			o = event.Outcome{JobID: st.JobID, PackageID: st.PackageID, Site: st.Site, Location: st.Location, RequestID: st.RequestID}
-			final, failed = true, true
+			final, stalled = true, true
 		}
 	}
 	if err != nil {
@@ -47,6 +56,23 @@ func (s *service) handleOutcome(ctx context.Context, m jetstream.Msg) {
 		// only must not redeliver them forever.
 		bus.Settle(ctx, m, fault.Permanent(reasonOf(err), err), log)
 		return
+	}
+	if kind != "" && o.JobID != "" && s.outcomes != nil {
+		// Recorded before the request is freed and the message acked, so a
+		// reconciler that sees the planner-outcomes durable caught up sees
+		// the outcome too.
+		at := env.Time
+		if at.IsZero() {
+			at = time.Now().UTC()
+		}
+		err := s.outcomes.Put(ctx, o.PackageID, outcomes.Record{Kind: kind, JobID: o.JobID, RequestID: o.RequestID, Location: o.Location, EventID: env.ID, At: at})
+		if err != nil {
+			bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
+			return
+		}
+	}
+	if stalled {
+		log.Debug().Str(logx.JobID, o.JobID).Str(logx.PackageID, o.PackageID).Str(logx.Location, o.Location).Msg("stalled package keeps its reference until the job is released or cancelled")
 	}
 	if failed && o.JobID != "" && o.Site != "" && o.Location != "" {
 		dropped, err := s.refs.Drop(ctx, RefsKey(o.Site, o.Location, o.PackageID), o.JobID, time.Now())

@@ -20,6 +20,7 @@ import (
 	"github.com/ccatobs/ccat-staging/services/planner/catalog"
 	"github.com/ccatobs/ccat-staging/services/planner/inflight"
 	"github.com/ccatobs/ccat-staging/services/planner/jobs"
+	"github.com/ccatobs/ccat-staging/services/planner/outcomes"
 	"github.com/ccatobs/ccat-staging/services/planner/reissue"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
@@ -57,6 +58,7 @@ type service struct {
 	inflight      *inflight.Table   // nil unless Config.Dedup
 	ledger        *ledgerapi.Client // nil unless Config.LedgerURL
 	reissues      *reissue.Store
+	outcomes      *outcomes.Store    // PLANNER_OUTCOMES: final outcomes the reconciler checks
 	refs          *refs.Table        // PLANNER_REFS: jobs referencing each staged copy
 	cancelled     jetstream.KeyValue // CANCELLED: job id -> cancel event id, read by the stagers
 	catCons       jetstream.Consumer
@@ -118,7 +120,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if s.catalog, err = catalog.Open(ctx, js, cfg.Streams.Replicas); err != nil {
 		return err
 	}
-	if s.jobs, err = jobs.Open(ctx, js, cfg.Streams.Replicas); err != nil {
+	if s.jobs, err = jobs.Open(ctx, js, cfg.Streams.Replicas, cfg.JobRetention); err != nil {
 		return err
 	}
 	if s.archiveStream, err = js.Stream(ctx, subject.ArchiveStream); err != nil {
@@ -148,9 +150,15 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	if cfg.LedgerURL != "" {
 		s.ledger = &ledgerapi.Client{BaseURL: cfg.LedgerURL, Token: cfg.LedgerToken}
-		if s.reissues, err = reissue.Open(ctx, js, cfg.Streams.Replicas, 0); err != nil {
+		if s.reissues, err = reissue.Open(ctx, js, cfg.Streams.Replicas, cfg.JobRetention); err != nil {
 			return err
 		}
+		if err := s.ensureDirectGet(ctx); err != nil {
+			return err
+		}
+	}
+	if s.outcomes, err = outcomes.Open(ctx, js, cfg.Streams.Replicas, cfg.JobRetention); err != nil {
+		return err
 	}
 	var outIt jetstream.MessagesContext
 	if cfg.Dedup {

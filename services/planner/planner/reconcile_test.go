@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -62,6 +63,28 @@ func cutPrefix(s, p string) (string, bool) {
 	return "", false
 }
 
+// ledgerDurable stands in for the ledger's projection on the bus: the
+// ledger-events durable, acknowledging every event as it arrives, so the
+// reconciler finds the record caught up. Stopping the returned func stops
+// acknowledging (a stalled projection behind a live API).
+func ledgerDurable(t *testing.T, h *harness) (stop func()) {
+	t.Helper()
+	cons, err := h.js.CreateOrUpdateConsumer(t.Context(), subject.EventsStream, jetstream.ConsumerConfig{
+		Durable: subject.LedgerEvents, FilterSubject: subject.EventsAll, AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { _ = m.Ack() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(cc.Stop) }
+	t.Cleanup(stop)
+	return stop
+}
+
 func counter(t *testing.T, metrics, name string) float64 {
 	t.Helper()
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` ([0-9.e+]+)$`).FindStringSubmatch(metrics)
@@ -88,6 +111,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 		c.MaxReissues = 2
 	}
 	h := start(t, testTopology, cfg)
+	ledgerDurable(t, h)
 	second := h.run(cfg)
 	h.archived("p1", "us-lta")
 	h.archived("p2", "us-lta")
@@ -227,5 +251,158 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 	// The planner may not publish outcomes (deploy/nats/accounts.conf).
 	if n := len(h.messages(subject.EventsStream, subject.Failed)); n != 0 {
 		t.Errorf("%d failed events stored, want none", n)
+	}
+}
+
+// Issue 15: the ledger (caught up on the bus, but its answer stale) still
+// shows a package scheduled whose done the planner has seen: the
+// reconciler neither re-issues nor gives it up. A staging.stalled for a
+// package (another planner giving up for lack of news) does not drop the
+// job's reference: only a release, a cancel or a real failure does.
+func TestReconcilerTrustsRecordedOutcomes(t *testing.T) {
+	ledger := &fakeLedger{jobs: map[string]ledgerapi.Job{}}
+	api := httptest.NewServer(ledger)
+	t.Cleanup(api.Close)
+	h := start(t, releaseTopology, func(c *planner.Config) {
+		c.LedgerURL = api.URL
+		c.ReconcileInterval = 20 * time.Millisecond
+		c.StallAfter = 100 * time.Millisecond
+		c.MaxReissues = 1
+		c.ReleaseSweep = 20 * time.Millisecond
+	})
+	ledgerDurable(t, h)
+	h.archived("p1", "us-lta")
+	h.archived("p2", "us-lta")
+	h.submit("s-D", event.Submit{JobID: "D", Packages: []string{"p1", "p2"}, Destination: event.Destination{Site: "us"}, RequestedBy: "me"})
+	h.event(subject.Planned, "planned:D")
+
+	// A stager stages p1 and acknowledges its request after the outcome.
+	cons, err := h.js.Consumer(t.Context(), subject.RequestsStream, subject.StagerDurable("us", "normal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		rid := m.Headers().Get(jetstream.MsgIDHeader)
+		if rid != planner.RequestID("D", "p1", 1) {
+			t.Fatalf("stager got %s, want p1's request", rid)
+		}
+		done, err := event.New("ccat-staging/stager/us/h1", "done:"+rid, "p1", event.Done{
+			Outcome: event.Outcome{JobID: "D", PackageID: "p1", Site: "us", Location: "us-proc", Attempt: 1, RequestID: rid, Instance: "h1"},
+			Path:    "/hpc/p1", SizeBytes: 10, Files: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.publish(subject.Done, done)
+		if err := m.DoubleAck(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dest := &ledgerapi.Target{Site: "us", Location: "us-proc"}
+	long := time.Now().Add(-time.Hour)
+	ledger.set(ledgerapi.Job{JobID: "D", Status: event.StatusScheduled, Priority: "normal", Destination: dest, Packages: []ledgerapi.Package{
+		{PackageID: "p1", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long},
+		{PackageID: "p2", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long},
+	}})
+	waitFor(t, 10*time.Second, func() error {
+		if n := counter(t, h.metrics(), `planner_reconcile_rounds_total{outcome="ok"}`); n < 10 {
+			return fmt.Errorf("%v rounds", n)
+		}
+		return nil
+	})
+	if n := counter(t, h.metrics(), `planner_reconcile_skipped_total{reason="outcome_recorded"}`); n == 0 {
+		t.Error("p1 never left alone for its recorded outcome")
+	}
+	if n := counter(t, h.metrics(), "planner_requests_reissued_total"); n != 0 {
+		t.Errorf("%v requests re-issued, want none (p1 is done, p2 queued)", n)
+	}
+	if n := len(h.messages(subject.EventsStream, subject.Stalled)); n != 0 {
+		t.Errorf("%d stalled events, want none", n)
+	}
+
+	// Another planner gives p2 up: its reference stays with D.
+	rid := planner.RequestID("D", "p2", 1)
+	st, err := event.New(planner.Source, "stalled:"+rid+":stalled", "p2", event.Stalled{JobID: "D", PackageID: "p2", Site: "us", Location: "us-proc",
+		RequestID: rid, Reason: event.ReasonStalled, Message: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish(subject.Stalled, st)
+	h.settled(subject.EventsStream, subject.PlannerOutcomes)
+	time.Sleep(100 * time.Millisecond) // a few sweeps, which must schedule nothing
+	for _, p := range []string{"p1", "p2"} {
+		if it, err := h.refsOf("us", "us-proc", p); err != nil || !slices.Equal(it.Jobs, []string{"D"}) {
+			t.Errorf("refs of %s = %+v, %v; want still D", p, it.Entry, err)
+		}
+	}
+	if cs := h.cleanups(); len(cs) != 0 {
+		t.Errorf("deletion items %+v, want none", cs)
+	}
+}
+
+// A package whose own request was lost while another job staged its copy
+// at the same location (dedup off) is not settled by that copy — it is
+// re-issued, and answered already_present — but it is never given up:
+// past MaxReissues it is re-issued once more instead of stalled.
+func TestReconcilerNeverGivesUpAStagedCopy(t *testing.T) {
+	ledger := &fakeLedger{jobs: map[string]ledgerapi.Job{}}
+	api := httptest.NewServer(ledger)
+	t.Cleanup(api.Close)
+	h := start(t, testTopology, func(c *planner.Config) {
+		c.LedgerURL = api.URL
+		c.ReconcileInterval = 20 * time.Millisecond
+		c.StallAfter = 100 * time.Millisecond
+		c.MaxReissues = 1
+		c.Dedup = false
+	})
+	ledgerDurable(t, h)
+	h.archived("p1", "us-lta")
+	h.submit("s-J", event.Submit{JobID: "J", Packages: []string{"p1"}, Destination: event.Destination{Site: "us"}, RequestedBy: "me"})
+	h.event(subject.Planned, "planned:J")
+	reqs, err := h.js.Stream(t.Context(), subject.RequestsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lose := func(gen int) {
+		t.Helper()
+		id := planner.RequestID("J", "p1", gen)
+		waitFor(t, 10*time.Second, func() error {
+			for seq := uint64(1); ; {
+				m, err := reqs.GetMsg(t.Context(), seq, jetstream.WithGetMsgSubject(subject.RequestsAll))
+				if err != nil {
+					return fmt.Errorf("%s not queued", id)
+				}
+				if m.Header.Get(jetstream.MsgIDHeader) == id {
+					return reqs.DeleteMsg(t.Context(), m.Sequence)
+				}
+				seq = m.Sequence + 1
+			}
+		})
+	}
+	dest := &ledgerapi.Target{Site: "us", Location: "us-proc"}
+	long := time.Now().Add(-time.Hour)
+	ledger.set(ledgerapi.Job{JobID: "J", Status: event.StatusScheduled, Priority: "normal", Destination: dest, Packages: []ledgerapi.Package{
+		{PackageID: "p1", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long}}})
+	// Another job stages p1 at us-proc after J was planned.
+	rid := planner.RequestID("K", "p1", 1)
+	done, err := event.New("ccat-staging/stager/us/h1", "done:"+rid, "p1", event.Done{
+		Outcome: event.Outcome{JobID: "K", PackageID: "p1", Site: "us", Location: "us-proc", Attempt: 1, RequestID: rid, Instance: "h1"},
+		Path:    "/hpc/p1", SizeBytes: 10, Files: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish(subject.Done, done)
+	lose(1)
+	lose(2)
+	lose(3)
+	lose(4) // re-issued again rather than given up
+	if n := len(h.messages(subject.EventsStream, subject.Stalled)); n != 0 {
+		t.Errorf("%d stalled events for a package whose copy is staged, want none", n)
+	}
+	if n := counter(t, h.metrics(), `planner_reconcile_skipped_total{reason="copy_staged"}`); n == 0 {
+		t.Error("no re-issue past MaxReissues counted as copy_staged")
 	}
 }

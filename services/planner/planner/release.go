@@ -15,6 +15,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 // Release: reference counting of staged copies (PLANNER_REFS), and the sweep
@@ -115,9 +116,20 @@ func (s *service) handleRelease(ctx context.Context, m jetstream.Msg) {
 		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
 		return
 	}
+	s.touchJob(ctx, r.JobID, log)
 	s.m.releases.WithLabelValues("recorded").Inc()
 	log.Info().Int("references", n).Str("requested_by", r.RequestedBy).Msg("job released its staged copies")
 	bus.Settle(ctx, m, nil, log)
+}
+
+// touchJob restarts the job's retention in PLANNER_JOBS when it ends for
+// the planner (release, cancel), so the record lives JobRetention after
+// the end, not after the plan. Best effort: failing, the record expires
+// JobRetention after the plan, which is longer than any job anyway.
+func (s *service) touchJob(ctx context.Context, jobID string, log zerolog.Logger) {
+	if err := s.jobs.Touch(ctx, jobID); err != nil {
+		log.Warn().Err(err).Msg("job record's retention not restarted")
+	}
 }
 
 // sweepReleases runs sweeps every ReleaseSweep until ctx ends.
@@ -145,7 +157,15 @@ func (s *service) sweepReleases(ctx context.Context) {
 // the winner wrote, so the stager deletes only if nobody referenced the
 // copy since.
 func (s *service) sweep(ctx context.Context, now time.Time) (int, error) {
-	items, err := s.refs.List(ctx)
+	// References a job never released nor cancelled go after RefRetention;
+	// their copies then age towards their location's retention like any.
+	if lapsed, err := s.refs.Lapse(ctx, now, s.cfg.RefRetention); err != nil {
+		return 0, err
+	} else if lapsed > 0 {
+		s.m.lapsed.Add(float64(lapsed))
+		s.log.Warn().Int("references", lapsed).Dur("ref_retention", s.cfg.RefRetention).Msg("references of jobs never released lapsed")
+	}
+	items, err := s.refs.Idle(ctx)
 	if err != nil {
 		return 0, err
 	}

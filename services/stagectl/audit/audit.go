@@ -21,6 +21,9 @@ import (
 const (
 	MissingPackage   = "missing_package"   // the ledger says staged, the directory is gone
 	UntrackedPackage = "untracked_package" // a directory the ledger knows nothing about
+	// DeletedPresent: the ledger records the copy deleted (a stager
+	// reported staging.released), yet its directory is on disk.
+	DeletedPresent   = "deleted_copy_present"
 	MissingFile      = "missing_file"
 	ExtraFile        = "extra_file"
 	NotRegular       = "not_regular" // a link, device or the like where a file was expected

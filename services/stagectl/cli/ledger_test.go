@@ -323,6 +323,17 @@ func TestVerify(t *testing.T) {
 				{"location": "cologne-processing", "status": "deletion_scheduled"}}}
 			led.mu.Unlock()
 		}, nil, 0, nil},
+		{"a copy the ledger calls deleted is on disk", func(t *testing.T) {
+			led.mu.Lock()
+			led.packages["p1"] = map[string]any{"package_id": "p1", "staged_copies": []map[string]any{
+				{"location": "cologne-processing", "status": "deleted"}}}
+			led.mu.Unlock()
+			t.Cleanup(func() {
+				led.mu.Lock()
+				delete(led.packages, "p1")
+				led.mu.Unlock()
+			})
+		}, nil, ExitDrift, []string{audit.DeletedPresent}},
 		{"one job only ignores strays", func(t *testing.T) {
 			if err := os.MkdirAll(filepath.Join(root, "stray"), 0o755); err != nil {
 				t.Fatal(err)

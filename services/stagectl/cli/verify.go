@@ -84,6 +84,17 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 			for p := range work {
 				m, ok := manifests[p]
 				r := audit.Package(p, filepath.Join(dir, p), m.Files)
+				present := true
+				for _, f := range r.Findings {
+					present = present && f.Kind != audit.MissingPackage
+				}
+				if present && *job == "" {
+					// On disk: the ledger must not call the copy deleted.
+					if st := copyStatus(ctx, e.ledger(), p, *loc); st == "deleted" {
+						r.Findings = append(r.Findings, audit.Finding{PackageID: p, Kind: audit.DeletedPresent,
+							Detail: "the ledger records this copy deleted, yet it is on disk"})
+					}
+				}
 				mu.Lock()
 				rep.Files += r.Files
 				rep.Bytes += r.Bytes
@@ -93,7 +104,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 					// Without a manifest every file would read as extra.
 					rep.NoManifest = append(rep.NoManifest, p)
 					for _, f := range r.Findings {
-						if f.Kind == audit.MissingPackage {
+						if f.Kind == audit.MissingPackage || f.Kind == audit.DeletedPresent {
 							rep.Drift = append(rep.Drift, f)
 						}
 					}
@@ -244,6 +255,26 @@ func untrackedDirs(root string, known map[string]bool) ([]audit.Finding, error) 
 		out = append(out, audit.Finding{PackageID: de.Name(), Kind: audit.UntrackedPackage, Detail: "the ledger has no completed package " + de.Name() + " here"})
 	}
 	return out, nil
+}
+
+// copyStatus is the ledger's status of the package's staged copy at loc
+// ("" when it has none or cannot say).
+func copyStatus(ctx context.Context, api *ledgerapi.Client, pkg, loc string) string {
+	var p struct {
+		StagedCopies []struct {
+			Location string `json:"location"`
+			Status   string `json:"status"`
+		} `json:"staged_copies"`
+	}
+	if err := api.Get(ctx, "/v1/packages/"+url.PathEscape(pkg), &p); err != nil {
+		return ""
+	}
+	for _, c := range p.StagedCopies {
+		if c.Location == loc {
+			return c.Status
+		}
+	}
+	return ""
 }
 
 // dropReleased takes missing packages out of the drift when the ledger says
