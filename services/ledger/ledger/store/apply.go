@@ -1,5 +1,11 @@
 package store
 
+// Applying a batch: the coordinator. Apply decodes the batch, takes its locks,
+// COPYs the new events into the event log and hands each to its family's
+// applier (plan.go, outcome.go, archive.go, release.go, job.go), whose
+// statements queue up and go to PostgreSQL in a few round trips; then the
+// derived state: followers (follow.go), staged copies, job status.
+
 import (
 	"cmp"
 	"context"
@@ -30,32 +36,6 @@ type Result struct {
 	Poison     int
 	// Jobs lists the jobs whose state the batch touched.
 	Jobs []string
-}
-
-// poisonRows is the statement that records poison, in the batch's order.
-// Poison is whatever arrived: every text is made storable, or one bad
-// message would fail its batch forever.
-func poisonRows(poison []Poison) queued {
-	n := len(poison)
-	streams, subjects, reasons, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	ids, types, raws := make([]string, n), make([]string, n), make([]string, n)
-	seqs := make([]int64, n)
-	for i, p := range poison {
-		streams[i], seqs[i], reasons[i] = p.Stream, int64(p.StreamSeq), p.Reason
-		subjects[i], msgs[i] = toValidUTF8([]byte(p.Subject)), toValidUTF8([]byte(p.Message))
-		ids[i], types[i], raws[i] = toValidUTF8([]byte(p.EventID)), toValidUTF8([]byte(p.EventType)), toValidUTF8(p.Raw)
-	}
-	return queued{name: "insert poison", sql: `INSERT INTO poison (stream, stream_seq, subject, reason, message, event_id, event_type, raw)
-		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-		ON CONFLICT (stream, stream_seq) DO NOTHING`,
-		args: []any{streams, seqs, subjects, reasons, msgs, ids, types, raws}}
-}
-
-func strPtr(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 // Apply applies a batch in one transaction: poison rows, then every event not
@@ -205,80 +185,6 @@ func (s *Store) Apply(ctx context.Context, events []Event, poison []Poison) (Res
 	return res, nil
 }
 
-// logColumns are the event log's columns insertLog copies.
-var logColumns = []string{"source", "id", "type", "subject", "event_time", "job_id", "package_id", "stream", "stream_seq", "data"}
-
-// insertLog adds the batch's events that are not in the event log yet, in
-// batch order, with COPY straight into event_log, and returns them: COPY
-// costs a fraction of an INSERT's parsing, planning and conflict checks.
-// The events already there are found first by their keys, in the same
-// round trip as the statements in pre. A concurrent applier inserting one of
-// the same events in between makes the COPY fail on the primary key; the
-// transaction is then retried (retryable) and finds the event logged.
-func insertLog(ctx context.Context, c txConn, pre []queued, ds []decoded) ([]logKey, error) {
-	sources, ids := make([]string, len(ds)), make([]string, len(ds))
-	for i, d := range ds {
-		sources[i], ids[i] = d.Env.Source, d.Env.ID
-	}
-	var known []logKey
-	if err := c.query(ctx, pre, queued{name: "event log lookup", sql: `SELECT l.source, l.id FROM unnest($1::text[], $2::text[]) AS x(s, i)
-			JOIN event_log l ON l.source = x.s AND l.id = x.i`, args: []any{sources, ids}},
-		func(r pgx.Rows) error {
-			var k logKey
-			err := r.Scan(&k.Source, &k.ID)
-			known = append(known, k)
-			return err
-		}); err != nil {
-		return nil, err
-	}
-	have := make(map[logKey]bool, len(known))
-	for _, k := range known {
-		have[k] = true
-	}
-	fresh := make([]logKey, 0, len(ds))
-	rows := make([][]any, 0, len(ds))
-	for _, d := range ds {
-		k := logKey{d.Env.Source, d.Env.ID}
-		if have[k] {
-			continue
-		}
-		fresh = append(fresh, k)
-		rows = append(rows, []any{d.Env.Source, d.Env.ID, d.Env.Type, d.Env.Subject, d.Time, strPtr(d.jobID), strPtr(d.pkgID),
-			d.Stream, int64(d.StreamSeq), string(d.Env.Data)})
-	}
-	if len(rows) == 0 {
-		return nil, nil
-	}
-	n, err := c.copyFrom(ctx, "event_log", logColumns, rows)
-	if err != nil {
-		return nil, fmt.Errorf("copy event log: %w", err)
-	}
-	if n != int64(len(rows)) {
-		return nil, fmt.Errorf("copy event log: %d of %d rows", n, len(rows))
-	}
-	return fresh, nil
-}
-
-// logKey identifies an event in the log.
-type logKey struct {
-	Source string `bun:"source"`
-	ID     string `bun:"id"`
-}
-
-// toValidUTF8 makes raw bytes storable as PostgreSQL text, which refuses NUL
-// and invalid UTF-8; ranging over a string yields U+FFFD for invalid bytes.
-func toValidUTF8(b []byte) string {
-	s := string(b)
-	out := make([]rune, 0, len(s))
-	for _, r := range s {
-		if r == 0 {
-			r = '\uFFFD' // PostgreSQL text cannot hold NUL
-		}
-		out = append(out, r)
-	}
-	return string(out)
-}
-
 // applier applies single events inside one batch's transaction and collects
 // the sites and locations they mention.
 type applier struct {
@@ -344,6 +250,9 @@ func (a *applier) places(ctx context.Context) error {
 	return nil
 }
 
+// apply queues the statements of one event that is not applied set-wise
+// (applyHot), by its family: plan.go, job.go, archive.go, release.go,
+// outcome.go. A request has no statements: it is in the event log only.
 func (a *applier) apply(ctx context.Context, d decoded) error {
 	switch v := d.data.(type) {
 	case event.Submit:
@@ -390,4 +299,102 @@ func (a *applier) flush(ctx context.Context) error {
 	q := a.queue
 	a.queue = nil
 	return a.conn.batch(ctx, q)
+}
+
+// logColumns are the event log's columns insertLog copies.
+var logColumns = []string{"source", "id", "type", "subject", "event_time", "job_id", "package_id", "stream", "stream_seq", "data"}
+
+// insertLog adds the batch's events that are not in the event log yet, in
+// batch order, with COPY straight into event_log, and returns them: COPY
+// costs a fraction of an INSERT's parsing, planning and conflict checks.
+// The events already there are found first by their keys, in the same
+// round trip as the statements in pre. A concurrent applier inserting one of
+// the same events in between makes the COPY fail on the primary key; the
+// transaction is then retried (retryable) and finds the event logged.
+func insertLog(ctx context.Context, c txConn, pre []queued, ds []decoded) ([]logKey, error) {
+	sources, ids := make([]string, len(ds)), make([]string, len(ds))
+	for i, d := range ds {
+		sources[i], ids[i] = d.Env.Source, d.Env.ID
+	}
+	var known []logKey
+	if err := c.query(ctx, pre, queued{name: "event log lookup", sql: `SELECT l.source, l.id FROM unnest($1::text[], $2::text[]) AS x(s, i)
+			JOIN event_log l ON l.source = x.s AND l.id = x.i`, args: []any{sources, ids}},
+		func(r pgx.Rows) error {
+			var k logKey
+			err := r.Scan(&k.Source, &k.ID)
+			known = append(known, k)
+			return err
+		}); err != nil {
+		return nil, err
+	}
+	have := make(map[logKey]bool, len(known))
+	for _, k := range known {
+		have[k] = true
+	}
+	fresh := make([]logKey, 0, len(ds))
+	rows := make([][]any, 0, len(ds))
+	for _, d := range ds {
+		k := logKey{d.Env.Source, d.Env.ID}
+		if have[k] {
+			continue
+		}
+		fresh = append(fresh, k)
+		rows = append(rows, []any{d.Env.Source, d.Env.ID, d.Env.Type, d.Env.Subject, d.Time, strPtr(d.jobID), strPtr(d.pkgID),
+			d.Stream, int64(d.StreamSeq), string(d.Env.Data)})
+	}
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	n, err := c.copyFrom(ctx, "event_log", logColumns, rows)
+	if err != nil {
+		return nil, fmt.Errorf("copy event log: %w", err)
+	}
+	if n != int64(len(rows)) {
+		return nil, fmt.Errorf("copy event log: %d of %d rows", n, len(rows))
+	}
+	return fresh, nil
+}
+
+// logKey identifies an event in the log.
+type logKey struct{ Source, ID string }
+
+// poisonRows is the statement that records poison, in the batch's order.
+// Poison is whatever arrived: every text is made storable, or one bad
+// message would fail its batch forever.
+func poisonRows(poison []Poison) queued {
+	n := len(poison)
+	streams, subjects, reasons, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, types, raws := make([]string, n), make([]string, n), make([]string, n)
+	seqs := make([]int64, n)
+	for i, p := range poison {
+		streams[i], seqs[i], reasons[i] = p.Stream, int64(p.StreamSeq), p.Reason
+		subjects[i], msgs[i] = toValidUTF8([]byte(p.Subject)), toValidUTF8([]byte(p.Message))
+		ids[i], types[i], raws[i] = toValidUTF8([]byte(p.EventID)), toValidUTF8([]byte(p.EventType)), toValidUTF8(p.Raw)
+	}
+	return queued{name: "insert poison", sql: `INSERT INTO poison (stream, stream_seq, subject, reason, message, event_id, event_type, raw)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+		ON CONFLICT (stream, stream_seq) DO NOTHING`,
+		args: []any{streams, seqs, subjects, reasons, msgs, ids, types, raws}}
+}
+
+// strPtr is NULL for "" (an event without a job or package).
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// toValidUTF8 makes raw bytes storable as PostgreSQL text, which refuses NUL
+// and invalid UTF-8; ranging over a string yields U+FFFD for invalid bytes.
+func toValidUTF8(b []byte) string {
+	s := string(b)
+	out := make([]rune, 0, len(s))
+	for _, r := range s {
+		if r == 0 {
+			r = '\uFFFD' // PostgreSQL text cannot hold NUL
+		}
+		out = append(out, r)
+	}
+	return string(out)
 }

@@ -7,6 +7,9 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
 
+// The archive's events: archive.package.archived (applied set-wise with the
+// stager's events, see applyHot in outcome.go) and archive.package.removed.
+
 // removed marks an archive copy gone. Arriving before the copy's archived
 // event, it leaves a placeholder that the archived event fills in; a copy
 // archived again after its removal is active again.

@@ -9,11 +9,13 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
 
-// The stager's events (started, progress, done, failed) are most of the
-// stream, so they are applied set-wise: one multi-row statement per table and
-// round instead of one per event. PostgreSQL refuses to upsert one row twice
-// in a statement, so events are split into rounds in which no two touch the
-// same row; the merge rules are commutative, so rounds may run in any order.
+// A package's staging outcomes: the stager's started, progress, done and
+// failed, and the planner's stalled. The stager's events are most of the
+// stream, so they are applied set-wise (with archive.package.archived,
+// archive.go): one multi-row statement per table and round instead of one
+// per event. PostgreSQL refuses to upsert one row twice in a statement, so
+// events are split into rounds in which no two touch the same row; the
+// merge rules are commutative, so rounds may run in any order.
 
 // The status of a package under attempts: the highest attempt number seen
 // decides, and whether that attempt failed. This makes started, progress and

@@ -9,6 +9,11 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
 
+// The planner's side of a job: staging.submit (the request), staging.planned
+// (the packages with their sources, possibly split in parts) and
+// staging.rejected. The first submit owns the job id; a plan is
+// authoritative over the submit whatever the order.
+
 // wholePlans returns, by job, the latest time of the new plans in ds that
 // list all of their job's packages.
 func wholePlans(ds []decoded, isNew map[[2]string]bool) map[string]time.Time {
@@ -90,6 +95,8 @@ func (a *applier) planned(ctx context.Context, d decoded, v event.Planned) error
 	// Packages a conflicting submit may have added before the plan arrived
 	// are not part of the job: a plan in one message lists every package of
 	// it. (A plan split in parts cannot say so; its parts all arrive soon.)
+	// ids is never nil (make): <> ALL(NULL) is NULL, which deletes nothing,
+	// where a plan without packages must delete them all.
 	if v.Parts <= 1 {
 		if err := a.exec(ctx, "drop unplanned packages", `DELETE FROM job_packages WHERE job_id = $1 AND package_id <> ALL($2::text[])`,
 			v.JobID, ids); err != nil {

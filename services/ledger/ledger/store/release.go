@@ -6,6 +6,10 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
 
+// Releasing staged copies: staging.release (a job no longer needs its
+// copies), the staged copies' derived status, and the stager's
+// staging.released (the copy deleted, or its deletion failed).
+
 // release records that a job no longer needs its staged copies; a copy no
 // other unreleased job holds becomes deletion_scheduled (CCAT's status).
 func (a *applier) release(ctx context.Context, d decoded, v event.Release) error {

@@ -2,6 +2,32 @@
 // projection that applies batches of events in one transaction each, and the
 // read queries the HTTP API serves. Every write is idempotent and guarded in
 // SQL, so redelivered, duplicated and reordered events end in the same state.
+//
+// Files, by what they are about:
+//
+//   - store.go: opening, migrations (migrations/*.sql), topology seed.
+//   - tx.go: the write transaction, its statement batches and COPY.
+//   - decode.go: an event's data into its Go type (shared/event's table).
+//   - apply.go: Apply, the batch coordinator: locks, event log (COPY),
+//     dispatch to the families below, then the derived state.
+//   - plan.go: submit, planned, rejected.
+//   - outcome.go: started, progress, done, failed (set-wise), stalled.
+//   - archive.go: archived, removed.
+//   - release.go: release, staged copies' status, released.
+//   - job.go, job_status.sql: cancel and the job status state machine.
+//   - follow.go: cross-job dedup followers.
+//   - query.go: the read side (/v1).
+//
+// Two SQL layers, each where it fits. bun opens the database, runs the
+// migrations (its migrator, under an advisory lock), seeds the topology,
+// begins and commits the write transaction, and serves the read side
+// (query.go), where its ? placeholders and scanning into structs keep the
+// many small queries short. The write path (the appliers) writes its
+// statements as PostgreSQL and pgx take them: $n placeholders and plain Go
+// slices for arrays, sent on the transaction's connection as pgx batches
+// (one round trip, arguments bound in binary, statements prepared once per
+// connection) and COPY; going through bun there would format every array
+// into text for PostgreSQL to parse back, one round trip per statement.
 package store
 
 import (
