@@ -70,6 +70,8 @@ type decoded struct {
 	mergedStart time.Time
 }
 
+// decode returns e with its typed data: what Decode stored, or decoded now
+// (an Event built without Decode, or whose data was replaced since).
 func decode(e Event) (decoded, error) {
 	d := decoded{Event: e}
 	if e.decodedFrom() {
