@@ -16,13 +16,13 @@
 //   - release.go: release, staged copies' status, released.
 //   - job.go, job_status.sql: cancel and the job status state machine.
 //   - follow.go: cross-job dedup followers.
-//   - query.go: the read side (/v1).
+//   - query.go: the read side (/v1), site counter compaction.
 //
 // Two SQL layers, each where it fits. bun opens the database, runs the
 // migrations (its migrator, under an advisory lock), seeds the topology,
 // begins and commits the write transaction, and serves the read side
-// (query.go), where its ? placeholders and scanning into structs keep the
-// many small queries short. The write path (the appliers) writes its
+// (query.go, with the periodic folding of the site counters), where its ?
+// placeholders and scanning into structs keep the many small queries short. The write path (the appliers) writes its
 // statements as PostgreSQL and pgx take them: $n placeholders and plain Go
 // slices for arrays, sent on the transaction's connection as pgx batches
 // (one round trip, arguments bound in binary, statements prepared once per
