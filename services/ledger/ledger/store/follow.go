@@ -72,7 +72,7 @@ func (a *applier) syncFollowers(ctx context.Context, jobs, pkgs []string) ([]str
 	var out []string
 	q := a.queue
 	a.queue = nil
-	err := a.conn.query(ctx, q, queued{name: "sync followers", sql: numberPlaceholders(`UPDATE job_packages f SET status = l.status, reason = l.reason, message = l.message,
+	err := a.conn.query(ctx, q, queued{name: "sync followers", sql: `UPDATE job_packages f SET status = l.status, reason = l.reason, message = l.message,
 			attempts = l.attempts, last_attempt_failed = l.last_attempt_failed,
 			started_at = l.started_at, started_attempt = l.started_attempt,
 			progress_attempt = l.progress_attempt, progress_bytes_done = l.progress_bytes_done,
@@ -84,11 +84,11 @@ func (a *applier) syncFollowers(ctx context.Context, jobs, pkgs []string) ([]str
 		FROM job_packages l
 		WHERE f.request_id LIKE 'request:%' AND split_part(f.request_id, ':', 2) <> f.job_id
 			AND l.job_id = split_part(f.request_id, ':', 2) AND l.package_id = f.package_id
-			AND (f.job_id = ANY(?::text[]) OR f.package_id = ANY(?::text[]))
+			AND (f.job_id = ANY($1::text[]) OR f.package_id = ANY($2::text[]))
 			AND (f.status NOT IN ('completed', 'failed') OR f.status = l.status)
-			AND (l.status IN ('completed', 'in_progress') OR (l.status = 'failed' AND l.reason <> ?)
+			AND (l.status IN ('completed', 'in_progress') OR (l.status = 'failed' AND l.reason <> $3)
 				OR (l.status = 'scheduled' AND l.attempts > 0))
-		RETURNING f.job_id, f.package_id`), args: pgxArgs([]any{jobs, pkgs, event.ReasonCancelled})},
+		RETURNING f.job_id, f.package_id`, args: []any{jobs, pkgs, event.ReasonCancelled}},
 		func(r pgx.Rows) error {
 			var job, pkg string
 			if err := r.Scan(&job, &pkg); err != nil {

@@ -2,6 +2,32 @@
 // projection that applies batches of events in one transaction each, and the
 // read queries the HTTP API serves. Every write is idempotent and guarded in
 // SQL, so redelivered, duplicated and reordered events end in the same state.
+//
+// Files, by what they are about:
+//
+//   - store.go: opening, migrations (migrations/*.sql), topology seed.
+//   - tx.go: the write transaction, its statement batches and COPY.
+//   - decode.go: an event's data into its Go type (shared/event's table).
+//   - apply.go: Apply, the batch coordinator: locks, event log (COPY),
+//     dispatch to the families below, then the derived state.
+//   - plan.go: submit, planned, rejected.
+//   - outcome.go: started, progress, done, failed (set-wise), stalled.
+//   - archive.go: archived, removed.
+//   - release.go: release, staged copies' status, released.
+//   - job.go, job_status.sql: cancel and the job status state machine.
+//   - follow.go: cross-job dedup followers.
+//   - query.go: the read side (/v1), site counter compaction.
+//
+// Two SQL layers, each where it fits. bun opens the database, runs the
+// migrations (its migrator, under an advisory lock), seeds the topology,
+// begins and commits the write transaction, and serves the read side
+// (query.go, with the periodic folding of the site counters), where its ?
+// placeholders and scanning into structs keep the many small queries short. The write path (the appliers) writes its
+// statements as PostgreSQL and pgx take them: $n placeholders and plain Go
+// slices for arrays, sent on the transaction's connection as pgx batches
+// (one round trip, arguments bound in binary, statements prepared once per
+// connection) and COPY; going through bun there would format every array
+// into text for PostgreSQL to parse back, one round trip per statement.
 package store
 
 import (
@@ -10,12 +36,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/topology"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/migrate"
 )
@@ -155,132 +177,4 @@ func (s *Store) SeedTopology(ctx context.Context, t *topology.Topology) error {
 		}
 		return nil
 	})
-}
-
-// retryable reports whether a transaction failed only because it collided
-// with a concurrent applier's: a deadlock, a serialization failure, or an
-// event the other logged after this one looked (insertLog).
-func retryable(err error) bool {
-	var pg *pgconn.PgError
-	if !errors.As(err, &pg) {
-		return false
-	}
-	return pg.Code == "40P01" || pg.Code == "40001" || isLogConflict(err)
-}
-
-// isLogConflict reports whether err is an event already in the event log.
-func isLogConflict(err error) bool {
-	var pg *pgconn.PgError
-	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "event_log_pkey"
-}
-
-// inTx runs fn in a transaction, retrying a few times when it collided with
-// a concurrent one.
-func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx bun.Tx, c txConn) error) error {
-	var err error
-	for try := range 5 {
-		err = s.runTx(ctx, fn)
-		if err == nil || !retryable(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(time.Duration(try+1) * 20 * time.Millisecond):
-		}
-	}
-	return err
-}
-
-// runTx runs fn in one transaction on a connection of its own, which fn may
-// also use through pgx (COPY) within the same transaction.
-func (s *Store) runTx(ctx context.Context, fn func(ctx context.Context, tx bun.Tx, c txConn) error) error {
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return conn.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		return fn(ctx, tx, txConn{conn: conn})
-	})
-}
-
-// txConn is the connection a transaction runs on.
-type txConn struct{ conn bun.Conn }
-
-// batch runs statements in one round trip on the transaction's connection
-// (pgx batch, statements prepared once per connection and cached) and
-// returns the first failure, named.
-func (c txConn) batch(ctx context.Context, qs []queued) error {
-	return c.conn.Raw(func(dc any) error {
-		sc, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("statement batch: driver connection is %T, not pgx", dc)
-		}
-		b := &pgx.Batch{}
-		for _, q := range qs {
-			b.Queue(q.sql, q.args...)
-		}
-		br := sc.Conn().SendBatch(ctx, b)
-		for _, q := range qs {
-			if _, err := br.Exec(); err != nil {
-				_ = br.Close()
-				return fmt.Errorf("%s: %w", q.name, err)
-			}
-		}
-		return br.Close()
-	})
-}
-
-// query runs the statements in pre and then q, whose rows it hands to
-// scan one by one, all in one round trip.
-func (c txConn) query(ctx context.Context, pre []queued, q queued, scan func(pgx.Rows) error) error {
-	return c.conn.Raw(func(dc any) error {
-		sc, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("%s: driver connection is %T, not pgx", q.name, dc)
-		}
-		b := &pgx.Batch{}
-		for _, p := range pre {
-			b.Queue(p.sql, p.args...)
-		}
-		b.Queue(q.sql, q.args...)
-		br := sc.Conn().SendBatch(ctx, b)
-		defer br.Close()
-		for _, p := range pre {
-			if _, err := br.Exec(); err != nil {
-				return fmt.Errorf("%s: %w", p.name, err)
-			}
-		}
-		rows, err := br.Query()
-		if err != nil {
-			return fmt.Errorf("%s: %w", q.name, err)
-		}
-		for rows.Next() {
-			if err := scan(rows); err != nil {
-				rows.Close()
-				return fmt.Errorf("%s: %w", q.name, err)
-			}
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("%s: %w", q.name, err)
-		}
-		return br.Close()
-	})
-}
-
-// copyFrom loads rows with COPY on the transaction's connection, so they
-// are part of the transaction. database/sql cannot send COPY; pgx can.
-func (c txConn) copyFrom(ctx context.Context, table string, cols []string, rows [][]any) (int64, error) {
-	var n int64
-	err := c.conn.Raw(func(dc any) error {
-		sc, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("copy into %s: driver connection is %T, not pgx", table, dc)
-		}
-		var err error
-		n, err = sc.Conn().CopyFrom(ctx, pgx.Identifier{table}, cols, pgx.CopyFromRows(rows))
-		return err
-	})
-	return n, err
 }

@@ -7,14 +7,31 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
-	"github.com/uptrace/bun/dialect/pgdialect"
 )
 
-// The stager's events (started, progress, done, failed) are most of the
-// stream, so they are applied set-wise: one multi-row statement per table and
-// round instead of one per event. PostgreSQL refuses to upsert one row twice
-// in a statement, so events are split into rounds in which no two touch the
-// same row; the merge rules are commutative, so rounds may run in any order.
+// A package's staging outcomes: the stager's started, progress, done and
+// failed, and the planner's stalled. The stager's events are most of the
+// stream, so they are applied set-wise (with archive.package.archived,
+// archive.go): one multi-row statement per table and round instead of one
+// per event. PostgreSQL refuses to upsert one row twice in a statement, so
+// events are split into rounds in which no two touch the same row; the
+// merge rules are commutative, so rounds may run in any order.
+
+// The status of a package under attempts: the highest attempt number seen
+// decides, and whether that attempt failed. This makes started, progress and
+// failed commute, so any arrival order gives the same row. Terminal states
+// never change.
+const (
+	sqlTerminal = `jp.status IN ('completed', 'failed', 'cancelled')`
+	// sqlFinal: outcomes a cancel cannot undo. A done or a permanent failure
+	// arriving after the cancel still records what really happened to the
+	// package (its bytes are there, or it failed), whatever the order.
+	sqlFinal = `jp.status IN ('completed', 'failed')`
+	// sqlNewerProgress: the latest progress is the one of the highest
+	// attempt, then the most bytes, then the latest time.
+	sqlNewerProgress = `(EXCLUDED.progress_attempt, EXCLUDED.progress_bytes_done, EXCLUDED.progress_updated_at) >
+		(jp.progress_attempt, jp.progress_bytes_done, jp.progress_updated_at)`
+)
 
 // rounds splits events so that no two in one round share a key.
 func rounds(ds []decoded, keys func(decoded) []string) [][]decoded {
@@ -257,7 +274,7 @@ func (a *applier) attempts(ctx context.Context, ds []decoded) error {
 			dest_site, dest_location, started_at, started_attempt, progress_attempt, progress_bytes_done, progress_bytes_total, progress_rate,
 			progress_updated_at, updated_at)
 		SELECT j, p, 'in_progress', a, r, s, l, t, a, pa, pb, pt, pr, CASE WHEN pa > 0 THEN t END, t
-		FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::timestamptz[], ?::int[], ?::bigint[], ?::bigint[], ?::float8[])
+		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::int[], $9::bigint[], $10::bigint[], $11::float8[])
 			AS x(j, p, a, r, s, l, t, pa, pb, pt, pr)
 		ON CONFLICT (job_id, package_id) DO UPDATE SET
 			status = CASE WHEN `+sqlTerminal+` THEN jp.status
@@ -278,20 +295,20 @@ func (a *applier) attempts(ctx context.Context, ds []decoded) error {
 			progress_rate = CASE WHEN `+sqlNewerProgress+` THEN EXCLUDED.progress_rate ELSE jp.progress_rate END,
 			progress_updated_at = CASE WHEN `+sqlNewerProgress+` THEN EXCLUDED.progress_updated_at ELSE jp.progress_updated_at END,
 			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
-		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(c.attempt), pgdialect.Array(c.req), pgdialect.Array(c.site),
-		pgdialect.Array(c.loc), pgdialect.Array(c.t), pgdialect.Array(pa), pgdialect.Array(pb), pgdialect.Array(pt), pgdialect.Array(pr)); err != nil {
+		c.job, c.pkg, c.attempt, c.req, c.site,
+		c.loc, c.t, pa, pb, pt, pr); err != nil {
 		return err
 	}
 	return a.exec(ctx, "running attempts", `INSERT INTO attempts AS at (job_id, package_id, attempt, site, location, instance, request_id, started_at)
-		SELECT * FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::timestamptz[])
+		SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
 		ON CONFLICT (job_id, package_id, attempt) DO UPDATE SET
 			started_at = LEAST(at.started_at, EXCLUDED.started_at),
 			site = CASE WHEN at.site = '' THEN EXCLUDED.site ELSE at.site END,
 			location = CASE WHEN at.location = '' THEN EXCLUDED.location ELSE at.location END,
 			instance = CASE WHEN at.instance = '' THEN EXCLUDED.instance ELSE at.instance END,
 			request_id = CASE WHEN at.request_id = '' THEN EXCLUDED.request_id ELSE at.request_id END`,
-		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(c.attempt), pgdialect.Array(c.site), pgdialect.Array(c.loc),
-		pgdialect.Array(c.inst), pgdialect.Array(c.req), pgdialect.Array(c.t))
+		c.job, c.pkg, c.attempt, c.site, c.loc,
+		c.inst, c.req, c.t)
 }
 
 func (a *applier) dones(ctx context.Context, ds []decoded) error {
@@ -323,8 +340,8 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 			dest_site, dest_location, path, size_bytes, files, already_present, completed_at, duration_seconds, updated_at,
 			started_at, started_attempt)
 		SELECT j, p, 'completed', a, r, s, l, path, sz, f, ap, t, dur, GREATEST(t, st), CASE WHEN sa > 0 THEN st END, sa
-		FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bool[], ?::timestamptz[], ?::float8[],
-				?::int[], ?::timestamptz[])
+		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::int[], $10::bool[], $11::timestamptz[], $12::float8[],
+				$13::int[], $14::timestamptz[])
 			AS x(j, p, a, r, s, l, path, sz, f, ap, t, dur, sa, st)
 		ON CONFLICT (job_id, package_id) DO UPDATE SET
 			-- the merged start, by the rules of attempts() for a started
@@ -348,9 +365,9 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 			dest_site = CASE WHEN jp.dest_site = '' THEN EXCLUDED.dest_site ELSE jp.dest_site END,
 			dest_location = CASE WHEN jp.dest_location = '' THEN EXCLUDED.dest_location ELSE jp.dest_location END,
 			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
-		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(c.attempt), pgdialect.Array(c.req), pgdialect.Array(c.site),
-		pgdialect.Array(c.loc), pgdialect.Array(path), pgdialect.Array(size), pgdialect.Array(files), pgdialect.Array(present),
-		pgdialect.Array(c.t), pgdialect.Array(dur), pgdialect.Array(sa), pgdialect.Array(st)); err != nil {
+		c.job, c.pkg, c.attempt, c.req, c.site,
+		c.loc, path, size, files, present,
+		c.t, dur, sa, st); err != nil {
 		return err
 	}
 	n := len(ds)
@@ -360,7 +377,7 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 	// Two jobs may stage the same package to the same location in one
 	// round only if their rows differ, which rounds() rules out.
 	return a.exec(ctx, "staged copies", `INSERT INTO staged_copies (package_id, location, site, path, job_id, size_bytes, files, staged_at)
-		SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::timestamptz[])
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::timestamptz[])
 		ON CONFLICT (package_id, location) DO UPDATE SET
 			status = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN 'staged' ELSE staged_copies.status END,
 			deletion_reason = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN '' ELSE staged_copies.deletion_reason END,
@@ -368,8 +385,8 @@ func (a *applier) dones(ctx context.Context, ds []decoded) error {
 			staged_at = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN EXCLUDED.staged_at
 				ELSE LEAST(staged_copies.staged_at, EXCLUDED.staged_at) END,
 			deleted_at = CASE WHEN staged_copies.deleted_at < EXCLUDED.staged_at THEN NULL ELSE staged_copies.deleted_at END`,
-		pgdialect.Array(c.pkg), pgdialect.Array(c.loc), pgdialect.Array(c.site), pgdialect.Array(path), pgdialect.Array(c.job),
-		pgdialect.Array(size), pgdialect.Array(files), pgdialect.Array(c.t))
+		c.pkg, c.loc, c.site, path, c.job,
+		size, files, c.t)
 }
 
 func repeat(s string, n int) []string {
@@ -399,9 +416,9 @@ func (a *applier) failures(ctx context.Context, ds []decoded) error {
 	}
 	if err := a.exec(ctx, "fail packages", `INSERT INTO job_packages AS jp (job_id, package_id, status, reason, message, attempts,
 			last_attempt_failed, request_id, dest_site, dest_location, completed_at, updated_at)
-		SELECT j, p, CASE WHEN perm AND re = ? THEN 'cancelled' WHEN perm THEN 'failed' ELSE 'scheduled' END, re, m, a, true, r, s, l,
+		SELECT j, p, CASE WHEN perm AND re = $1 THEN 'cancelled' WHEN perm THEN 'failed' ELSE 'scheduled' END, re, m, a, true, r, s, l,
 			CASE WHEN perm THEN t END, t
-		FROM unnest(?::text[], ?::text[], ?::bool[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::timestamptz[])
+		FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
 			AS x(j, p, perm, re, m, a, r, s, l, t)
 		ON CONFLICT (job_id, package_id) DO UPDATE SET
 			status = CASE WHEN `+sqlFinal+` THEN jp.status
@@ -426,8 +443,8 @@ func (a *applier) failures(ctx context.Context, ds []decoded) error {
 			dest_location = CASE WHEN jp.dest_location = '' THEN EXCLUDED.dest_location ELSE jp.dest_location END,
 			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
 		event.ReasonCancelled,
-		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(perm), pgdialect.Array(reason), pgdialect.Array(msg),
-		pgdialect.Array(c.attempt), pgdialect.Array(c.req), pgdialect.Array(c.site), pgdialect.Array(c.loc), pgdialect.Array(c.t)); err != nil {
+		c.job, c.pkg, perm, reason, msg,
+		c.attempt, c.req, c.site, c.loc, c.t); err != nil {
 		return err
 	}
 	return a.endAttempts(ctx, c, repeat("failed", len(ds)), reason, msg, perm, make([]int, len(ds)), c.t)
@@ -439,8 +456,8 @@ func (a *applier) endAttempts(ctx context.Context, c cols, outcome, reason, msg 
 	return a.exec(ctx, "end attempts", `INSERT INTO attempts AS at (job_id, package_id, attempt, site, location, instance, request_id,
 			outcome, reason, message, permanent, ended_at, started_at)
 		SELECT j, p, a, s, l, i, r, o, re, m, perm, t, CASE WHEN sa > 0 THEN st END
-		FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
-			?::bool[], ?::timestamptz[], ?::int[], ?::timestamptz[]) AS x(j, p, a, s, l, i, r, o, re, m, perm, t, sa, st)
+		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+			$11::bool[], $12::timestamptz[], $13::int[], $14::timestamptz[]) AS x(j, p, a, s, l, i, r, o, re, m, perm, t, sa, st)
 		ON CONFLICT (job_id, package_id, attempt) DO UPDATE SET
 			started_at = LEAST(at.started_at, EXCLUDED.started_at),
 			outcome = CASE WHEN at.outcome = 'in_progress' THEN EXCLUDED.outcome ELSE at.outcome END,
@@ -452,42 +469,27 @@ func (a *applier) endAttempts(ctx context.Context, c cols, outcome, reason, msg 
 			location = CASE WHEN at.location = '' THEN EXCLUDED.location ELSE at.location END,
 			instance = CASE WHEN at.instance = '' THEN EXCLUDED.instance ELSE at.instance END,
 			request_id = CASE WHEN at.request_id = '' THEN EXCLUDED.request_id ELSE at.request_id END`,
-		pgdialect.Array(c.job), pgdialect.Array(c.pkg), pgdialect.Array(c.attempt), pgdialect.Array(c.site), pgdialect.Array(c.loc),
-		pgdialect.Array(c.inst), pgdialect.Array(c.req), pgdialect.Array(outcome), pgdialect.Array(reason), pgdialect.Array(msg),
-		pgdialect.Array(perm), pgdialect.Array(c.t), pgdialect.Array(sa), pgdialect.Array(st))
+		c.job, c.pkg, c.attempt, c.site, c.loc,
+		c.inst, c.req, outcome, reason, msg,
+		perm, c.t, sa, st)
 }
 
-// archives applies archive.package.archived.
-func (a *applier) archives(ctx context.Context, ds []decoded) error {
-	if len(ds) == 0 {
-		return nil
-	}
-	var pkg, loc, key, sum, format []string
-	var size []int64
-	var files []int
-	var t []time.Time
-	for _, d := range ds {
-		v := d.data.(event.PackageArchived)
-		pkg, loc, key, sum, format = append(pkg, v.PackageID), append(loc, v.Location), append(key, v.Key), append(sum, v.Checksum), append(format, v.Format)
-		size, files, t = append(size, v.SizeBytes), append(files, len(v.Files)), append(t, d.Time)
-	}
-	if err := a.exec(ctx, "upsert packages", `INSERT INTO packages (package_id, size_bytes, checksum, format, first_archived_at)
-		SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[], ?::text[], ?::timestamptz[])
-		ON CONFLICT (package_id) DO UPDATE SET first_archived_at = LEAST(packages.first_archived_at, EXCLUDED.first_archived_at)`,
-		pgdialect.Array(pkg), pgdialect.Array(size), pgdialect.Array(sum), pgdialect.Array(format), pgdialect.Array(t)); err != nil {
-		return err
-	}
-	return a.exec(ctx, "upsert archive copies", `INSERT INTO archive_copies (package_id, location, key, size_bytes, checksum, format, files, archived_at)
-		SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[], ?::text[], ?::text[], ?::int[], ?::timestamptz[])
-		ON CONFLICT (package_id, location) DO UPDATE SET archived_at = LEAST(archive_copies.archived_at, EXCLUDED.archived_at),
-			key = EXCLUDED.key, size_bytes = EXCLUDED.size_bytes, checksum = EXCLUDED.checksum, format = EXCLUDED.format,
-			files = EXCLUDED.files,
-			status = CASE WHEN archive_copies.removed_at IS NOT NULL AND archive_copies.removed_at >= EXCLUDED.archived_at
-				THEN 'removed' ELSE 'active' END,
-			removed_at = CASE WHEN archive_copies.removed_at IS NOT NULL AND archive_copies.removed_at >= EXCLUDED.archived_at
-				THEN archive_copies.removed_at END,
-			removed_reason = CASE WHEN archive_copies.removed_at IS NOT NULL AND archive_copies.removed_at >= EXCLUDED.archived_at
-				THEN archive_copies.removed_reason ELSE '' END`,
-		pgdialect.Array(pkg), pgdialect.Array(loc), pgdialect.Array(key), pgdialect.Array(size), pgdialect.Array(sum),
-		pgdialect.Array(format), pgdialect.Array(files), pgdialect.Array(t))
+// stalled ends a package the planner gave up on exactly like a permanent
+// failure: failed with the event's reason, unless it already completed or
+// failed (terminal); it overrides a cancel as a failure does.
+func (a *applier) stalled(ctx context.Context, d decoded, v event.Stalled) error {
+	a.place(v.Site, v.Location)
+	return a.exec(ctx, "stalled package", `INSERT INTO job_packages AS jp (job_id, package_id, status, reason, message,
+			request_id, dest_site, dest_location, completed_at, updated_at)
+		VALUES ($1, $2, 'failed', $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (job_id, package_id) DO UPDATE SET
+			status = CASE WHEN `+sqlFinal+` THEN jp.status ELSE 'failed' END,
+			reason = CASE WHEN `+sqlFinal+` THEN jp.reason ELSE EXCLUDED.reason END,
+			message = CASE WHEN `+sqlFinal+` THEN jp.message ELSE EXCLUDED.message END,
+			completed_at = CASE WHEN `+sqlFinal+` THEN jp.completed_at ELSE EXCLUDED.completed_at END,
+			request_id = CASE WHEN jp.request_id = '' THEN EXCLUDED.request_id ELSE jp.request_id END,
+			dest_site = CASE WHEN jp.dest_site = '' THEN EXCLUDED.dest_site ELSE jp.dest_site END,
+			dest_location = CASE WHEN jp.dest_location = '' THEN EXCLUDED.dest_location ELSE jp.dest_location END,
+			updated_at = GREATEST(jp.updated_at, EXCLUDED.updated_at)`,
+		v.JobID, v.PackageID, v.Reason, v.Message, v.RequestID, v.Site, v.Location, d.Time, d.Time)
 }
