@@ -8,21 +8,33 @@
 //	<package_id>/                          a verified package, nothing else
 //	.staging-<instance>-<package_id>-<rnd>/  extraction in progress
 //	.ccat-staging/manifests/<package_id>.json  what was verified
+//	.ccat-staging/quarantine/<package_id>-<time>  what was at a final path
+//	                                       that was not this package's
+//	                                       verified copy (never deleted)
+//	.ccat-staging/commit.lock              serialises commits of all
+//	                                       instances sharing the root
+//
+// The verification record's JSON is read by stagectl verify too (for the
+// modes and group): its fields are a contract.
 package dest
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/services/stager/unpack"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"golang.org/x/sys/unix"
 )
 
 // Location is one processing location as seen by one stager instance.
@@ -30,6 +42,50 @@ type Location struct {
 	Name     string
 	Root     string
 	Instance string // path-safe instance name
+	Perms    Perms
+}
+
+// Perms is what a location grants on its packages.
+type Perms struct {
+	// DirMode and FileMode: permission bits, and for directories
+	// optionally fs.ModeSetgid; 0 means unpack.DefaultDirMode (2750) and
+	// unpack.DefaultFileMode (0640).
+	DirMode, FileMode fs.FileMode
+	// ChangeGroup gives everything the group GID (Group is its name as
+	// configured, for the record); otherwise the file system's choice.
+	ChangeGroup bool
+	GID         int
+	Group       string
+}
+
+// Dir and File are the effective modes.
+func (p Perms) Dir() fs.FileMode {
+	if p.DirMode == 0 {
+		return unpack.DefaultDirMode
+	}
+	return p.DirMode
+}
+
+func (p Perms) File() fs.FileMode {
+	if p.FileMode == 0 {
+		return unpack.DefaultFileMode
+	}
+	return p.FileMode
+}
+
+// Octal writes a mode as chmod(1) reads it: "2750".
+func Octal(m fs.FileMode) string {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return fmt.Sprintf("%04o", u)
 }
 
 // Manifest is the record of a verified package.
@@ -39,6 +95,25 @@ type Manifest struct {
 	SizeBytes int64        `json:"size_bytes"`
 	Files     []event.File `json:"files"`
 	StagedAt  time.Time    `json:"staged_at"`
+	// What the package was given (Commit fills them): the location's
+	// directory and file modes, octal as chmod reads them (an archive's
+	// own modes may only have narrowed them), and the group of the
+	// package's root, which everything in it shares.
+	DirMode  string `json:"dir_mode,omitempty"`
+	FileMode string `json:"file_mode,omitempty"`
+	GID      *int   `json:"gid,omitempty"`
+	Group    string `json:"group,omitempty"`
+}
+
+// Committed says what Commit did.
+type Committed struct {
+	// Already: a verified copy of the same checksum was in place (another
+	// worker or instance won the race); the new tree was dropped.
+	Already bool
+	// Quarantined is where, relative to the root, Commit moved what was at
+	// the final path before (it was not this package's verified copy), or
+	// "".
+	Quarantined string
 }
 
 const sidecar = ".ccat-staging"
@@ -80,11 +155,24 @@ func (l Location) Prepare() error {
 	return nil
 }
 
-// TempDir creates an empty hidden directory for extracting pkg.
+// TempDir creates an empty hidden directory for extracting pkg, with the
+// location's group and directory mode before anything is written in it:
+// it becomes the package's root. (It is made 0700, narrower than any
+// mode, then given the group, then the mode, so no moment is wider.)
 func (l Location) TempDir(pkg string) (string, error) {
 	d, err := os.MkdirTemp(l.Root, l.tempPrefix()+pkg+"-")
 	if err != nil {
 		return "", ioErr("create temp dir", err)
+	}
+	if l.Perms.ChangeGroup {
+		if err := os.Lchown(d, -1, l.Perms.GID); err != nil {
+			_ = os.Remove(d)
+			return "", ioErr("chgrp temp dir", err)
+		}
+	}
+	if err := os.Chmod(d, l.Perms.Dir()); err != nil {
+		_ = os.Remove(d)
+		return "", ioErr("chmod temp dir", err)
 	}
 	return d, nil
 }
@@ -128,6 +216,12 @@ func (l Location) Present(pkg, checksum string) (Manifest, bool) {
 		return Manifest{}, false
 	}
 	defer root.Close()
+	if st, err := root.Lstat("."); err != nil || !st.IsDir() {
+		return Manifest{}, false
+	}
+	if st, err := os.Lstat(l.Final(pkg)); err != nil || !st.IsDir() {
+		return Manifest{}, false // a link in place of the package is not it
+	}
 	for _, f := range m.Files {
 		st, err := root.Lstat(f.Path)
 		if err != nil || !st.Mode().IsRegular() || st.Size() != f.SizeBytes {
@@ -137,40 +231,137 @@ func (l Location) Present(pkg, checksum string) (Manifest, bool) {
 	return m, true
 }
 
-// Commit makes the verified tree tmp visible as pkg: it records m, then
-// renames tmp to the final path in one step. When a verified copy with the
-// same checksum is already there (another worker won the race), tmp is
-// removed and Commit reports already=true. A stale or partial tree at the
-// final path is moved aside first and removed.
-func (l Location) Commit(tmp, pkg string, m Manifest) (already bool, err error) {
+// Commit makes the verified tree tmp visible as pkg: it records m (with
+// the location's modes and the tree's group), then renames tmp to the
+// final path in one step that never replaces anything. When a verified copy
+// with the same checksum is already there (another worker or instance won
+// the race), tmp is removed and Commit reports Already. Anything else at
+// the final path (a stale or partial copy, or files a user or a pipeline
+// put there) is moved to the quarantine, never deleted.
+//
+// Instances sharing the root take turns through an flock on
+// .ccat-staging/commit.lock, so a check and the renames that follow it are
+// one step for all of them; the renames themselves use RENAME_NOREPLACE, so
+// even a writer outside that lock cannot have its copy replaced: a final
+// path that appears between the check and the rename is checked again.
+func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
+	var c Committed
+	unlock, err := l.lock()
+	if err != nil {
+		return c, err
+	}
+	defer unlock()
+	st, err := os.Lstat(tmp)
+	if err != nil {
+		return c, ioErr("stat "+tmp, err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		gid := int(sys.Gid)
+		m.GID = &gid
+	}
+	m.DirMode, m.FileMode, m.Group = Octal(l.Perms.Dir()), Octal(l.Perms.File()), l.Perms.Group
 	final := l.Final(pkg)
-	if _, ok := l.Present(pkg, m.Checksum); ok {
-		return true, os.RemoveAll(tmp)
-	}
-	var aside string
-	if _, err := os.Lstat(final); err == nil {
-		aside, err = os.MkdirTemp(l.Root, ".replaced-"+l.Instance+"-"+pkg+"-")
-		if err != nil {
-			return false, ioErr("make room for "+pkg, err)
+	for try := 0; ; try++ {
+		if _, ok := l.Present(pkg, m.Checksum); ok {
+			c.Already = true
+			return c, os.RemoveAll(tmp)
 		}
-		if err := os.Rename(final, filepath.Join(aside, pkg)); err != nil {
-			return false, ioErr("move stale "+final+" aside", err)
+		if _, err := os.Lstat(final); err == nil {
+			q, err := l.quarantine(pkg)
+			if err != nil {
+				return c, err
+			}
+			if q != "" {
+				c.Quarantined = q
+			}
 		}
-	}
-	if err := l.writeManifest(m); err != nil {
-		return false, err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return false, ioErr("rename into place", err)
+		if err := l.writeManifest(m); err != nil {
+			return c, err
+		}
+		err := renameNoReplace(tmp, final)
+		if err == nil {
+			break
+		}
+		if (errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY)) && try < 3 {
+			continue // something appeared at final since the check: look again
+		}
+		return c, ioErr("rename into place", err)
 	}
 	if err := syncDir(l.Root); err != nil {
-		return false, ioErr("sync "+l.Root, err)
+		return c, ioErr("sync "+l.Root, err)
 	}
-	if aside != "" {
-		// The new copy is in place; the old one is garbage.
-		_ = os.RemoveAll(aside)
+	return c, nil
+}
+
+// quarantine moves what is at the final path of pkg to
+// .ccat-staging/quarantine/<pkg>-<time> and returns that path relative to
+// the root ("" when nothing was there any more).
+func (l Location) quarantine(pkg string) (string, error) {
+	dir := filepath.Join(l.Root, sidecar, "quarantine")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", ioErr("create "+dir, err)
 	}
-	return false, nil
+	stamp := time.Now().UTC().Format("20060102T150405.000000000Z")
+	for n := 0; ; n++ {
+		name := pkg + "-" + stamp
+		if n > 0 {
+			name += "-" + strconv.Itoa(n)
+		}
+		err := renameNoReplace(l.Final(pkg), filepath.Join(dir, name))
+		switch {
+		case err == nil:
+			if err := syncDir(dir); err != nil {
+				return "", ioErr("sync "+dir, err)
+			}
+			return filepath.Join(sidecar, "quarantine", name), nil
+		case errors.Is(err, fs.ErrNotExist):
+			return "", nil
+		case (errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY)) && n < 100:
+			continue
+		default:
+			return "", ioErr("quarantine "+l.Final(pkg), err)
+		}
+	}
+}
+
+// renameNoReplace renames old to new unless new exists (EEXIST). File
+// systems without RENAME_NOREPLACE (EINVAL: some network file systems) get
+// a check and a plain rename, which the commit lock makes safe among
+// stagers.
+func renameNoReplace(old, new string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, old, unix.AT_FDCWD, new, unix.RENAME_NOREPLACE)
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSYS) {
+		if _, err := os.Lstat(new); err == nil {
+			return &os.LinkError{Op: "rename", Old: old, New: new, Err: syscall.EEXIST}
+		}
+		return os.Rename(old, new)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: old, New: new, Err: err}
+	}
+	return nil
+}
+
+// lock takes the location's commit lock, shared by every instance whose
+// root this is (flock: local file systems, NFSv4, and cluster file systems
+// mounted with flock support).
+func (l Location) lock() (func(), error) {
+	p := filepath.Join(l.Root, sidecar, "commit.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, ioErr("open "+p, err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, ioErr("lock "+p, err)
+	}
+	return func() { f.Close() }, nil // closing releases the lock
 }
 
 func (l Location) writeManifest(m Manifest) error {

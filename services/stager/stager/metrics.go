@@ -16,6 +16,9 @@ type metrics struct {
 	dead     prometheus.Counter
 	cleanups *prometheus.CounterVec
 	freed    prometheus.Counter
+	// quarantined counts final paths that held something other than the
+	// package's verified copy, moved aside instead of deleted.
+	quarantined *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -51,6 +54,10 @@ func newMetrics() *metrics {
 		Name: "stager_bytes_freed_total",
 		Help: "Bytes of staged copies deleted because no job referenced them any more.",
 	})
-	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed)
+	m.quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_quarantined_total",
+		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
+	}, []string{"location"})
+	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed, m.quarantined)
 	return m
 }
