@@ -152,6 +152,20 @@ func (l Location) Prepare() error {
 	if err := os.MkdirAll(filepath.Join(l.Root, sidecar, "manifests"), 0o755); err != nil {
 		return fmt.Errorf("prepare %s: %w", l.Root, err)
 	}
+	if l.Perms.ChangeGroup {
+		// Found now rather than as a failure of every package: the stager's
+		// user must be in the group (or root), and a seccomp filter must
+		// allow chown.
+		f, err := os.CreateTemp(filepath.Join(l.Root, sidecar), ".group-probe-")
+		if err != nil {
+			return fmt.Errorf("prepare %s: %w", l.Root, err)
+		}
+		f.Close()
+		defer os.Remove(f.Name())
+		if err := os.Lchown(f.Name(), -1, l.Perms.GID); err != nil {
+			return fmt.Errorf("processing location %s: cannot give files group %q (gid %d): %w; the stager's user must be a member of it", l.Name, l.Perms.Group, l.Perms.GID, err)
+		}
+	}
 	return nil
 }
 
