@@ -19,13 +19,18 @@
 package dest
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"iter"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -103,6 +108,30 @@ type Manifest struct {
 	FileMode string `json:"file_mode,omitempty"`
 	GID      *int   `json:"gid,omitempty"`
 	Group    string `json:"group,omitempty"`
+
+	// List, when set, is written as the files instead of Files: Commit
+	// streams it into the record, so a package of a million files is
+	// never a million-element slice nor one huge JSON buffer.
+	List FileList `json:"-"`
+	// count is the number of files Present saw (it keeps none of them).
+	count int
+}
+
+// FileList is a list of files that can be walked (unpack.Files).
+type FileList interface {
+	Len() int
+	All() iter.Seq[event.File]
+}
+
+// Count is the number of files the manifest records.
+func (m Manifest) Count() int {
+	switch {
+	case m.List != nil:
+		return m.List.Len()
+	case m.Files != nil:
+		return len(m.Files)
+	}
+	return m.count
 }
 
 // Committed says what Commit did.
@@ -213,35 +242,95 @@ func (l Location) Sweep() (int, error) {
 }
 
 // Present reports whether pkg is at its final path and matches the record of
-// a verification against checksum: the record names the same tar checksum
-// and every recorded file is there with its size. It reads no file contents,
-// so it is cheap enough to run on every request.
+// a verification against checksum: the record names the same tar checksum,
+// the final path is a directory (not a link to one), and every recorded
+// file is there with its size. It reads no file contents, so it is cheap
+// enough to run on every request; it reads the record as a stream and
+// checks each file as it goes, so a record of a million files is never in
+// memory at once. The Manifest it returns has no Files, only their Count.
 func (l Location) Present(pkg, checksum string) (Manifest, bool) {
-	b, err := os.ReadFile(l.manifestPath(pkg))
+	f, err := os.Open(l.manifestPath(pkg))
 	if err != nil {
 		return Manifest{}, false
 	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil || m.Checksum != checksum || m.PackageID != pkg {
-		return Manifest{}, false
+	defer f.Close()
+	if st, err := os.Lstat(l.Final(pkg)); err != nil || !st.IsDir() {
+		return Manifest{}, false // a link in place of the package is not it
 	}
 	root, err := os.OpenRoot(l.Final(pkg))
 	if err != nil {
 		return Manifest{}, false
 	}
 	defer root.Close()
-	if st, err := root.Lstat("."); err != nil || !st.IsDir() {
+	m, ok := readRecord(bufio.NewReaderSize(f, 64<<10), func(m *Manifest, ef event.File) bool {
+		if m.PackageID != "" && m.PackageID != pkg || m.Checksum != "" && m.Checksum != checksum {
+			return false // the record's head came first, as Commit writes it: stop early
+		}
+		st, err := root.Lstat(ef.Path)
+		return err == nil && st.Mode().IsRegular() && st.Size() == ef.SizeBytes
+	})
+	if !ok || m.Checksum != checksum || m.PackageID != pkg {
 		return Manifest{}, false
 	}
-	if st, err := os.Lstat(l.Final(pkg)); err != nil || !st.IsDir() {
-		return Manifest{}, false // a link in place of the package is not it
+	return m, true
+}
+
+// readRecord decodes a verification record from r, handing each file to
+// check instead of keeping it; it fails as soon as check does.
+func readRecord(r io.Reader, check func(*Manifest, event.File) bool) (Manifest, bool) {
+	var m Manifest
+	dec := json.NewDecoder(r)
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return m, false
 	}
-	for _, f := range m.Files {
-		st, err := root.Lstat(f.Path)
-		if err != nil || !st.Mode().IsRegular() || st.Size() != f.SizeBytes {
-			return Manifest{}, false
+	head := map[string]json.RawMessage{}
+	for dec.More() {
+		t, err := dec.Token()
+		key, ok := t.(string)
+		if err != nil || !ok {
+			return m, false
+		}
+		if key != "files" {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return m, false
+			}
+			head[key] = raw
+			// The head so far, so check can stop at a wrong checksum.
+			switch key {
+			case "package_id":
+				_ = json.Unmarshal(raw, &m.PackageID)
+			case "checksum":
+				_ = json.Unmarshal(raw, &m.Checksum)
+			}
+			continue
+		}
+		if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+			if t == nil && err == nil {
+				continue // "files": null
+			}
+			return m, false
+		}
+		for dec.More() {
+			var ef event.File
+			if err := dec.Decode(&ef); err != nil || !check(&m, ef) {
+				return m, false
+			}
+			m.count++
+		}
+		if _, err := dec.Token(); err != nil {
+			return m, false
 		}
 	}
+	b, err := json.Marshal(head)
+	if err != nil {
+		return m, false
+	}
+	n := m.count
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, false
+	}
+	m.count = n
 	return m, true
 }
 
@@ -383,16 +472,17 @@ func (l Location) writeManifest(m Manifest) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return ioErr("create "+dir, err)
 	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
-	}
 	f, err := os.CreateTemp(dir, ".tmp-"+m.PackageID+"-")
 	if err != nil {
 		return ioErr("write manifest", err)
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
+	w := bufio.NewWriterSize(f, 64<<10)
+	err = encodeRecord(w, m)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
 		f.Close()
 		return ioErr("write manifest", err)
 	}
@@ -407,6 +497,56 @@ func (l Location) writeManifest(m Manifest) error {
 		return ioErr("rename manifest", err)
 	}
 	return syncDir(dir)
+}
+
+// encodeRecord writes m as JSON, its files one at a time: the head is
+// marshalled with an empty list, and the list streamed in its place.
+func encodeRecord(w io.Writer, m Manifest) error {
+	files := m.Files
+	if m.List != nil {
+		files = nil
+	}
+	m.Files = []event.File{}
+	head, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode manifest: %w", err)
+	}
+	// The key can only occur once as JSON structure: strings escape quotes.
+	before, after, ok := bytes.Cut(head, []byte(`"files":[]`))
+	if !ok {
+		return errors.New("encode manifest: no files key")
+	}
+	if _, err := w.Write(before); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, `"files":[`); err != nil {
+		return err
+	}
+	all := slices.Values(files)
+	if m.List != nil {
+		all = m.List.All()
+	}
+	first := true
+	for ef := range all {
+		b, err := json.Marshal(ef)
+		if err != nil {
+			return fmt.Errorf("encode manifest: %w", err)
+		}
+		if !first {
+			if _, err := w.Write([]byte{','}); err != nil {
+				return err
+			}
+		}
+		first = false
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+	if _, err := w.Write([]byte{']'}); err != nil {
+		return err
+	}
+	_, err = w.Write(after)
+	return err
 }
 
 // Free returns the bytes available to an unprivileged writer at the root.

@@ -1,9 +1,12 @@
 package dest_test
 
 import (
+	"encoding/json"
 	"io/fs"
+	"iter"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -202,5 +205,59 @@ func TestTempDirPerms(t *testing.T) {
 	}
 	if st.Mode() != fs.ModeDir|fs.ModeSetgid|0o750 {
 		t.Errorf("temp dir mode %v, want drwxr-s---", st.Mode())
+	}
+}
+
+// list is a FileList over a slice.
+type list []event.File
+
+func (l list) Len() int                  { return len(l) }
+func (l list) All() iter.Seq[event.File] { return slices.Values(l) }
+
+// TestRecordStreams: a record written from a FileList reads back as the
+// same files, Present counts them without keeping them, and a record whose
+// files do not match the tree is not present.
+func TestRecordStreams(t *testing.T) {
+	l := dest.Location{Name: "proc", Root: t.TempDir(), Instance: "i1"}
+	if err := l.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	tmp, err := l.TempDir("p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := list{{Path: "a", SizeBytes: 1, SHA256: strings.Repeat("a", 64)}, {Path: "d/b", SizeBytes: 2}, {Path: `q"uote`, SizeBytes: 0}}
+	for _, f := range files {
+		p := filepath.Join(tmp, filepath.FromSlash(f.Path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(strings.Repeat("x", int(f.SizeBytes))), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Commit(tmp, "p", dest.Manifest{PackageID: "p", Checksum: "sha256:a", SizeBytes: 3, List: files}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(l.Root, ".ccat-staging", "manifests", "p.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m dest.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("record is not JSON: %v\n%s", err, b)
+	}
+	if !slices.Equal(m.Files, []event.File(files)) || m.SizeBytes != 3 || m.DirMode != "2750" || m.FileMode != "0640" || m.GID == nil {
+		t.Errorf("record = %+v", m)
+	}
+	got, ok := l.Present("p", "sha256:a")
+	if !ok || got.Count() != 3 || got.Files != nil || got.SizeBytes != 3 || got.DirMode != "2750" {
+		t.Errorf("Present = %+v, %v", got, ok)
+	}
+	if err := os.Remove(filepath.Join(l.Final("p"), "d", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Present("p", "sha256:a"); ok {
+		t.Error("present with a file missing")
 	}
 }

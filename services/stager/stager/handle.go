@@ -157,7 +157,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	// request published after the claim must stage it again.
 	if !s.locked(d.Name + "/" + a.req.PackageID) {
 		if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
-			return s.doneData(a, len(m.Files), true), nil
+			return s.doneData(a, m.Count(), true), nil
 		}
 	}
 
@@ -168,7 +168,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	defer unlock()
 	// Another worker of this instance may have staged it while we waited.
 	if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
-		return s.doneData(a, len(m.Files), true), nil
+		return s.doneData(a, m.Count(), true), nil
 	}
 	release, err := s.reserve(d, a.req.SizeBytes)
 	if err != nil {
@@ -210,13 +210,13 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		return event.Done{}, err
 	}
 	c, err := d.Commit(tmp, a.req.PackageID, dest.Manifest{
-		PackageID: a.req.PackageID, Checksum: a.req.Checksum, SizeBytes: res.Bytes, Files: res.Files, StagedAt: time.Now().UTC(),
+		PackageID: a.req.PackageID, Checksum: a.req.Checksum, SizeBytes: res.Bytes, List: res.Files, StagedAt: time.Now().UTC(),
 	})
 	if err != nil {
 		return event.Done{}, err
 	}
 	committed = true
-	done := s.doneData(a, len(res.Files), c.Already)
+	done := s.doneData(a, res.Files.Len(), c.Already)
 	if c.Quarantined != "" {
 		// Never deleted: it may be someone's work. The done event says
 		// where it went, so the ledger and the operator can find it.

@@ -17,12 +17,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/services/stager/dest"
 	"github.com/ccatobs/ccat-staging/services/stager/unpack"
 )
 
 // TestMillionEntriesRSS extracts a 1,000,000-entry archive (1,000
 // directories of 999 one-byte files, names as long as a real package's)
-// and logs the process's peak RSS. It is a measurement, not a CI test: it
+// and logs the process's peak RSS, then commits it (the verification record
+// is written) and checks it is present, as the stager does, and logs the
+// peak again. It is a measurement, not a CI test: it
 // is built only with -tags long (task test:long) and asserts nothing
 // about the figure, which depends on the machine.
 func TestMillionEntriesRSS(t *testing.T) {
@@ -60,11 +63,19 @@ func TestMillionEntriesRSS(t *testing.T) {
 		t.Fatal(err)
 	}
 	size, sum := cw.n, hex.EncodeToString(h.Sum(nil))
-	dir, err := os.MkdirTemp("/dev/shm", "million-")
+	root, err := os.MkdirTemp("/dev/shm", "million-")
 	if err != nil {
-		dir = t.TempDir()
+		root = t.TempDir()
 	} else {
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		t.Cleanup(func() { os.RemoveAll(root) })
+	}
+	loc := dest.Location{Name: "proc", Root: root, Instance: "long"}
+	if err := loc.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := loc.TempDir("million")
+	if err != nil {
+		t.Fatal(err)
 	}
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -79,9 +90,20 @@ func TestMillionEntriesRSS(t *testing.T) {
 	elapsed := time.Since(start)
 	hwm := procStatus(t, "VmHWM")
 	t.Logf("extracted %d files (%d MiB of tar) in %s; RSS before %d MiB, peak %d MiB",
-		len(res.Files), size>>20, elapsed.Round(time.Millisecond), before>>20, hwm>>20)
-	if len(res.Files) != dirs*perDir {
-		t.Errorf("%d files, want %d", len(res.Files), dirs*perDir)
+		res.Files.Len(), size>>20, elapsed.Round(time.Millisecond), before>>20, hwm>>20)
+	// Then what the stager does next: write the verification record, and
+	// answer a request for the package from it.
+	start = time.Now()
+	if _, err := loc.Commit(dir, "million", dest.Manifest{PackageID: "million", Checksum: "sha256:" + sum, SizeBytes: size, List: res.Files}); err != nil {
+		t.Fatal(err)
+	}
+	m, ok := loc.Present("million", "sha256:"+sum)
+	if !ok || m.Count() != dirs*perDir {
+		t.Errorf("Present = %v with %d files", ok, m.Count())
+	}
+	t.Logf("committed and checked presence in %s; peak RSS now %d MiB", time.Since(start).Round(time.Millisecond), procStatus(t, "VmHWM")>>20)
+	if res.Files.Len() != dirs*perDir {
+		t.Errorf("%d files, want %d", res.Files.Len(), dirs*perDir)
 	}
 }
 

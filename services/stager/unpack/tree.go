@@ -19,13 +19,12 @@ const (
 func (k kind) isDir() bool { return k == kindDir || k == kindImplicit }
 
 // node is one name of the extracted tree. The tree is the extractor's whole
-// memory of the archive: every entry costs one node (24 bytes), one index
-// slot and its last path element once in the arena, instead of its full
-// name in several maps. A 1,000,000-entry archive of ~60-byte names holds
-// about 60 MB of state here, and no full path until the result is built.
+// memory of the archive: every entry costs one node (16 bytes), one slot of
+// the index (4 bytes, at most 3/4 full) and its last path element once in
+// the arena, instead of its full name in several maps. Full paths exist
+// only when the result is walked.
 type node struct {
 	parent int32
-	next   int32  // next node in the same index chain, or -1
 	off    uint32 // name in the arena
 	n      uint16 // its length (NAME_MAX is 255)
 	kind   kind
@@ -35,7 +34,6 @@ type node struct {
 type fileRec struct {
 	node int32
 	size int64
-	sum  [32]byte
 }
 
 type linkRec struct {
@@ -49,26 +47,23 @@ type tree struct {
 	seed  maphash.Seed
 	nodes []node
 	arena []byte
-	index map[uint64]int32 // hash(parent, name) -> first node of the chain
-	files []fileRec        // in archive order, hard links included
+	// slots is an open-addressing index of (parent, name) -> node+1 (0 is
+	// empty), linear probing, a power of two long; it stores no keys, the
+	// nodes are the keys.
+	slots []int32
+	files []fileRec  // in archive order, hard links included
+	sums  [][32]byte // each file's sha256, parallel to files, when hashing
 	links []linkRec
 }
 
 const rootNode = 0
 
 func newTree() *tree {
-	return &tree{seed: maphash.MakeSeed(), nodes: []node{{parent: -1, next: -1, kind: kindDir}}, index: map[uint64]int32{}}
+	return &tree{seed: maphash.MakeSeed(), nodes: []node{{parent: -1, kind: kindDir}}, slots: make([]int32, 1024)}
 }
 
-func (t *tree) key(parent int32, name string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(t.seed)
-	h.WriteString(name)
-	h.WriteByte(byte(parent))
-	h.WriteByte(byte(parent >> 8))
-	h.WriteByte(byte(parent >> 16))
-	h.WriteByte(byte(parent >> 24))
-	return h.Sum64()
+func (t *tree) hash(parent int32, name string) uint64 {
+	return maphash.String(t.seed, name) ^ uint64(uint32(parent))*0x9E3779B97F4A7C15
 }
 
 func (t *tree) name(i int32) string {
@@ -76,30 +71,51 @@ func (t *tree) name(i int32) string {
 	return string(t.arena[n.off : n.off+uint32(n.n)])
 }
 
+// is reports whether node i is called name in dir, without allocating.
+func (t *tree) is(i, dir int32, name string) bool {
+	n := t.nodes[i]
+	return n.parent == dir && string(t.arena[n.off:n.off+uint32(n.n)]) == name
+}
+
 // child returns the node called name in dir, or -1.
 func (t *tree) child(dir int32, name string) int32 {
-	i, ok := t.index[t.key(dir, name)]
-	for ok && i >= 0 {
-		n := t.nodes[i]
-		if n.parent == dir && string(t.arena[n.off:n.off+uint32(n.n)]) == name {
-			return i
+	mask := uint64(len(t.slots) - 1)
+	for i := t.hash(dir, name) & mask; ; i = (i + 1) & mask {
+		s := t.slots[i]
+		if s == 0 {
+			return -1
 		}
-		i = n.next
+		if t.is(s-1, dir, name) {
+			return s - 1
+		}
 	}
-	return -1
 }
 
 func (t *tree) add(dir int32, name string, k kind) int32 {
-	key := t.key(dir, name)
-	next, ok := t.index[key]
-	if !ok {
-		next = -1
-	}
 	i := int32(len(t.nodes))
-	t.nodes = append(t.nodes, node{parent: dir, next: next, off: uint32(len(t.arena)), n: uint16(len(name)), kind: k, ref: -1})
+	t.nodes = append(t.nodes, node{parent: dir, off: uint32(len(t.arena)), n: uint16(len(name)), kind: k, ref: -1})
 	t.arena = append(t.arena, name...)
-	t.index[key] = i
+	if len(t.nodes)*4 > len(t.slots)*3 {
+		t.slots = make([]int32, 2*len(t.slots))
+		for j := 1; j < len(t.nodes); j++ {
+			t.insert(int32(j))
+		}
+	} else {
+		t.insert(i)
+	}
 	return i
+}
+
+func (t *tree) insert(i int32) {
+	n := t.nodes[i]
+	mask := uint64(len(t.slots) - 1)
+	h := t.hash(n.parent, string(t.arena[n.off:n.off+uint32(n.n)]))
+	for j := h & mask; ; j = (j + 1) & mask {
+		if t.slots[j] == 0 {
+			t.slots[j] = i + 1
+			return
+		}
+	}
 }
 
 // find returns the node of a clean relative path without following links:

@@ -17,8 +17,10 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"iter"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,11 +69,51 @@ type Options struct {
 
 // Result describes what was written.
 type Result struct {
-	Files  []event.File // regular files (hard links included), in archive order
+	Files  Files // regular files (hard links included), in archive order
 	Dirs   int
 	Bytes  int64  // bytes of the tar stream read
 	SHA256 string // hex digest of the tar stream
 }
+
+// Files lists the regular files an extraction wrote without holding their
+// paths: each event.File is built when it is asked for, so a
+// 1,000,000-file package costs its compact tree, not a million strings
+// (the caller streams them into the verification record).
+type Files struct {
+	t      *tree
+	hashed bool
+}
+
+// Len is the number of files.
+func (f Files) Len() int {
+	if f.t == nil {
+		return 0
+	}
+	return len(f.t.files)
+}
+
+// All yields the files in archive order.
+func (f Files) All() iter.Seq[event.File] {
+	return func(yield func(event.File) bool) {
+		if f.t == nil {
+			return
+		}
+		var buf []byte
+		for i, r := range f.t.files {
+			buf = f.t.path(r.node, buf)
+			ef := event.File{Path: string(buf), SizeBytes: r.size}
+			if f.hashed {
+				ef.SHA256 = hex.EncodeToString(f.t.sums[i][:])
+			}
+			if !yield(ef) {
+				return
+			}
+		}
+	}
+}
+
+// Slice returns the files as a slice, for callers with few of them.
+func (f Files) Slice() []event.File { return slices.Collect(f.All()) }
 
 const copyBuf = 1 << 20
 
@@ -142,8 +184,9 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 	if err := x.syncDirs(); err != nil {
 		return Result{}, err
 	}
-	files, dirs := x.result()
-	return Result{Files: files, Dirs: dirs, Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil))}, nil
+	// Only names and files are needed from here on: the index goes.
+	x.t.slots = nil
+	return Result{Files: Files{t: x.t, hashed: x.hash}, Dirs: x.dirCount(), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil))}, nil
 }
 
 // source reads, hashes and counts the archive in its own goroutine and
@@ -548,7 +591,9 @@ func (x *extractor) file(dir int32, base, name string, hdr *tar.Header) error {
 	}
 	rec := fileRec{size: n}
 	if x.hash {
-		x.fh.Sum(rec.sum[:0])
+		var sum [32]byte
+		x.fh.Sum(sum[:0])
+		x.t.sums = append(x.t.sums, sum)
 	}
 	rec.node = x.t.add(dir, base, kindFile)
 	x.t.nodes[rec.node].ref = int32(len(x.t.files))
@@ -631,7 +676,11 @@ func (x *extractor) hardlink(dir int32, base, name, target string) error {
 	if err := x.root.Link(t, name); err != nil {
 		return writeErr("link "+name, err)
 	}
-	rec := x.t.files[x.t.nodes[i].ref]
+	ref := x.t.nodes[i].ref
+	rec := x.t.files[ref]
+	if x.hash {
+		x.t.sums = append(x.t.sums, x.t.sums[ref])
+	}
 	rec.node = x.t.add(dir, base, kindFile)
 	x.t.nodes[rec.node].ref = int32(len(x.t.files))
 	x.t.files = append(x.t.files, rec)
@@ -648,11 +697,12 @@ func (x *extractor) checkManifest() error {
 		if i < 0 || x.t.nodes[i].kind != kindFile {
 			return fault.Permanent(event.ReasonChecksumMismatch, fmt.Errorf("manifest file %q is not in the archive", want.Path))
 		}
-		got := x.t.files[x.t.nodes[i].ref]
+		ref := x.t.nodes[i].ref
+		got := x.t.files[ref]
 		if !x.hash {
 			return fmt.Errorf("manifest given but files not hashed") // unreachable: a manifest turns hashing on
 		}
-		if sum := hex.EncodeToString(got.sum[:]); got.size != want.SizeBytes || sum != want.SHA256 {
+		if sum := hex.EncodeToString(x.t.sums[ref][:]); got.size != want.SizeBytes || sum != want.SHA256 {
 			return fault.Permanent(event.ReasonChecksumMismatch,
 				fmt.Errorf("file %q is %d bytes sha256 %s, manifest says %d bytes sha256 %s", want.Path, got.size, sum, want.SizeBytes, want.SHA256))
 		}
@@ -660,23 +710,14 @@ func (x *extractor) checkManifest() error {
 	return nil
 }
 
-// result builds the list of files: the one place full paths exist.
-func (x *extractor) result() (files []event.File, dirs int) {
-	files = make([]event.File, len(x.t.files))
-	var buf []byte
-	for i, f := range x.t.files {
-		buf = x.t.path(f.node, buf)
-		files[i] = event.File{Path: string(buf), SizeBytes: f.size}
-		if x.hash {
-			files[i].SHA256 = hex.EncodeToString(f.sum[:])
+func (x *extractor) dirCount() int {
+	n := 0
+	for _, nd := range x.t.nodes {
+		if nd.kind.isDir() {
+			n++
 		}
 	}
-	for _, n := range x.t.nodes {
-		if n.kind.isDir() {
-			dirs++
-		}
-	}
-	return files, dirs
+	return n
 }
 
 // syncDirs makes the directory entries durable, children before parents

@@ -60,7 +60,7 @@ func TestExtract(t *testing.T) {
 		t.Errorf("result digest/size = %s/%d, want %s/%d", res.SHA256, res.Bytes, tartest.SHA256(tb), len(tb))
 	}
 	var names []string
-	for _, f := range res.Files {
+	for f := range res.Files.All() {
 		names = append(names, f.Path)
 		b, err := os.ReadFile(filepath.Join(dir, f.Path))
 		if err != nil {
