@@ -48,6 +48,9 @@ type Location struct {
 	Root     string
 	Instance string // path-safe instance name
 	Perms    Perms
+	// noLock skips the commit lock: tests use it to stand for hosts whose
+	// file system does not share flocks.
+	noLock bool
 }
 
 // Perms is what a location grants on its packages.
@@ -365,14 +368,23 @@ func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
 	m.DirMode, m.FileMode, m.Group = Octal(l.Perms.Dir()), Octal(l.Perms.File()), l.Perms.Group
 	final := l.Final(pkg)
 	for try := 0; ; try++ {
+		if try == 5 {
+			return c, ioErr("rename into place", fmt.Errorf("%s keeps changing under the commit", final))
+		}
+		// What is there is looked at before it is judged, so that the
+		// quarantine can tell whether it moves what was judged.
+		st, statErr := os.Lstat(final)
 		if _, ok := l.Present(pkg, m.Checksum); ok {
 			c.Already = true
 			return c, os.RemoveAll(tmp)
 		}
-		if _, err := os.Lstat(final); err == nil {
-			q, err := l.quarantine(pkg)
+		if statErr == nil {
+			q, back, err := l.quarantine(pkg, st)
 			if err != nil {
 				return c, err
+			}
+			if back {
+				continue // it was a newer copy, put back: look again
 			}
 			if q != "" {
 				c.Quarantined = q
@@ -385,7 +397,7 @@ func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
 		if err == nil {
 			break
 		}
-		if (errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY)) && try < 3 {
+		if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
 			continue // something appeared at final since the check: look again
 		}
 		return c, ioErr("rename into place", err)
@@ -398,11 +410,14 @@ func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
 
 // quarantine moves what is at the final path of pkg to
 // .ccat-staging/quarantine/<pkg>-<time> and returns that path relative to
-// the root ("" when nothing was there any more).
-func (l Location) quarantine(pkg string) (string, error) {
+// the root ("" when nothing was there any more). judged is what Commit
+// found not verified: if what was moved is something else (another
+// instance replaced it in between, where the commit lock does not reach
+// across hosts), it is put back where it was and back is true.
+func (l Location) quarantine(pkg string, judged fs.FileInfo) (rel string, back bool, err error) {
 	dir := filepath.Join(l.Root, sidecar, "quarantine")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", ioErr("create "+dir, err)
+		return "", false, ioErr("create "+dir, err)
 	}
 	stamp := time.Now().UTC().Format("20060102T150405.000000000Z")
 	for n := 0; ; n++ {
@@ -410,19 +425,25 @@ func (l Location) quarantine(pkg string) (string, error) {
 		if n > 0 {
 			name += "-" + strconv.Itoa(n)
 		}
-		err := renameNoReplace(l.Final(pkg), filepath.Join(dir, name))
+		to := filepath.Join(dir, name)
+		err := renameNoReplace(l.Final(pkg), to)
 		switch {
 		case err == nil:
-			if err := syncDir(dir); err != nil {
-				return "", ioErr("sync "+dir, err)
+			if st, err := os.Lstat(to); err == nil && !os.SameFile(st, judged) {
+				if renameNoReplace(to, l.Final(pkg)) == nil {
+					return "", true, nil
+				}
 			}
-			return filepath.Join(sidecar, "quarantine", name), nil
+			if err := syncDir(dir); err != nil {
+				return "", false, ioErr("sync "+dir, err)
+			}
+			return filepath.Join(sidecar, "quarantine", name), false, nil
 		case errors.Is(err, fs.ErrNotExist):
-			return "", nil
+			return "", false, nil
 		case (errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY)) && n < 100:
 			continue
 		default:
-			return "", ioErr("quarantine "+l.Final(pkg), err)
+			return "", false, ioErr("quarantine "+l.Final(pkg), err)
 		}
 	}
 }
@@ -449,6 +470,9 @@ func renameNoReplace(old, new string) error {
 // root this is (flock: local file systems, NFSv4, and cluster file systems
 // mounted with flock support).
 func (l Location) lock() (func(), error) {
+	if l.noLock {
+		return func() {}, nil
+	}
 	p := filepath.Join(l.Root, sidecar, "commit.lock")
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {

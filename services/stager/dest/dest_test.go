@@ -180,6 +180,89 @@ func TestConcurrentCommits(t *testing.T) {
 	}
 }
 
+// TestConcurrentCommitsWithoutLock: where the commit lock does not reach
+// (hosts whose file system does not share flocks), two instances replacing
+// the same stale copy still leave one verified copy that both report: the
+// stale copy is quarantined once, and a verified copy moved by the other
+// instance's quarantine step is noticed and put back.
+func TestConcurrentCommitsWithoutLock(t *testing.T) {
+	root := shmDir(t) // fsync costs nothing there, so the commits overlap more
+	a := dest.WithoutLock(dest.Location{Name: "proc", Root: root, Instance: "a"})
+	b := dest.WithoutLock(dest.Location{Name: "proc", Root: root, Instance: "b"})
+	if err := a.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	m := dest.Manifest{PackageID: "p", Checksum: "sha256:a", Files: []event.File{{Path: "f", SizeBytes: 3}}}
+	const rounds = 100
+	for round := range rounds {
+		if _, err := a.Remove("p"); err != nil {
+			t.Fatal(err)
+		}
+		// A stale copy: the record will name f with 3 bytes, this has 5.
+		if err := os.MkdirAll(a.Final("p"), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(a.Final("p"), "f"), []byte("stale"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		var tmps [2]string
+		var inos [2]uint64
+		for i, l := range []dest.Location{a, b} {
+			tmp, err := l.TempDir("p")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(tmp, "f"), []byte("one"), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			tmps[i], inos[i] = tmp, inode(t, tmp)
+		}
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			res   [2]dest.Committed
+			errs  [2]error
+		)
+		for i, l := range []dest.Location{a, b} {
+			wg.Go(func() {
+				<-start
+				res[i], errs[i] = l.Commit(tmps[i], "p", m)
+			})
+		}
+		close(start)
+		wg.Wait()
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("round %d: Commit errors %v, %v", round, errs[0], errs[1])
+		}
+		if res[0].Already == res[1].Already {
+			t.Fatalf("round %d: results %+v and %+v, want one placed and one already present", round, res[0], res[1])
+		}
+		placed := 0
+		if res[0].Already {
+			placed = 1
+		}
+		if got := inode(t, a.Final("p")); got != inos[placed] {
+			t.Fatalf("round %d: the final path is not the copy the placing commit reported", round)
+		}
+		if _, ok := b.Present("p", "sha256:a"); !ok {
+			t.Fatalf("round %d: no verified copy in place", round)
+		}
+	}
+	// Every stale copy quarantined exactly once, and nothing else.
+	ents, err := os.ReadDir(filepath.Join(root, ".ccat-staging", "quarantine"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != rounds {
+		t.Errorf("quarantine holds %d entries, want %d (one stale copy a round)", len(ents), rounds)
+	}
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(root, ".ccat-staging", "quarantine", e.Name(), "f")); err != nil || string(b) != "stale" {
+			t.Errorf("quarantined %s holds %q, %v: a verified copy was quarantined", e.Name(), b, err)
+		}
+	}
+}
+
 func inode(t *testing.T, p string) uint64 {
 	t.Helper()
 	st, err := os.Lstat(p)
@@ -260,4 +343,14 @@ func TestRecordStreams(t *testing.T) {
 	if _, ok := l.Present("p", "sha256:a"); ok {
 		t.Error("present with a file missing")
 	}
+}
+
+// shmDir returns a fresh directory on /dev/shm when there is one.
+func shmDir(t *testing.T) string {
+	d, err := os.MkdirTemp("/dev/shm", "dest-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }
