@@ -31,7 +31,7 @@ import (
 func TestMillionEntriesRSS(t *testing.T) {
 	const dirs, perDir = 1000, 999 // 1,000 directory entries and 999,000 files
 	name := func(d, f int) string {
-		return fmt.Sprintf("obs-20260101T000000/module-%04d/scan_%06d_detector_%04d.fits", d, f, d)
+		return fmt.Sprintf("obs-20260101T000000-module-%04d/scan_%06d_detector_%04d.fits", d, f, d)
 	}
 	// The archive is generated twice, streaming: once to learn its size and
 	// digest, once to extract, so the test holds none of it in memory.

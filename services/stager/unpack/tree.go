@@ -3,6 +3,7 @@ package unpack
 import (
 	"errors"
 	"hash/maphash"
+	"slices"
 	"strings"
 )
 
@@ -136,20 +137,27 @@ func (t *tree) find(p string) int32 {
 	return cur
 }
 
-// path rebuilds the slash path of node i.
+// path rebuilds the slash path of node i (iteratively: a hostile name may
+// have hundreds of thousands of elements).
 func (t *tree) path(i int32, buf []byte) []byte {
 	buf = buf[:0]
-	var walk func(i int32)
-	walk = func(i int32) {
-		n := t.nodes[i]
-		if n.parent > rootNode {
-			walk(n.parent)
-			buf = append(buf, '/')
-		}
-		buf = append(buf, t.arena[n.off:n.off+uint32(n.n)]...)
+	n := 0
+	for j := i; j > rootNode; j = t.nodes[j].parent {
+		n += int(t.nodes[j].n) + 1
 	}
-	if i != rootNode {
-		walk(i)
+	if n == 0 {
+		return buf
+	}
+	buf = slices.Grow(buf, n-1)[:n-1]
+	end := n - 1
+	for j := i; j > rootNode; j = t.nodes[j].parent {
+		nd := t.nodes[j]
+		start := end - int(nd.n)
+		copy(buf[start:end], t.arena[nd.off:nd.off+uint32(nd.n)])
+		if start > 0 {
+			buf[start-1] = '/'
+		}
+		end = start - 1
 	}
 	return buf
 }

@@ -40,7 +40,8 @@ type Options struct {
 	// Files, when not empty, is the package's manifest: each listed file must
 	// be in the archive with this size and sha256.
 	Files []event.File
-	// MaxEntries bounds the number of entries (0 = 1,000,000).
+	// MaxEntries bounds the number of entries, directories made for entries
+	// below them included (0 = 1,000,000).
 	MaxEntries int
 	// MaxTotalBytes bounds the sum of the entries' sizes (0 = Size). A plain
 	// tar cannot unpack to more than its own size, so anything claiming more
@@ -390,9 +391,8 @@ func (x *extractor) run() error {
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
-		x.entries++
-		if x.entries > x.o.MaxEntries {
-			return unsafeErr("more than %d entries", x.o.MaxEntries)
+		if err := x.count(); err != nil {
+			return err
 		}
 		name, err := CleanName(hdr.Name)
 		if err != nil {
@@ -436,6 +436,23 @@ func (x *extractor) run() error {
 	}
 }
 
+// maxNames bounds the bytes of names and link targets the tree keeps
+// (its offsets are 32-bit).
+const maxNames = 1 << 31
+
+// count counts one more name in the tree and refuses an archive beyond the
+// limits.
+func (x *extractor) count() error {
+	x.entries++
+	if x.entries > x.o.MaxEntries {
+		return unsafeErr("more than %d entries (directories made for entries included)", x.o.MaxEntries)
+	}
+	if len(x.t.arena) > maxNames {
+		return unsafeErr("names and link targets add up to more than %d bytes", maxNames)
+	}
+	return nil
+}
+
 // CleanName turns a tar entry name into a clean relative slash path, or
 // refuses it: empty, absolute, NUL, any ".." element, or an element longer
 // than a file system name can be. "." is the root.
@@ -477,6 +494,11 @@ func (x *extractor) parent(name string) (int32, string, error) {
 		c := x.t.child(cur, elem)
 		switch {
 		case c < 0:
+			// A directory made for an entry counts as an entry: the
+			// limit bounds the tree's memory, whatever the names.
+			if err := x.count(); err != nil {
+				return 0, "", err
+			}
 			p := name[:len(name)-len(rest)+len(elem)]
 			if err := x.mkdir(p, x.dirMode(x.o.DirMode)); err != nil {
 				return 0, "", err

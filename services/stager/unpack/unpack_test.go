@@ -127,6 +127,8 @@ func TestHostileArchives(t *testing.T) {
 		{"hardlink through a symlink", []tartest.Entry{tartest.Dir("d/"), tartest.File("d/f", "1"), tartest.Symlink("l", "d"), tartest.Hardlink("h", "l/f")}, nil},
 		{"too many entries", []tartest.Entry{tartest.File("a", "1"), tartest.File("b", "2"), tartest.File("c", "3")},
 			func(o *unpack.Options) { o.MaxEntries = 2 }},
+		{"too many entries with the directories they need", []tartest.Entry{tartest.File("a/b/c", "1")},
+			func(o *unpack.Options) { o.MaxEntries = 2 }},
 		{"too many bytes", []tartest.Entry{tartest.File("a", big), tartest.File("b", big)},
 			func(o *unpack.Options) { o.MaxTotalBytes = 3000 }},
 		{"root entry that is a file", []tartest.Entry{tartest.File(".", "x")}, nil},
