@@ -147,6 +147,8 @@ func TestDecodeEnvelope(t *testing.T) {
 	}
 }
 
+const doneData = `{"job_id":"j","package_id":"p","site":"s","location":"l","attempt":1,"request_id":"r","path":"/p","size_bytes":1,"files":1,"duration_seconds":0.5,"already_present":false}`
+
 func TestValidateDataRefuses(t *testing.T) {
 	tests := []struct {
 		name, typ, data, reason string
@@ -166,6 +168,8 @@ func TestValidateDataRefuses(t *testing.T) {
 		{"md5 checksum", event.TypePackageArchived, `{"package_id":"p","location":"l","key":"k","size_bytes":1,"checksum":"md5:abc","format":"tar"}`, event.ReasonInvalidData},
 		{"zip format", event.TypePackageArchived, `{"package_id":"p","location":"l","key":"k","size_bytes":1,"checksum":"` + sum + `","format":"zip"}`, event.ReasonInvalidData},
 		{"unknown field", event.TypeDone, `{"surprise":1}`, event.ReasonInvalidData},
+		{"quarantine outside the sidecar", event.TypeDone, strings.Replace(doneData, `"already_present":false`, `"already_present":false,"quarantined":"../x"`, 1), event.ReasonInvalidData},
+		{"quarantine empty", event.TypeDone, strings.Replace(doneData, `"already_present":false`, `"already_present":false,"quarantined":""`, 1), event.ReasonInvalidData},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -174,6 +178,13 @@ func TestValidateDataRefuses(t *testing.T) {
 				t.Errorf("ValidateData = %v, want reason %q", err, tt.reason)
 			}
 		})
+	}
+	// A done event may say where the staging moved what stood at the final path.
+	q := strings.Replace(doneData, `"already_present":false`, `"already_present":false,"quarantined":".ccat-staging/quarantine/p-20261206T010000.000000000Z"`, 1)
+	for _, d := range []string{doneData, q} {
+		if err := event.ValidateData(event.TypeDone, []byte(d)); err != nil {
+			t.Errorf("ValidateData(%s) = %v", d, err)
+		}
 	}
 	// Valid keys with dots inside names are fine.
 	ok := `{"package_id":"p","location":"l","key":"a/b..c/.hidden/x.tar","size_bytes":1,"checksum":"` + sum + `","format":"tar"}`

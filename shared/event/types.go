@@ -196,6 +196,12 @@ type Done struct {
 	Files           int     `json:"files"`
 	DurationSeconds float64 `json:"duration_seconds"`
 	AlreadyPresent  bool    `json:"already_present"`
+	// Quarantined is set when something that was not this package's
+	// verified copy stood at the final path: where it was moved, relative
+	// to the processing location's root
+	// (.ccat-staging/quarantine/<package_id>-<time>). Staging never deletes
+	// it; an operator decides.
+	Quarantined string `json:"quarantined,omitempty"`
 }
 
 func (Done) EventType() string { return TypeDone }

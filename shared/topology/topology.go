@@ -8,10 +8,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -69,7 +72,49 @@ type Location struct {
 	Retention time.Duration `yaml:"retention,omitempty"`
 	// RetentionSet records that the file set retention explicitly.
 	RetentionSet bool `yaml:"-"`
+	// DirMode, FileMode and Group are what a processing location grants on
+	// the packages staged there: the modes are octal as chmod reads them
+	// ("2750", quoted or not), absent means 2750 for directories and 0640
+	// for files; Group is a group name or a numeric gid, absent means the
+	// group the file system gives (the stager's, or the root's when the
+	// root has the setgid bit). The stager resolves the group at start-up.
+	DirMode  Mode   `yaml:"dir_mode,omitempty"`
+	FileMode Mode   `yaml:"file_mode,omitempty"`
+	Group    string `yaml:"group,omitempty"`
 }
+
+// Mode is a permission mode written in octal; 0 means unset. Directories
+// may carry the setgid bit (fs.ModeSetgid), nothing may carry setuid or
+// sticky.
+type Mode fs.FileMode
+
+// UnmarshalYAML reads the scalar's text as octal, so that dir_mode: 2750
+// means what chmod 2750 means (YAML would read the bare number as decimal).
+func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a mode is an octal number such as 2750", n.Line)
+	}
+	v := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	u, err := strconv.ParseUint(v, 8, 32)
+	if err != nil || u > 0o7777 {
+		return fmt.Errorf("line %d: mode %q is not an octal mode such as 2750", n.Line, n.Value)
+	}
+	fm := fs.FileMode(u & 0o777)
+	if u&0o4000 != 0 {
+		fm |= fs.ModeSetuid
+	}
+	if u&0o2000 != 0 {
+		fm |= fs.ModeSetgid
+	}
+	if u&0o1000 != 0 {
+		fm |= fs.ModeSticky
+	}
+	*m = Mode(fm)
+	return nil
+}
+
+// Mode returns m as an fs.FileMode.
+func (m Mode) Mode() fs.FileMode { return fs.FileMode(m) }
 
 // DefaultRetention is the retention of a processing location whose entry
 // sets none.
@@ -209,9 +254,37 @@ func (t *Topology) check() error {
 			if l.Priority < 0 {
 				errs = append(errs, fmt.Errorf("%s: negative priority", where))
 			}
+			errs = append(errs, l.checkPerms(where)...)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkPerms refuses modes that would lock the stager out of its own
+// copies (it must read, write and traverse as owner) or that an archive
+// could abuse (setuid, sticky, setgid on files).
+func (l *Location) checkPerms(where string) []error {
+	var errs []error
+	if (l.DirMode != 0 || l.FileMode != 0 || l.Group != "") && l.Type != TypeProcessing {
+		errs = append(errs, fmt.Errorf("%s: dir_mode, file_mode and group apply to processing locations only", where))
+	}
+	if d := l.DirMode.Mode(); d != 0 {
+		if d&^(fs.ModePerm|fs.ModeSetgid) != 0 {
+			errs = append(errs, fmt.Errorf("%s: dir_mode may not set setuid or sticky", where))
+		}
+		if d&0o700 != 0o700 {
+			errs = append(errs, fmt.Errorf("%s: dir_mode must give the owner (the stager) rwx", where))
+		}
+	}
+	if f := l.FileMode.Mode(); f != 0 {
+		if f&^fs.ModePerm != 0 {
+			errs = append(errs, fmt.Errorf("%s: file_mode may not set setuid, setgid or sticky", where))
+		}
+		if f&0o600 != 0o600 {
+			errs = append(errs, fmt.Errorf("%s: file_mode must give the owner (the stager) rw", where))
+		}
+	}
+	return errs
 }
 
 // Site returns the named site.

@@ -1,6 +1,7 @@
 // Package audit compares a staged copy of a package on disk with the
 // manifest its archive announcement carried: every file present, of the
-// announced size and sha256, and nothing else.
+// announced size and sha256, and nothing else; and with the modes and group
+// the stager recorded it gave the copy.
 package audit
 
 import (
@@ -13,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"syscall"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
@@ -129,4 +132,97 @@ func hashFile(p string) (int64, string, error) {
 		return n, "", fmt.Errorf("read %s: %w", p, err)
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Kinds of permission drift.
+const (
+	ModeMismatch  = "mode_mismatch"  // wider than the location grants, or special bits
+	GroupMismatch = "group_mismatch" // not the group the copy was staged with
+)
+
+// Perms is what the stager recorded it gave a package (the verification
+// record's dir_mode, file_mode and gid).
+type Perms struct {
+	DirMode, FileMode fs.FileMode // fs.ModeSetgid for a setgid DirMode
+	GID               int
+}
+
+// ParseMode reads a mode written in octal as chmod reads it ("2750").
+func ParseMode(s string) (fs.FileMode, error) {
+	u, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || u > 0o7777 {
+		return 0, fmt.Errorf("mode %q is not octal", s)
+	}
+	m := fs.FileMode(u & 0o777)
+	if u&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if u&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if u&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return m, nil
+}
+
+// Modes checks the modes and group of everything in dir against p. The
+// package directory must have exactly DirMode; below it an archive may have
+// narrowed the modes but never widened them: directories within DirMode
+// and with its setgid bit, files within FileMode, no setuid or sticky, and
+// every entry (links included) of group GID.
+func Modes(pkg, dir string, p Perms) []Finding {
+	var out []Finding
+	add := func(path, kind, detail string) {
+		out = append(out, Finding{PackageID: pkg, Path: path, Kind: kind, Detail: detail})
+	}
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // Package reports what cannot be read
+		}
+		rel, _ := filepath.Rel(dir, path)
+		rel = filepath.ToSlash(rel)
+		if rel == "." {
+			rel = ""
+		}
+		st, err := os.Lstat(path)
+		if err != nil {
+			return nil
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Gid) != p.GID {
+			add(rel, GroupMismatch, fmt.Sprintf("gid %d, staged with %d", sys.Gid, p.GID))
+		}
+		m := st.Mode()
+		special := m & (fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		switch {
+		case m.IsDir() && rel == "":
+			if m.Perm() != p.DirMode.Perm() || special != p.DirMode&fs.ModeSetgid {
+				add(rel, ModeMismatch, fmt.Sprintf("package directory is %s, the location gives %s", octal(m), octal(p.DirMode)))
+			}
+		case m.IsDir():
+			if m.Perm()&^p.DirMode.Perm() != 0 || special != p.DirMode&fs.ModeSetgid {
+				add(rel, ModeMismatch, fmt.Sprintf("directory is %s, the location gives at most %s", octal(m), octal(p.DirMode)))
+			}
+		case m.IsRegular():
+			if m.Perm()&^p.FileMode.Perm() != 0 || special != 0 {
+				add(rel, ModeMismatch, fmt.Sprintf("file is %s, the location gives at most %s", octal(m), octal(p.FileMode)))
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+func octal(m fs.FileMode) string {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return fmt.Sprintf("%04o", u)
 }

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -287,7 +289,26 @@ func TestVerify(t *testing.T) {
 		if err := os.MkdirAll(filepath.Join(root, ".ccat-staging", "manifests"), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		// p1 was staged with modes and a group, and its record says so; p2
+		// predates such records and is not checked for them.
+		err := filepath.WalkDir(filepath.Join(root, "p1"), func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() {
+				return os.Chmod(p, fs.ModeSetgid|0o750)
+			}
+			return os.Chmod(p, 0o640)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := fmt.Sprintf(`{"package_id":"p1","files":[],"dir_mode":"2750","file_mode":"0640","gid":%d}`, os.Getegid())
+		if err := os.WriteFile(filepath.Join(root, ".ccat-staging", "manifests", "p1.json"), []byte(rec), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	p1file := func() string { return filepath.Join(root, "p1", filepath.FromSlash(trees["p1"][0].Path)) }
 	led.set("j1", job("j1", "completed", 2048, 2, 0))
 
 	tests := []struct {
@@ -334,6 +355,31 @@ func TestVerify(t *testing.T) {
 				led.mu.Unlock()
 			})
 		}, nil, ExitDrift, []string{audit.DeletedPresent}},
+		{"file wider than the location gives", func(t *testing.T) {
+			if err := os.Chmod(p1file(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, ExitDrift, []string{audit.ModeMismatch}},
+		{"setuid file", func(t *testing.T) {
+			if err := os.Chmod(p1file(), fs.ModeSetuid|0o640); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, ExitDrift, []string{audit.ModeMismatch}},
+		{"package directory narrower", func(t *testing.T) {
+			if err := os.Chmod(filepath.Join(root, "p1"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, ExitDrift, []string{audit.ModeMismatch}},
+		{"group changed", func(t *testing.T) {
+			// Changing a file's group to one the test user is not in
+			// needs root, which CI is.
+			if os.Geteuid() != 0 {
+				t.Skip("chgrp to a foreign group needs root")
+			}
+			if err := os.Lchown(p1file(), -1, os.Getegid()+1); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, ExitDrift, []string{audit.GroupMismatch}},
 		{"one job only ignores strays", func(t *testing.T) {
 			if err := os.MkdirAll(filepath.Join(root, "stray"), 0o755); err != nil {
 				t.Fatal(err)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
@@ -84,10 +85,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 			for p := range work {
 				m, ok := manifests[p]
 				r := audit.Package(p, filepath.Join(dir, p), m.Files)
-				present := true
-				for _, f := range r.Findings {
-					present = present && f.Kind != audit.MissingPackage
-				}
+				present := !missing(r.Findings)
 				if present && *job == "" {
 					// On disk: the ledger must not call the copy deleted.
 					if st := copyStatus(ctx, e.ledger(), p, *loc); st == "deleted" {
@@ -95,7 +93,13 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 							Detail: "the ledger records this copy deleted, yet it is on disk"})
 					}
 				}
+				perms, hasPerms := stagedPerms(dir, p)
+				var modes []audit.Finding
+				if hasPerms && present {
+					modes = audit.Modes(p, filepath.Join(dir, p), perms)
+				}
 				mu.Lock()
+				rep.Drift = append(rep.Drift, modes...)
 				rep.Files += r.Files
 				rep.Bytes += r.Bytes
 				if ok && len(m.Files) > 0 {
@@ -311,4 +315,39 @@ func dropReleased(ctx context.Context, api *ledgerapi.Client, loc string, drift 
 		kept = []audit.Finding{}
 	}
 	return kept, released
+}
+
+func missing(fs []audit.Finding) bool {
+	for _, f := range fs {
+		if f.Kind == audit.MissingPackage {
+			return true
+		}
+	}
+	return false
+}
+
+// stagedPerms reads the modes and group the stager recorded giving pkg, from
+// its verification record (<root>/.ccat-staging/manifests/<pkg>.json). A
+// copy staged before the stager recorded them, or without a record, has
+// nothing to compare against.
+func stagedPerms(root, pkg string) (audit.Perms, bool) {
+	f, err := os.Open(filepath.Join(root, ".ccat-staging", "manifests", pkg+".json"))
+	if err != nil {
+		return audit.Perms{}, false
+	}
+	defer f.Close()
+	var rec struct {
+		DirMode  string `json:"dir_mode"`
+		FileMode string `json:"file_mode"`
+		GID      *int   `json:"gid"`
+	}
+	if err := json.NewDecoder(f).Decode(&rec); err != nil || rec.DirMode == "" || rec.FileMode == "" || rec.GID == nil {
+		return audit.Perms{}, false
+	}
+	d, err1 := audit.ParseMode(rec.DirMode)
+	fm, err2 := audit.ParseMode(rec.FileMode)
+	if err1 != nil || err2 != nil {
+		return audit.Perms{}, false
+	}
+	return audit.Perms{DirMode: d, FileMode: fm, GID: *rec.GID}, true
 }

@@ -105,7 +105,7 @@ func run() error {
 			os.RemoveAll(tmp)
 			return err
 		}
-		_, err = loc.Commit(tmp, pkg, dest.Manifest{PackageID: pkg, Checksum: "sha256:" + sum, SizeBytes: total, Files: res.Files})
+		_, err = loc.Commit(tmp, pkg, dest.Manifest{PackageID: pkg, Checksum: "sha256:" + sum, SizeBytes: total, List: res.Files})
 		return err
 	}
 	methods := []method{

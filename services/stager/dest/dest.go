@@ -8,21 +8,38 @@
 //	<package_id>/                          a verified package, nothing else
 //	.staging-<instance>-<package_id>-<rnd>/  extraction in progress
 //	.ccat-staging/manifests/<package_id>.json  what was verified
+//	.ccat-staging/quarantine/<package_id>-<time>  what was at a final path
+//	                                       that was not this package's
+//	                                       verified copy (never deleted)
+//	.ccat-staging/commit.lock              serialises commits of all
+//	                                       instances sharing the root
+//
+// The verification record's JSON is read by stagectl verify too (for the
+// modes and group): its fields are a contract.
 package dest
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"iter"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/services/stager/unpack"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"golang.org/x/sys/unix"
 )
 
 // Location is one processing location as seen by one stager instance.
@@ -30,6 +47,53 @@ type Location struct {
 	Name     string
 	Root     string
 	Instance string // path-safe instance name
+	Perms    Perms
+	// noLock skips the commit lock: tests use it to stand for hosts whose
+	// file system does not share flocks.
+	noLock bool
+}
+
+// Perms is what a location grants on its packages.
+type Perms struct {
+	// DirMode and FileMode: permission bits, and for directories
+	// optionally fs.ModeSetgid; 0 means unpack.DefaultDirMode (2750) and
+	// unpack.DefaultFileMode (0640).
+	DirMode, FileMode fs.FileMode
+	// ChangeGroup gives everything the group GID (Group is its name as
+	// configured, for the record); otherwise the file system's choice.
+	ChangeGroup bool
+	GID         int
+	Group       string
+}
+
+// Dir and File are the effective modes.
+func (p Perms) Dir() fs.FileMode {
+	if p.DirMode == 0 {
+		return unpack.DefaultDirMode
+	}
+	return p.DirMode
+}
+
+func (p Perms) File() fs.FileMode {
+	if p.FileMode == 0 {
+		return unpack.DefaultFileMode
+	}
+	return p.FileMode
+}
+
+// Octal writes a mode as chmod(1) reads it: "2750".
+func Octal(m fs.FileMode) string {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return fmt.Sprintf("%04o", u)
 }
 
 // Manifest is the record of a verified package.
@@ -39,6 +103,49 @@ type Manifest struct {
 	SizeBytes int64        `json:"size_bytes"`
 	Files     []event.File `json:"files"`
 	StagedAt  time.Time    `json:"staged_at"`
+	// What the package was given (Commit fills them): the location's
+	// directory and file modes, octal as chmod reads them (an archive's
+	// own modes may only have narrowed them), and the group of the
+	// package's root, which everything in it shares.
+	DirMode  string `json:"dir_mode,omitempty"`
+	FileMode string `json:"file_mode,omitempty"`
+	GID      *int   `json:"gid,omitempty"`
+	Group    string `json:"group,omitempty"`
+
+	// List, when set, is written as the files instead of Files: Commit
+	// streams it into the record, so a package of a million files is
+	// never a million-element slice nor one huge JSON buffer.
+	List FileList `json:"-"`
+	// count is the number of files Present saw (it keeps none of them).
+	count int
+}
+
+// FileList is a list of files that can be walked (unpack.Files).
+type FileList interface {
+	Len() int
+	All() iter.Seq[event.File]
+}
+
+// Count is the number of files the manifest records.
+func (m Manifest) Count() int {
+	switch {
+	case m.List != nil:
+		return m.List.Len()
+	case m.Files != nil:
+		return len(m.Files)
+	}
+	return m.count
+}
+
+// Committed says what Commit did.
+type Committed struct {
+	// Already: a verified copy of the same checksum was in place (another
+	// worker or instance won the race); the new tree was dropped.
+	Already bool
+	// Quarantined is where, relative to the root, Commit moved what was at
+	// the final path before (it was not this package's verified copy), or
+	// "".
+	Quarantined string
 }
 
 const sidecar = ".ccat-staging"
@@ -77,14 +184,41 @@ func (l Location) Prepare() error {
 	if err := os.MkdirAll(filepath.Join(l.Root, sidecar, "manifests"), 0o755); err != nil {
 		return fmt.Errorf("prepare %s: %w", l.Root, err)
 	}
+	if l.Perms.ChangeGroup {
+		// Found now rather than as a failure of every package: the stager's
+		// user must be in the group (or root), and a seccomp filter must
+		// allow chown.
+		f, err := os.CreateTemp(filepath.Join(l.Root, sidecar), ".group-probe-")
+		if err != nil {
+			return fmt.Errorf("prepare %s: %w", l.Root, err)
+		}
+		f.Close()
+		defer os.Remove(f.Name())
+		if err := os.Lchown(f.Name(), -1, l.Perms.GID); err != nil {
+			return fmt.Errorf("processing location %s: cannot give files group %q (gid %d): %w; the stager's user must be a member of it", l.Name, l.Perms.Group, l.Perms.GID, err)
+		}
+	}
 	return nil
 }
 
-// TempDir creates an empty hidden directory for extracting pkg.
+// TempDir creates an empty hidden directory for extracting pkg, with the
+// location's group and directory mode before anything is written in it:
+// it becomes the package's root. (It is made 0700, narrower than any
+// mode, then given the group, then the mode, so no moment is wider.)
 func (l Location) TempDir(pkg string) (string, error) {
 	d, err := os.MkdirTemp(l.Root, l.tempPrefix()+pkg+"-")
 	if err != nil {
 		return "", ioErr("create temp dir", err)
+	}
+	if l.Perms.ChangeGroup {
+		if err := os.Lchown(d, -1, l.Perms.GID); err != nil {
+			_ = os.Remove(d)
+			return "", ioErr("chgrp temp dir", err)
+		}
+	}
+	if err := os.Chmod(d, l.Perms.Dir()); err != nil {
+		_ = os.Remove(d)
+		return "", ioErr("chmod temp dir", err)
 	}
 	return d, nil
 }
@@ -111,66 +245,250 @@ func (l Location) Sweep() (int, error) {
 }
 
 // Present reports whether pkg is at its final path and matches the record of
-// a verification against checksum: the record names the same tar checksum
-// and every recorded file is there with its size. It reads no file contents,
-// so it is cheap enough to run on every request.
+// a verification against checksum: the record names the same tar checksum,
+// the final path is a directory (not a link to one), and every recorded
+// file is there with its size. It reads no file contents, so it is cheap
+// enough to run on every request; it reads the record as a stream and
+// checks each file as it goes, so a record of a million files is never in
+// memory at once. The Manifest it returns has no Files, only their Count.
 func (l Location) Present(pkg, checksum string) (Manifest, bool) {
-	b, err := os.ReadFile(l.manifestPath(pkg))
+	f, err := os.Open(l.manifestPath(pkg))
 	if err != nil {
 		return Manifest{}, false
 	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil || m.Checksum != checksum || m.PackageID != pkg {
-		return Manifest{}, false
+	defer f.Close()
+	if st, err := os.Lstat(l.Final(pkg)); err != nil || !st.IsDir() {
+		return Manifest{}, false // a link in place of the package is not it
 	}
 	root, err := os.OpenRoot(l.Final(pkg))
 	if err != nil {
 		return Manifest{}, false
 	}
 	defer root.Close()
-	for _, f := range m.Files {
-		st, err := root.Lstat(f.Path)
-		if err != nil || !st.Mode().IsRegular() || st.Size() != f.SizeBytes {
-			return Manifest{}, false
+	m, ok := readRecord(bufio.NewReaderSize(f, 64<<10), func(m *Manifest, ef event.File) bool {
+		if m.PackageID != "" && m.PackageID != pkg || m.Checksum != "" && m.Checksum != checksum {
+			return false // the record's head came first, as Commit writes it: stop early
 		}
+		st, err := root.Lstat(ef.Path)
+		return err == nil && st.Mode().IsRegular() && st.Size() == ef.SizeBytes
+	})
+	if !ok || m.Checksum != checksum || m.PackageID != pkg {
+		return Manifest{}, false
 	}
 	return m, true
 }
 
-// Commit makes the verified tree tmp visible as pkg: it records m, then
-// renames tmp to the final path in one step. When a verified copy with the
-// same checksum is already there (another worker won the race), tmp is
-// removed and Commit reports already=true. A stale or partial tree at the
-// final path is moved aside first and removed.
-func (l Location) Commit(tmp, pkg string, m Manifest) (already bool, err error) {
+// readRecord decodes a verification record from r, handing each file to
+// check instead of keeping it; it fails as soon as check does.
+func readRecord(r io.Reader, check func(*Manifest, event.File) bool) (Manifest, bool) {
+	var m Manifest
+	dec := json.NewDecoder(r)
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return m, false
+	}
+	head := map[string]json.RawMessage{}
+	for dec.More() {
+		t, err := dec.Token()
+		key, ok := t.(string)
+		if err != nil || !ok {
+			return m, false
+		}
+		if key != "files" {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return m, false
+			}
+			head[key] = raw
+			// The head so far, so check can stop at a wrong checksum.
+			switch key {
+			case "package_id":
+				_ = json.Unmarshal(raw, &m.PackageID)
+			case "checksum":
+				_ = json.Unmarshal(raw, &m.Checksum)
+			}
+			continue
+		}
+		if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+			if t == nil && err == nil {
+				continue // "files": null
+			}
+			return m, false
+		}
+		for dec.More() {
+			var ef event.File
+			if err := dec.Decode(&ef); err != nil || !check(&m, ef) {
+				return m, false
+			}
+			m.count++
+		}
+		if _, err := dec.Token(); err != nil {
+			return m, false
+		}
+	}
+	b, err := json.Marshal(head)
+	if err != nil {
+		return m, false
+	}
+	n := m.count
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, false
+	}
+	m.count = n
+	return m, true
+}
+
+// Commit makes the verified tree tmp visible as pkg: it records m (with
+// the location's modes and the tree's group), then renames tmp to the
+// final path in one step that never replaces anything. When a verified copy
+// with the same checksum is already there (another worker or instance won
+// the race), tmp is removed and Commit reports Already. Anything else at
+// the final path (a stale or partial copy, or files a user or a pipeline
+// put there) is moved to the quarantine, never deleted.
+//
+// Instances sharing the root take turns through an flock on
+// .ccat-staging/commit.lock, so a check and the renames that follow it are
+// one step for all of them; the renames themselves use RENAME_NOREPLACE, so
+// even a writer outside that lock cannot have its copy replaced: a final
+// path that appears between the check and the rename is checked again.
+func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
+	var c Committed
+	unlock, err := l.lock()
+	if err != nil {
+		return c, err
+	}
+	defer unlock()
+	st, err := os.Lstat(tmp)
+	if err != nil {
+		return c, ioErr("stat "+tmp, err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		gid := int(sys.Gid)
+		m.GID = &gid
+	}
+	m.DirMode, m.FileMode, m.Group = Octal(l.Perms.Dir()), Octal(l.Perms.File()), l.Perms.Group
 	final := l.Final(pkg)
-	if _, ok := l.Present(pkg, m.Checksum); ok {
-		return true, os.RemoveAll(tmp)
-	}
-	var aside string
-	if _, err := os.Lstat(final); err == nil {
-		aside, err = os.MkdirTemp(l.Root, ".replaced-"+l.Instance+"-"+pkg+"-")
-		if err != nil {
-			return false, ioErr("make room for "+pkg, err)
+	for try := 0; ; try++ {
+		if try == 5 {
+			return c, ioErr("rename into place", fmt.Errorf("%s keeps changing under the commit", final))
 		}
-		if err := os.Rename(final, filepath.Join(aside, pkg)); err != nil {
-			return false, ioErr("move stale "+final+" aside", err)
+		// What is there is looked at before it is judged, so that the
+		// quarantine can tell whether it moves what was judged.
+		st, statErr := os.Lstat(final)
+		if _, ok := l.Present(pkg, m.Checksum); ok {
+			c.Already = true
+			return c, os.RemoveAll(tmp)
 		}
-	}
-	if err := l.writeManifest(m); err != nil {
-		return false, err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return false, ioErr("rename into place", err)
+		if statErr == nil {
+			q, back, err := l.quarantine(pkg, st)
+			if err != nil {
+				return c, err
+			}
+			if back {
+				continue // it was a newer copy, put back: look again
+			}
+			if q != "" {
+				c.Quarantined = q
+			}
+		}
+		if err := l.writeManifest(m); err != nil {
+			return c, err
+		}
+		err := renameNoReplace(tmp, final)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
+			continue // something appeared at final since the check: look again
+		}
+		return c, ioErr("rename into place", err)
 	}
 	if err := syncDir(l.Root); err != nil {
-		return false, ioErr("sync "+l.Root, err)
+		return c, ioErr("sync "+l.Root, err)
 	}
-	if aside != "" {
-		// The new copy is in place; the old one is garbage.
-		_ = os.RemoveAll(aside)
+	return c, nil
+}
+
+// quarantine moves what is at the final path of pkg to
+// .ccat-staging/quarantine/<pkg>-<time> and returns that path relative to
+// the root ("" when nothing was there any more). judged is what Commit
+// found not verified: if what was moved is something else (another
+// instance replaced it in between, where the commit lock does not reach
+// across hosts), it is put back where it was and back is true.
+func (l Location) quarantine(pkg string, judged fs.FileInfo) (rel string, back bool, err error) {
+	dir := filepath.Join(l.Root, sidecar, "quarantine")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", false, ioErr("create "+dir, err)
 	}
-	return false, nil
+	stamp := time.Now().UTC().Format("20060102T150405.000000000Z")
+	for n := 0; ; n++ {
+		name := pkg + "-" + stamp
+		if n > 0 {
+			name += "-" + strconv.Itoa(n)
+		}
+		to := filepath.Join(dir, name)
+		err := renameNoReplace(l.Final(pkg), to)
+		switch {
+		case err == nil:
+			if st, err := os.Lstat(to); err == nil && !os.SameFile(st, judged) {
+				if renameNoReplace(to, l.Final(pkg)) == nil {
+					return "", true, nil
+				}
+			}
+			if err := syncDir(dir); err != nil {
+				return "", false, ioErr("sync "+dir, err)
+			}
+			return filepath.Join(sidecar, "quarantine", name), false, nil
+		case errors.Is(err, fs.ErrNotExist):
+			return "", false, nil
+		case (errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY)) && n < 100:
+			continue
+		default:
+			return "", false, ioErr("quarantine "+l.Final(pkg), err)
+		}
+	}
+}
+
+// renameNoReplace renames old to new unless new exists (EEXIST). File
+// systems without RENAME_NOREPLACE (EINVAL: some network file systems) get
+// a check and a plain rename, which the commit lock makes safe among
+// stagers.
+func renameNoReplace(old, new string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, old, unix.AT_FDCWD, new, unix.RENAME_NOREPLACE)
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSYS) {
+		if _, err := os.Lstat(new); err == nil {
+			return &os.LinkError{Op: "rename", Old: old, New: new, Err: syscall.EEXIST}
+		}
+		return os.Rename(old, new)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: old, New: new, Err: err}
+	}
+	return nil
+}
+
+// lock takes the location's commit lock, shared by every instance whose
+// root this is (flock: local file systems, NFSv4, and cluster file systems
+// mounted with flock support).
+func (l Location) lock() (func(), error) {
+	if l.noLock {
+		return func() {}, nil
+	}
+	p := filepath.Join(l.Root, sidecar, "commit.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, ioErr("open "+p, err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, ioErr("lock "+p, err)
+	}
+	return func() { f.Close() }, nil // closing releases the lock
 }
 
 func (l Location) writeManifest(m Manifest) error {
@@ -178,16 +496,17 @@ func (l Location) writeManifest(m Manifest) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return ioErr("create "+dir, err)
 	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
-	}
 	f, err := os.CreateTemp(dir, ".tmp-"+m.PackageID+"-")
 	if err != nil {
 		return ioErr("write manifest", err)
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
+	w := bufio.NewWriterSize(f, 64<<10)
+	err = encodeRecord(w, m)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
 		f.Close()
 		return ioErr("write manifest", err)
 	}
@@ -202,6 +521,56 @@ func (l Location) writeManifest(m Manifest) error {
 		return ioErr("rename manifest", err)
 	}
 	return syncDir(dir)
+}
+
+// encodeRecord writes m as JSON, its files one at a time: the head is
+// marshalled with an empty list, and the list streamed in its place.
+func encodeRecord(w io.Writer, m Manifest) error {
+	files := m.Files
+	if m.List != nil {
+		files = nil
+	}
+	m.Files = []event.File{}
+	head, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode manifest: %w", err)
+	}
+	// The key can only occur once as JSON structure: strings escape quotes.
+	before, after, ok := bytes.Cut(head, []byte(`"files":[]`))
+	if !ok {
+		return errors.New("encode manifest: no files key")
+	}
+	if _, err := w.Write(before); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, `"files":[`); err != nil {
+		return err
+	}
+	all := slices.Values(files)
+	if m.List != nil {
+		all = m.List.All()
+	}
+	first := true
+	for ef := range all {
+		b, err := json.Marshal(ef)
+		if err != nil {
+			return fmt.Errorf("encode manifest: %w", err)
+		}
+		if !first {
+			if _, err := w.Write([]byte{','}); err != nil {
+				return err
+			}
+		}
+		first = false
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+	if _, err := w.Write([]byte{']'}); err != nil {
+		return err
+	}
+	_, err = w.Write(after)
+	return err
 }
 
 // Free returns the bytes available to an unprivileged writer at the root.

@@ -179,7 +179,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		return event.Done{}, fault.Transient(event.ReasonIOError, fmt.Errorf("lease of %s at %s: %w", a.req.PackageID, d.Name, err))
 	}
 	if m, ok := d.Present(a.req.PackageID, a.req.Checksum); ok {
-		return s.doneData(a, len(m.Files), true), nil
+		return s.doneData(a, m.Count(), true), nil
 	}
 	release, err := s.reserve(d, a.req.SizeBytes)
 	if err != nil {
@@ -214,6 +214,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	res, err := unpack.Extract(ctx, r, tmp, unpack.Options{
 		Size: a.req.SizeBytes, SHA256: sum, Files: a.req.Files,
 		MaxEntries: s.cfg.MaxEntries, MaxTotalBytes: s.cfg.MaxUnpackedBytes, HashFiles: s.cfg.HashFiles, Read: &a.read,
+		DirMode: d.Perms.Dir(), FileMode: d.Perms.File(), ChangeGroup: d.Perms.ChangeGroup, GID: d.Perms.GID,
 	})
 	s.m.bytes.Add(float64(a.read.Load()))
 	if err != nil {
@@ -225,14 +226,23 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	if err := s.confirmLease(ctx, a.lease, a.log); err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
-	already, err := d.Commit(tmp, a.req.PackageID, dest.Manifest{
-		PackageID: a.req.PackageID, Checksum: a.req.Checksum, SizeBytes: res.Bytes, Files: res.Files, StagedAt: time.Now().UTC(),
+	c, err := d.Commit(tmp, a.req.PackageID, dest.Manifest{
+		PackageID: a.req.PackageID, Checksum: a.req.Checksum, SizeBytes: res.Bytes, List: res.Files, StagedAt: time.Now().UTC(),
 	})
 	if err != nil {
 		return event.Done{}, err
 	}
 	committed = true
-	return s.doneData(a, len(res.Files), already), nil
+	done := s.doneData(a, res.Files.Len(), c.Already)
+	if c.Quarantined != "" {
+		// Never deleted: it may be someone's work. The done event says
+		// where it went, so the ledger and the operator can find it.
+		done.Quarantined = c.Quarantined
+		s.m.quarantined.WithLabelValues(d.Name).Inc()
+		a.log.Warn().Str(logx.Location, d.Name).Str("quarantined", c.Quarantined).
+			Msg("the final path held something that was not this package's verified copy; moved it to the quarantine")
+	}
+	return done, nil
 }
 
 func (s *service) doneData(a *attempt, files int, already bool) event.Done {

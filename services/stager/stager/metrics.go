@@ -21,6 +21,9 @@ type metrics struct {
 	leaseWait  *prometheus.HistogramVec
 	takeovers  *prometheus.CounterVec
 	leaseLost  *prometheus.CounterVec
+	// quarantined counts final paths that held something other than the
+	// package's verified copy, moved aside instead of deleted.
+	quarantined *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -73,7 +76,11 @@ func newMetrics() *metrics {
 		Name: "stager_leases_lost_total",
 		Help: "Leases found lost right before an irreversible step (commit, removal), which was then not taken, by purpose.",
 	}, []string{"purpose"})
+	m.quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_quarantined_total",
+		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
+	}, []string{"location"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.quarantined)
 	return m
 }

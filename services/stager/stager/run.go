@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/user"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,7 +110,11 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 		ready:    ready,
 	}
 	for _, l := range topo.Processing(cfg.Site) {
-		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance}
+		perms, err := locationPerms(l)
+		if err != nil {
+			return err
+		}
+		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance, Perms: perms}
 		if err := d.Prepare(); err != nil {
 			return err
 		}
@@ -308,4 +314,35 @@ func (s *service) beat(ctx context.Context, kv jetstream.KeyValue) {
 			put()
 		}
 	}
+}
+
+// locationPerms resolves a processing location's modes and group. The
+// group is looked up once, here: an unknown group is a configuration error
+// at start-up, not a failure of every package later.
+func locationPerms(l topology.Location) (dest.Perms, error) {
+	p := dest.Perms{DirMode: l.DirMode.Mode(), FileMode: l.FileMode.Mode(), Group: l.Group}
+	if l.Group == "" {
+		return p, nil
+	}
+	gid, err := lookupGroup(l.Group)
+	if err != nil {
+		return p, fmt.Errorf("processing location %s: group %q: %w", l.Name, l.Group, err)
+	}
+	p.ChangeGroup, p.GID = true, gid
+	return p, nil
+}
+
+// lookupGroup takes a group name, or a numeric gid (which must exist too:
+// a typo'd number would otherwise hand packages to a stranger's group).
+func lookupGroup(name string) (int, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		if _, nerr := strconv.Atoi(name); nerr == nil {
+			g, err = user.LookupGroupId(name)
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(g.Gid)
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io/fs"
 	"os"
 	"path"
@@ -13,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/services/stager/internal/tartest"
 	"github.com/ccatobs/ccat-staging/services/stager/unpack"
+	"golang.org/x/sys/unix"
 )
 
 // fuzzDepth is how deep below the fuzz's own temp dir the destination
@@ -23,8 +26,10 @@ const fuzzDepth = 4
 
 // FuzzExtract: whatever the bytes, Extract never panics and nothing is
 // created outside the destination directory; whatever it leaves inside is
-// a regular file, a directory, or a symlink whose target stays inside.
-// Seeds: the archives below and testdata/fuzz/FuzzExtract.
+// a regular file, a directory or a symlink; and when it succeeds every
+// link, resolved by the kernel in the extracted tree (links through links
+// included), stays inside. Seeds: the archives below, the link chains of
+// TestLinkChains and testdata/fuzz/FuzzExtract.
 func FuzzExtract(f *testing.F) {
 	seed := func(entries ...tar.Header) []byte {
 		var buf bytes.Buffer
@@ -65,6 +70,9 @@ func FuzzExtract(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	for _, c := range linkChains {
+		f.Add(tartest.Build(f, c.entries...))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		base := fuzzDir(t)
 		dir := base
@@ -75,7 +83,7 @@ func FuzzExtract(f *testing.F) {
 			t.Fatal(err)
 		}
 		sum := sha256.Sum256(b)
-		_, _ = unpack.Extract(t.Context(), bytes.NewReader(b), dir, unpack.Options{
+		_, extractErr := unpack.Extract(t.Context(), bytes.NewReader(b), dir, unpack.Options{
 			Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:]), MaxEntries: 64,
 		})
 		// Inside base, only dir's ancestors and dir's tree may exist.
@@ -93,14 +101,6 @@ func FuzzExtract(f *testing.F) {
 			switch {
 			case d.Type().IsRegular() || d.IsDir():
 			case d.Type()&fs.ModeSymlink != 0:
-				target, err := os.Readlink(p)
-				if err != nil {
-					t.Fatal(err)
-				}
-				resolved := path.Join(path.Dir(filepath.ToSlash(rel)), target)
-				if path.IsAbs(target) || resolved == ".." || strings.HasPrefix(resolved, "../") {
-					t.Fatalf("symlink %s -> %s leads outside the destination", rel, target)
-				}
 			default:
 				t.Fatalf("special file left in the destination: %s (%v)", rel, d.Type())
 			}
@@ -108,6 +108,11 @@ func FuzzExtract(f *testing.F) {
 		})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if extractErr == nil {
+			// A failed extraction is removed before anything is visible;
+			// a successful one must hold no link that leads out.
+			assertLinksInside(t, dir)
 		}
 		// Names climbing out further than base: look where they would land.
 		tr := tar.NewReader(bytes.NewReader(b))
@@ -158,3 +163,41 @@ func createdSinceStart(p string) bool {
 }
 
 var started = time.Now().Add(-time.Second)
+
+// assertLinksInside resolves every symlink under dir with the kernel
+// (openat2 with RESOLVE_BENEATH, which fails with EXDEV when any step of the
+// resolution leaves dir) and with filepath.EvalSymlinks, and fails the test
+// for each one that leads outside. A link the kernel cannot follow (it
+// dangles, or loops) does not lead anywhere and passes.
+func assertLinksInside(t testing.TB, dir string) {
+	t.Helper()
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink == 0 {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		target, _ := os.Readlink(p)
+		lfd, err := unix.Openat2(fd, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS})
+		if err == nil {
+			unix.Close(lfd)
+		} else if errors.Is(err, unix.EXDEV) {
+			t.Errorf("symlink %s -> %s: the kernel resolves it outside the destination", rel, target)
+		}
+		if r, err := filepath.EvalSymlinks(p); err == nil && r != realDir && !strings.HasPrefix(r, realDir+string(filepath.Separator)) {
+			t.Errorf("symlink %s -> %s resolves to %s, outside the destination", rel, target, r)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,7 +3,8 @@
 // read once, held in memory only a buffer at a time, and verified (size,
 // sha256 of the tar, and each file's sha256 when a manifest is given) before
 // the caller makes it visible. It refuses anything that could write outside
-// the target directory.
+// the target directory, and any link that, resolved as the kernel resolves
+// it in the finished tree, leads outside.
 package unpack
 
 import (
@@ -16,6 +17,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"iter"
 	"os"
 	"path"
 	"slices"
@@ -38,7 +40,8 @@ type Options struct {
 	// Files, when not empty, is the package's manifest: each listed file must
 	// be in the archive with this size and sha256.
 	Files []event.File
-	// MaxEntries bounds the number of entries (0 = 1,000,000).
+	// MaxEntries bounds the number of entries, directories made for entries
+	// below them included (0 = 1,000,000).
 	MaxEntries int
 	// MaxTotalBytes bounds the sum of the entries' sizes (0 = Size). A plain
 	// tar cannot unpack to more than its own size, so anything claiming more
@@ -48,6 +51,18 @@ type Options struct {
 	// manifest. It costs a second hash pass over the data; the tar's own
 	// sha256 already proves every byte.
 	HashFiles bool
+	// DirMode and FileMode are what the processing location grants
+	// (DefaultDirMode and DefaultFileMode when 0). Every directory and file
+	// gets them from its creation, narrowed by the archive's own mode for
+	// group and others; setuid, setgid and sticky never come from the
+	// archive, directories keep DirMode's setgid bit. The caller creates
+	// dir itself with DirMode.
+	DirMode, FileMode fs.FileMode
+	// ChangeGroup gives every entry the group GID, before anything is
+	// written into it. Otherwise entries get the group the file system
+	// gives (the setgid bit of the parent, or the stager's group).
+	ChangeGroup bool
+	GID         int
 	// Read, when not nil, is advanced by every byte read from the source, so
 	// the caller can report progress from another goroutine.
 	Read *atomic.Int64
@@ -55,26 +70,81 @@ type Options struct {
 
 // Result describes what was written.
 type Result struct {
-	Files  []event.File // regular files (hard links included), in archive order
+	Files  Files // regular files (hard links included), in archive order
 	Dirs   int
 	Bytes  int64  // bytes of the tar stream read
 	SHA256 string // hex digest of the tar stream
 }
 
+// Files lists the regular files an extraction wrote without holding their
+// paths: each event.File is built when it is asked for, so a
+// 1,000,000-file package costs its compact tree, not a million strings
+// (the caller streams them into the verification record).
+type Files struct {
+	t      *tree
+	hashed bool
+}
+
+// Len is the number of files.
+func (f Files) Len() int {
+	if f.t == nil {
+		return 0
+	}
+	return len(f.t.files)
+}
+
+// All yields the files in archive order.
+func (f Files) All() iter.Seq[event.File] {
+	return func(yield func(event.File) bool) {
+		if f.t == nil {
+			return
+		}
+		var buf []byte
+		for i, r := range f.t.files {
+			buf = f.t.path(r.node, buf)
+			ef := event.File{Path: string(buf), SizeBytes: r.size}
+			if f.hashed {
+				ef.SHA256 = hex.EncodeToString(f.t.sums[i][:])
+			}
+			if !yield(ef) {
+				return
+			}
+		}
+	}
+}
+
+// Slice returns the files as a slice, for callers with few of them.
+func (f Files) Slice() []event.File { return slices.Collect(f.All()) }
+
 const copyBuf = 1 << 20
+
+// The default modes of a processing location: the stager's user reads and
+// writes, its group reads and traverses (the setgid bit keeps the group on
+// everything below), others nothing.
+const (
+	DefaultDirMode  = fs.ModeSetgid | 0o750
+	DefaultFileMode = fs.FileMode(0o640)
+)
 
 // Extract reads the tar stream src and unpacks it under dir, which must exist
 // and be empty; it syncs every file and directory it wrote before returning.
 // On error dir may hold a partial tree: the caller removes it. Errors carry a
-// fault reason: unsafe_archive, checksum_mismatch and size_mismatch are
-// permanent; source read errors (io_error), a full disk (no_space) and
-// cancellation are transient.
+// fault reason: unsafe_archive (any structural fault of the archive:
+// unsafe names and links, duplicates, name conflicts), checksum_mismatch and
+// size_mismatch are permanent, found on the first read; source read errors
+// (io_error), a full disk (no_space) and cancellation are transient.
 func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result, error) {
 	if o.MaxEntries <= 0 {
 		o.MaxEntries = 1_000_000
 	}
 	if o.MaxTotalBytes <= 0 {
 		o.MaxTotalBytes = o.Size
+	}
+	if o.DirMode == 0 {
+		o.DirMode = DefaultDirMode
+	}
+	if o.FileMode == 0 {
+		o.FileMode = DefaultFileMode
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -88,9 +158,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 		root:   root,
 		o:      o,
 		tr:     tar.NewReader(s),
-		seen:   map[string]byte{},
-		files:  map[string]int{},
-		dirs:   map[string]bool{".": true},
+		t:      newTree(),
 		buf:    make([]byte, bufSize(o.Size, copyBuf)),
 		fh:     sha256.New(),
 		hash:   o.HashFiles || len(o.Files) > 0,
@@ -117,7 +185,9 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 	if err := x.syncDirs(); err != nil {
 		return Result{}, err
 	}
-	return Result{Files: x.out, Dirs: len(x.dirs), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil))}, nil
+	// Only names and files are needed from here on: the index goes.
+	x.t.slots = nil
+	return Result{Files: Files{t: x.t, hashed: x.hash}, Dirs: x.dirCount(), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil))}, nil
 }
 
 // source reads, hashes and counts the archive in its own goroutine and
@@ -282,10 +352,7 @@ type extractor struct {
 	root    *os.Root
 	o       Options
 	tr      *tar.Reader
-	seen    map[string]byte // entry name -> tar type flag
-	files   map[string]int  // regular file name -> index in out
-	dirs    map[string]bool // every directory written to, for the final sync
-	out     []event.File
+	t       *tree
 	entries int
 	total   int64
 	buf     []byte
@@ -298,10 +365,16 @@ func unsafeErr(format string, args ...any) error {
 	return fault.Permanent(event.ReasonUnsafeArchive, fmt.Errorf(format, args...))
 }
 
-// writeErr classifies a failure to write the target tree.
+// writeErr classifies a failure to write the target tree. The tree model
+// refuses every conflict before the file system sees it, so what is left
+// is the outside world (transient), except a name the file system cannot
+// hold, which is a property of the archive.
 func writeErr(what string, err error) error {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+	switch {
+	case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
 		return fault.Transient(event.ReasonNoSpace, fmt.Errorf("%s: %w", what, err))
+	case errors.Is(err, syscall.ENAMETOOLONG) || errors.Is(err, syscall.EILSEQ):
+		return fault.Permanent(event.ReasonUnsafeArchive, fmt.Errorf("%s: %w", what, err))
 	}
 	return fault.Transient(event.ReasonIOError, fmt.Errorf("%s: %w", what, err))
 }
@@ -310,7 +383,7 @@ func (x *extractor) run() error {
 	for {
 		hdr, err := x.tr.Next()
 		if err == io.EOF {
-			return nil
+			return x.checkLinks()
 		}
 		if err != nil {
 			return err
@@ -318,9 +391,8 @@ func (x *extractor) run() error {
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
-		x.entries++
-		if x.entries > x.o.MaxEntries {
-			return unsafeErr("more than %d entries", x.o.MaxEntries)
+		if err := x.count(); err != nil {
+			return err
 		}
 		name, err := CleanName(hdr.Name)
 		if err != nil {
@@ -332,21 +404,27 @@ func (x *extractor) run() error {
 			}
 			continue
 		}
-		if _, dup := x.seen[name]; dup {
-			return unsafeErr("duplicate entry %q", name)
-		}
-		if err := x.checkParents(name); err != nil {
+		dir, base, err := x.parent(name)
+		if err != nil {
 			return err
+		}
+		if c := x.t.child(dir, base); c >= 0 {
+			// Only a directory entry for a directory made implicitly
+			// earlier is no conflict; anything else is a duplicate or a
+			// file, link or directory over another entry.
+			if hdr.Typeflag != tar.TypeDir || x.t.nodes[c].kind != kindImplicit {
+				return unsafeErr("entry %q (type %q) conflicts with an earlier entry of that name", name, hdr.Typeflag)
+			}
 		}
 		switch hdr.Typeflag {
 		case tar.TypeReg:
-			err = x.file(name, hdr)
+			err = x.file(dir, base, name, hdr)
 		case tar.TypeDir:
-			err = x.dir(name)
+			err = x.dir(dir, base, name, hdr)
 		case tar.TypeSymlink:
-			err = x.symlink(name, hdr.Linkname)
+			err = x.symlink(dir, base, name, hdr.Linkname)
 		case tar.TypeLink:
-			err = x.hardlink(name, hdr.Linkname)
+			err = x.hardlink(dir, base, name, hdr.Linkname)
 		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 			err = unsafeErr("entry %q is a device or FIFO", name)
 		default:
@@ -355,12 +433,29 @@ func (x *extractor) run() error {
 		if err != nil {
 			return err
 		}
-		x.seen[name] = hdr.Typeflag
 	}
 }
 
+// maxNames bounds the bytes of names and link targets the tree keeps
+// (its offsets are 32-bit).
+const maxNames = 1 << 31
+
+// count counts one more name in the tree and refuses an archive beyond the
+// limits.
+func (x *extractor) count() error {
+	x.entries++
+	if x.entries > x.o.MaxEntries {
+		return unsafeErr("more than %d entries (directories made for entries included)", x.o.MaxEntries)
+	}
+	if len(x.t.arena) > maxNames {
+		return unsafeErr("names and link targets add up to more than %d bytes", maxNames)
+	}
+	return nil
+}
+
 // CleanName turns a tar entry name into a clean relative slash path, or
-// refuses it: empty, absolute, NUL, or any ".." element. "." is the root.
+// refuses it: empty, absolute, NUL, any ".." element, or an element longer
+// than a file system name can be. "." is the root.
 func CleanName(raw string) (string, error) {
 	switch {
 	case raw == "":
@@ -370,50 +465,105 @@ func CleanName(raw string) (string, error) {
 	case strings.HasPrefix(raw, "/"):
 		return "", unsafeErr("absolute entry name %q", raw)
 	}
-	if slices.Contains(strings.Split(raw, "/"), "..") {
-		return "", unsafeErr("entry name %q climbs out with ..", raw)
+	for _, e := range strings.Split(raw, "/") {
+		if e == ".." {
+			return "", unsafeErr("entry name %q climbs out with ..", raw)
+		}
+		if len(e) > nameMax {
+			return "", unsafeErr("entry name %q has an element longer than %d bytes", raw, nameMax)
+		}
 	}
 	return path.Clean(raw), nil
 }
 
-// checkParents refuses an entry below something that is not a directory of
-// this archive: writing through a symlink the archive itself planted is the
-// classic two-step escape, and os.Root would only catch the ones leaving dir.
-func (x *extractor) checkParents(name string) error {
-	for p := path.Dir(name); p != "."; p = path.Dir(p) {
-		if t, ok := x.seen[p]; ok && t != tar.TypeDir {
-			return unsafeErr("entry %q lies below non-directory %q", name, p)
+// nameMax is Linux's NAME_MAX.
+const nameMax = 255
+
+// parent finds (creating what is missing) the directory an entry goes in.
+// Writing through a link is refused even when the link stays inside: the
+// archive would then name one file by two paths, and the classic two-step
+// escape (plant a link, write through it) needs exactly that.
+func (x *extractor) parent(name string) (int32, string, error) {
+	cur := int32(rootNode)
+	rest := name
+	for {
+		elem, more, ok := strings.Cut(rest, "/")
+		if !ok {
+			return cur, rest, nil
+		}
+		c := x.t.child(cur, elem)
+		switch {
+		case c < 0:
+			// A directory made for an entry counts as an entry: the
+			// limit bounds the tree's memory, whatever the names.
+			if err := x.count(); err != nil {
+				return 0, "", err
+			}
+			p := name[:len(name)-len(rest)+len(elem)]
+			if err := x.mkdir(p, x.dirMode(x.o.DirMode)); err != nil {
+				return 0, "", err
+			}
+			c = x.t.add(cur, elem, kindImplicit)
+		case !x.t.nodes[c].kind.isDir():
+			return 0, "", unsafeErr("entry %q lies below non-directory %q", name, name[:len(name)-len(rest)+len(elem)])
+		}
+		cur, rest = c, more
+	}
+}
+
+// dirMode is the mode of a directory whose archive mode is m: the
+// configured mode, narrowed by the archive for group and others (the owner,
+// the stager, keeps what is configured so it can verify and remove the
+// copy), with the setgid bit of the configured mode and never setuid or
+// sticky.
+func (x *extractor) dirMode(m fs.FileMode) fs.FileMode {
+	conf := x.o.DirMode
+	return conf&m.Perm()&0o077 | conf&0o700 | conf&fs.ModeSetgid
+}
+
+// fileMode narrows the configured file mode by the archive's: an archive
+// cannot widen what the location grants, nor set setuid, setgid or sticky.
+// The owner keeps read and write as configured.
+func (x *extractor) fileMode(m fs.FileMode) fs.FileMode {
+	return x.o.FileMode.Perm() & (m.Perm() | 0o600)
+}
+
+// mkdir creates p with mode, then gives it the group and the exact mode
+// (mkdir is subject to umask and ignores setgid) before anything goes in.
+func (x *extractor) mkdir(p string, mode fs.FileMode) error {
+	if err := x.root.Mkdir(p, mode.Perm()); err != nil {
+		return writeErr("create "+p, err)
+	}
+	return x.setMode(p, mode)
+}
+
+func (x *extractor) setMode(p string, mode fs.FileMode) error {
+	if x.o.ChangeGroup {
+		if err := x.root.Lchown(p, -1, x.o.GID); err != nil {
+			return writeErr("chgrp "+p, err)
 		}
 	}
-	return nil
-}
-
-func (x *extractor) mkParents(name string) error {
-	parent := path.Dir(name)
-	if x.dirs[parent] {
-		return nil
-	}
-	if err := x.root.MkdirAll(parent, 0o755); err != nil {
-		return writeErr("create "+parent, err)
-	}
-	for p := parent; p != "." && !x.dirs[p]; p = path.Dir(p) {
-		x.dirs[p] = true
+	if err := x.root.Chmod(p, mode); err != nil {
+		return writeErr("chmod "+p, err)
 	}
 	return nil
 }
 
-func (x *extractor) dir(name string) error {
-	if err := x.mkParents(name); err != nil {
+func (x *extractor) dir(dir int32, base, name string, hdr *tar.Header) error {
+	mode := x.dirMode(hdr.FileInfo().Mode())
+	if c := x.t.child(dir, base); c >= 0 {
+		// Made implicitly for an earlier entry: now it gets its own mode.
+		x.t.nodes[c].kind = kindDir
+		return x.setMode(name, mode)
+	}
+	if err := x.mkdir(name, mode); err != nil {
 		return err
 	}
-	if err := x.root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return writeErr("create "+name, err)
-	}
-	x.dirs[name] = true
+	x.t.add(dir, base, kindDir)
 	return nil
 }
 
-func (x *extractor) file(name string, hdr *tar.Header) error {
+func (x *extractor) file(dir int32, base, name string, hdr *tar.Header) error {
 	if hdr.Size < 0 {
 		return unsafeErr("entry %q has negative size", name)
 	}
@@ -421,16 +571,22 @@ func (x *extractor) file(name string, hdr *tar.Header) error {
 	if x.total > x.o.MaxTotalBytes {
 		return unsafeErr("entries add up to more than %d bytes", x.o.MaxTotalBytes)
 	}
-	if err := x.mkParents(name); err != nil {
-		return err
-	}
-	perm := fs.FileMode(0o644)
-	if hdr.Mode&0o111 != 0 {
-		perm = 0o755
-	}
-	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	mode := x.fileMode(hdr.FileInfo().Mode())
+	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return writeErr("create "+name, err)
+	}
+	// Group and exact mode before a byte is written; the mode the file was
+	// created with was narrower still (umask only removes bits).
+	if x.o.ChangeGroup {
+		if err := f.Chown(-1, x.o.GID); err != nil {
+			f.Close()
+			return writeErr("chgrp "+name, err)
+		}
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return writeErr("chmod "+name, err)
 	}
 	w := &fileWriter{f: f}
 	var dst io.Writer = w
@@ -455,12 +611,15 @@ func (x *extractor) file(name string, hdr *tar.Header) error {
 	if err := x.syncer.add(f, name); err != nil {
 		return err
 	}
-	rec := event.File{Path: name, SizeBytes: n}
+	rec := fileRec{size: n}
 	if x.hash {
-		rec.SHA256 = hex.EncodeToString(x.fh.Sum(nil))
+		var sum [32]byte
+		x.fh.Sum(sum[:0])
+		x.t.sums = append(x.t.sums, sum)
 	}
-	x.files[name] = len(x.out)
-	x.out = append(x.out, rec)
+	rec.node = x.t.add(dir, base, kindFile)
+	x.t.nodes[rec.node].ref = int32(len(x.t.files))
+	x.t.files = append(x.t.files, rec)
 	return nil
 }
 
@@ -479,45 +638,74 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (x *extractor) symlink(name, target string) error {
+// maxTarget is Linux's PATH_MAX less the NUL: no longer link can be made.
+const maxTarget = 4095
+
+func (x *extractor) symlink(dir int32, base, name, target string) error {
 	switch {
-	case target == "" || strings.ContainsRune(target, 0):
+	case target == "" || strings.ContainsRune(target, 0) || len(target) > maxTarget:
 		return unsafeErr("symlink %q has an invalid target", name)
 	case strings.HasPrefix(target, "/"):
 		return unsafeErr("symlink %q points to absolute path %q", name, target)
 	}
-	resolved := path.Join(path.Dir(name), target)
-	if resolved == ".." || strings.HasPrefix(resolved, "../") {
-		return unsafeErr("symlink %q points outside the package (%q)", name, target)
-	}
-	if err := x.mkParents(name); err != nil {
-		return err
+	// Resolved against the tree as extracted so far; checkLinks resolves
+	// every link again once the tree is complete, since a later entry can
+	// change where an earlier link leads.
+	if err := x.t.resolve(dir, target); err != nil {
+		return unsafeErr("symlink %q -> %q %w", name, target, err)
 	}
 	if err := x.root.Symlink(target, name); err != nil {
 		return writeErr("symlink "+name, err)
 	}
+	if x.o.ChangeGroup {
+		if err := x.root.Lchown(name, -1, x.o.GID); err != nil {
+			return writeErr("chgrp "+name, err)
+		}
+	}
+	i := x.t.add(dir, base, kindSymlink)
+	x.t.addLink(i, target)
 	return nil
 }
 
-func (x *extractor) hardlink(name, target string) error {
+// checkLinks resolves every symlink against the finished tree: each must
+// stay inside the package whatever came after it.
+func (x *extractor) checkLinks() error {
+	var buf []byte
+	for i := range x.t.nodes {
+		if x.t.nodes[i].kind != kindSymlink {
+			continue
+		}
+		if err := x.t.resolve(x.t.nodes[i].parent, x.t.target(int32(i))); err != nil {
+			buf = x.t.path(int32(i), buf)
+			return unsafeErr("symlink %q -> %q %w once the archive is complete", buf, x.t.target(int32(i)), err)
+		}
+	}
+	return nil
+}
+
+// hardlink links to a regular file this archive wrote, named by the path
+// it was written at: a name through a link, or of anything else, is
+// refused, so a hard link can never reach outside the package.
+func (x *extractor) hardlink(dir int32, base, name, target string) error {
 	t, err := CleanName(target)
 	if err != nil {
 		return err
 	}
-	i, ok := x.files[t]
-	if !ok {
+	i := x.t.find(t)
+	if i < 0 || x.t.nodes[i].kind != kindFile {
 		return unsafeErr("hard link %q to %q, which is not a file of this archive", name, target)
-	}
-	if err := x.mkParents(name); err != nil {
-		return err
 	}
 	if err := x.root.Link(t, name); err != nil {
 		return writeErr("link "+name, err)
 	}
-	f := x.out[i]
-	f.Path = name
-	x.files[name] = len(x.out)
-	x.out = append(x.out, f)
+	ref := x.t.nodes[i].ref
+	rec := x.t.files[ref]
+	if x.hash {
+		x.t.sums = append(x.t.sums, x.t.sums[ref])
+	}
+	rec.node = x.t.add(dir, base, kindFile)
+	x.t.nodes[rec.node].ref = int32(len(x.t.files))
+	x.t.files = append(x.t.files, rec)
 	return nil
 }
 
@@ -527,40 +715,48 @@ func (x *extractor) checkManifest() error {
 		if err != nil {
 			return fault.Permanent(event.ReasonBadRequest, fmt.Errorf("manifest path %q: %w", want.Path, err))
 		}
-		i, ok := x.files[name]
-		if !ok {
+		i := x.t.find(name)
+		if i < 0 || x.t.nodes[i].kind != kindFile {
 			return fault.Permanent(event.ReasonChecksumMismatch, fmt.Errorf("manifest file %q is not in the archive", want.Path))
 		}
-		got := x.out[i]
+		ref := x.t.nodes[i].ref
+		got := x.t.files[ref]
 		if !x.hash {
 			return fmt.Errorf("manifest given but files not hashed") // unreachable: a manifest turns hashing on
 		}
-		if got.SizeBytes != want.SizeBytes || got.SHA256 != want.SHA256 {
+		if sum := hex.EncodeToString(x.t.sums[ref][:]); got.size != want.SizeBytes || sum != want.SHA256 {
 			return fault.Permanent(event.ReasonChecksumMismatch,
-				fmt.Errorf("file %q is %d bytes sha256 %s, manifest says %d bytes sha256 %s", want.Path, got.SizeBytes, got.SHA256, want.SizeBytes, want.SHA256))
+				fmt.Errorf("file %q is %d bytes sha256 %s, manifest says %d bytes sha256 %s", want.Path, got.size, sum, want.SizeBytes, want.SHA256))
 		}
 	}
 	return nil
 }
 
-// syncDirs makes the directory entries durable, deepest first, so that after
-// the caller's rename a crash cannot leave a verified package missing names.
-func (x *extractor) syncDirs() error {
-	dirs := make([]string, 0, len(x.dirs))
-	for d := range x.dirs {
-		dirs = append(dirs, d)
+func (x *extractor) dirCount() int {
+	n := 0
+	for _, nd := range x.t.nodes {
+		if nd.kind.isDir() {
+			n++
+		}
 	}
-	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
-	slices.SortStableFunc(dirs, func(a, b string) int {
-		if a == "." {
-			return 1
+	return n
+}
+
+// syncDirs makes the directory entries durable, children before parents
+// (a node is always added after its parent), the root last, so that after
+// the caller's rename a crash cannot leave a verified package missing
+// names.
+func (x *extractor) syncDirs() error {
+	var buf []byte
+	for i := len(x.t.nodes) - 1; i >= 0; i-- {
+		if !x.t.nodes[i].kind.isDir() {
+			continue
 		}
-		if b == "." {
-			return -1
+		buf = x.t.path(int32(i), buf)
+		d := string(buf)
+		if d == "" {
+			d = "."
 		}
-		return 0
-	})
-	for _, d := range dirs {
 		f, err := x.root.Open(d)
 		if err != nil {
 			return writeErr("open "+d, err)

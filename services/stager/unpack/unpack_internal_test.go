@@ -1,6 +1,9 @@
 package unpack
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 func TestBufSize(t *testing.T) {
 	tests := []struct {
@@ -18,5 +21,38 @@ func TestBufSize(t *testing.T) {
 		if got := bufSize(tt.size, tt.max); got != tt.want {
 			t.Errorf("bufSize(%d, %d) = %d, want %d", tt.size, tt.max, got, tt.want)
 		}
+	}
+}
+
+// TestTreeIndex: the open-addressing index finds every name after many
+// growths, tells names in different directories apart, and finds nothing
+// that was not added.
+func TestTreeIndex(t *testing.T) {
+	tr := newTree()
+	dirs := []int32{rootNode}
+	for i := range 200 {
+		dirs = append(dirs, tr.add(dirs[i%len(dirs)], fmt.Sprintf("d%d", i), kindDir))
+	}
+	for _, d := range dirs {
+		for j := range 50 {
+			tr.add(d, fmt.Sprintf("f%d", j), kindFile)
+		}
+	}
+	for i, d := range dirs {
+		for j := range 50 {
+			c := tr.child(d, fmt.Sprintf("f%d", j))
+			if c < 0 || tr.nodes[c].parent != d || tr.name(c) != fmt.Sprintf("f%d", j) {
+				t.Fatalf("dir %d: f%d not found (%d)", i, j, c)
+			}
+		}
+		if c := tr.child(d, "f50"); c >= 0 {
+			t.Fatalf("dir %d: found f50, never added", i)
+		}
+	}
+	if got := tr.find("d0/d1/f3"); got < 0 || tr.name(got) != "f3" {
+		t.Errorf("find d0/d1/f3 = %d", got)
+	}
+	if got := tr.find("d0/f3/x"); got >= 0 {
+		t.Errorf("find below a file = %d", got)
 	}
 }

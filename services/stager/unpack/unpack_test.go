@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -50,6 +51,7 @@ func TestExtract(t *testing.T) {
 	dir, _ := target(t)
 	o := opts(tb)
 	o.Files = []event.File{{Path: "data/a.fits", SizeBytes: 5, SHA256: tartest.SHA256([]byte("alpha"))}}
+	o.FileMode = 0o750 // a location that lets the group run scripts
 	res, err := unpack.Extract(t.Context(), bytes.NewReader(tb), dir, o)
 	if err != nil {
 		t.Fatalf("Extract: %v", err)
@@ -58,7 +60,7 @@ func TestExtract(t *testing.T) {
 		t.Errorf("result digest/size = %s/%d, want %s/%d", res.SHA256, res.Bytes, tartest.SHA256(tb), len(tb))
 	}
 	var names []string
-	for _, f := range res.Files {
+	for f := range res.Files.All() {
 		names = append(names, f.Path)
 		b, err := os.ReadFile(filepath.Join(dir, f.Path))
 		if err != nil {
@@ -75,8 +77,11 @@ func TestExtract(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "data/sub/up")); err != nil || string(b) != "alpha" {
 		t.Errorf("symlink inside package: %q, %v", b, err)
 	}
-	if st, err := os.Stat(filepath.Join(dir, "run.sh")); err != nil || st.Mode().Perm()&0o100 == 0 {
-		t.Errorf("run.sh lost its exec bit: %v %v", st, err)
+	if st, err := os.Stat(filepath.Join(dir, "run.sh")); err != nil || st.Mode().Perm() != 0o750 {
+		t.Errorf("run.sh: %v %v, want mode 0750 (archive 0755 within the location's 0750)", st, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "empty")); err != nil || st.Mode().Perm() != 0o640 {
+		t.Errorf("empty: %v %v, want mode 0640 (archive 0644 within 0750, no exec bit)", st, err)
 	}
 }
 
@@ -107,7 +112,22 @@ func TestHostileArchives(t *testing.T) {
 		{"duplicate file", []tartest.Entry{tartest.File("a", "1"), tartest.File("a", "2")}, nil},
 		{"duplicate via ./", []tartest.Entry{tartest.File("a", "1"), tartest.File("./a", "2")}, nil},
 		{"file then dir of same name", []tartest.Entry{tartest.File("a", "1"), tartest.File("a/b", "2")}, nil},
+		// Name conflicts are properties of the archive: permanent at the
+		// first read, not an io_error retried until retries_exhausted.
+		{"file over implicit dir", []tartest.Entry{tartest.File("a/f", "1"), tartest.File("a", "2")}, nil},
+		{"file over explicit dir", []tartest.Entry{tartest.Dir("a/"), tartest.File("a", "2")}, nil},
+		{"symlink over implicit dir", []tartest.Entry{tartest.File("a/f", "1"), tartest.Symlink("a", "b")}, nil},
+		{"hardlink over implicit dir", []tartest.Entry{tartest.File("f", "1"), tartest.File("a/g", "1"), tartest.Hardlink("a", "f")}, nil},
+		{"dir over file", []tartest.Entry{tartest.File("a", "1"), tartest.Dir("a/")}, nil},
+		{"dir over symlink", []tartest.Entry{tartest.Symlink("a", "b"), tartest.Dir("a/")}, nil},
+		{"duplicate dir", []tartest.Entry{tartest.Dir("a/"), tartest.Dir("a/")}, nil},
+		{"duplicate symlink", []tartest.Entry{tartest.Symlink("a", "b"), tartest.Symlink("a", "c")}, nil},
+		{"hardlink over file", []tartest.Entry{tartest.File("f", "1"), tartest.File("g", "1"), tartest.Hardlink("g", "f")}, nil},
+		{"name too long", []tartest.Entry{tartest.File(strings.Repeat("n", 256), "1")}, nil},
+		{"hardlink through a symlink", []tartest.Entry{tartest.Dir("d/"), tartest.File("d/f", "1"), tartest.Symlink("l", "d"), tartest.Hardlink("h", "l/f")}, nil},
 		{"too many entries", []tartest.Entry{tartest.File("a", "1"), tartest.File("b", "2"), tartest.File("c", "3")},
+			func(o *unpack.Options) { o.MaxEntries = 2 }},
+		{"too many entries with the directories they need", []tartest.Entry{tartest.File("a/b/c", "1")},
 			func(o *unpack.Options) { o.MaxEntries = 2 }},
 		{"too many bytes", []tartest.Entry{tartest.File("a", big), tartest.File("b", big)},
 			func(o *unpack.Options) { o.MaxTotalBytes = 3000 }},
@@ -192,5 +212,116 @@ func TestVerification(t *testing.T) {
 				t.Fatalf("Extract = %v (reason %q, permanent %v), want %s permanent=%v", err, reasonOf(err), fault.IsPermanent(err), tt.reason, tt.permanent)
 			}
 		})
+	}
+}
+
+// linkChains are archives whose every link, read as text, stays inside,
+// but which resolve outside once earlier links are followed the way the
+// kernel does. Before resolution was modelled each extracted
+// "successfully" (or failed as a retried io_error). They are also seeds of
+// FuzzExtract.
+var linkChains = []struct {
+	name    string
+	entries []tartest.Entry
+}{
+	{"link through a link that climbs", []tartest.Entry{
+		// a/b/c/up -> ../../.. is the package root; the second link climbs
+		// one more level through it.
+		tartest.Dir("a/b/c/"), tartest.Symlink("a/b/c/up", "../../.."), tartest.Symlink("x", "a/b/c/up/.."),
+	}},
+	{"link to a link that climbs", []tartest.Entry{
+		tartest.Dir("a/b/"), tartest.Symlink("a/b/root", "../.."), tartest.Symlink("a/r", "b/root"), tartest.Symlink("out", "a/r/../x"),
+	}},
+	{"link made escaping by a later link", []tartest.Entry{
+		// l -> d/.. is the root while d does not exist; d -> . makes it
+		// the root's parent.
+		tartest.Symlink("l", "d/.."), tartest.Symlink("d", "."),
+	}},
+	{"link through a sibling link to the parent", []tartest.Entry{
+		// Read as text, up/../../.. from a/b/c is a; up is a/b, so it is
+		// the root's parent.
+		tartest.Dir("a/b/c/"), tartest.Symlink("a/b/c/up", ".."), tartest.Symlink("a/b/c/x", "up/../../.."),
+	}},
+	{"directory replaced by a link", []tartest.Entry{
+		// d was made for d/f; a link over it would leave d/f unreachable
+		// (today: EEXIST, retried as io_error).
+		tartest.Dir("e/"), tartest.File("d/f", "x"), tartest.Symlink("d", "e"),
+	}},
+	{"explicit directory replaced by a link", []tartest.Entry{
+		tartest.Dir("e/"), tartest.Dir("d/"), tartest.File("d/f", "x"), tartest.Symlink("d", "e"),
+	}},
+	{"link loop", []tartest.Entry{
+		tartest.Symlink("a", "b"), tartest.Symlink("b", "a"),
+	}},
+}
+
+// TestLinkChains: every chain fails unsafe_archive, permanently, and
+// nothing resolves outside.
+func TestLinkChains(t *testing.T) {
+	for _, tt := range linkChains {
+		t.Run(tt.name, func(t *testing.T) {
+			tb := tartest.Build(t, tt.entries...)
+			dir, outside := target(t)
+			_, err := unpack.Extract(t.Context(), bytes.NewReader(tb), dir, opts(tb))
+			if reasonOf(err) != event.ReasonUnsafeArchive || !fault.IsPermanent(err) {
+				t.Errorf("Extract = %v (reason %q), want permanent unsafe_archive", err, reasonOf(err))
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Errorf("written outside the target: %v", ents)
+			}
+		})
+	}
+}
+
+// TestLinksInside: chains that stay inside are fine, however they wind.
+func TestLinksInside(t *testing.T) {
+	tb := tartest.Build(t,
+		tartest.Dir("a/b/c/"), tartest.File("a/b/c/data", "x"),
+		tartest.Symlink("a/b/c/up", "../.."),  // a
+		tartest.Symlink("a/up2", "b/c/up/.."), // the root
+		tartest.Symlink("top", "a/up2/a/b/c/data"),
+		tartest.Symlink("dangling", "nothere/x"),
+	)
+	dir, _ := target(t)
+	if _, err := unpack.Extract(t.Context(), bytes.NewReader(tb), dir, opts(tb)); err != nil {
+		t.Fatalf("Extract: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "top")); err != nil || string(b) != "x" {
+		t.Errorf("top: %q, %v", b, err)
+	}
+	assertLinksInside(t, dir)
+}
+
+// TestModes: the archive narrows the location's modes, never widens them,
+// never sets setuid/setgid/sticky; directories keep the setgid bit.
+func TestModes(t *testing.T) {
+	tb := tartest.Build(t,
+		tartest.Entry{Name: "open/", Type: tar.TypeDir, Mode: 0o7777},
+		tartest.Entry{Name: "open/suid", Body: "x", Mode: 0o7777},
+		tartest.Entry{Name: "private/", Type: tar.TypeDir, Mode: 0o700},
+		tartest.Entry{Name: "private/secret", Body: "x", Mode: 0o600},
+		tartest.File("implicit/f", "x"),
+		tartest.Entry{Name: "implicit/", Type: tar.TypeDir, Mode: 0o750},
+	)
+	dir, _ := target(t)
+	if _, err := unpack.Extract(t.Context(), bytes.NewReader(tb), dir, opts(tb)); err != nil {
+		t.Fatalf("Extract: %v", err)
+	}
+	want := map[string]fs.FileMode{
+		"open":           fs.ModeDir | fs.ModeSetgid | 0o750,
+		"open/suid":      0o640,
+		"private":        fs.ModeDir | fs.ModeSetgid | 0o700,
+		"private/secret": 0o600,
+		"implicit":       fs.ModeDir | fs.ModeSetgid | 0o750,
+		"implicit/f":     0o640,
+	}
+	for p, m := range want {
+		st, err := os.Lstat(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode() != m {
+			t.Errorf("%s: mode %v, want %v", p, st.Mode(), m)
+		}
 	}
 }
