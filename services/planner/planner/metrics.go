@@ -22,6 +22,7 @@ type metrics struct {
 	cancels         *prometheus.CounterVec // outcome
 	releases        *prometheus.CounterVec // outcome: recorded, invalid, retried
 	cleanups        *prometheus.CounterVec // outcome: scheduled, republished, failed
+	manifests       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, version string) *metrics {
@@ -69,6 +70,9 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		cleanups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "planner_cleanups_total", Help: "deletion items for unreferenced staged copies, by outcome (scheduled, republished, failed).",
 		}, []string{"outcome"}),
+		manifests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "planner_manifests_stored_total", Help: "inline file lists too large for the catalog or a request, stored in MANIFESTS and passed on by reference.",
+		}),
 		sites: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "planner_sites", Help: "sites in the topology in use.",
 		}),
@@ -77,6 +81,6 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "planner_build_info", Help: "always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, info)
+	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, m.manifests, info)
 	return m
 }
