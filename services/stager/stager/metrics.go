@@ -16,6 +16,9 @@ type metrics struct {
 	dead     prometheus.Counter
 	cleanups *prometheus.CounterVec
 	freed    prometheus.Counter
+	// manifests counts manifests fetched by reference, by outcome (ok,
+	// bad_manifest, io_error).
+	manifests *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -29,6 +32,10 @@ func newMetrics() *metrics {
 			Name: "stager_archive_bytes_read_total",
 			Help: "Bytes read from archive locations, whatever the outcome.",
 		}),
+		manifests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stager_manifest_fetches_total",
+			Help: "Manifests fetched from MANIFESTS by reference, by outcome (ok, bad_manifest, io_error).",
+		}, []string{"outcome"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "stager_packages_in_flight",
 			Help: "Requests being handled by this instance.",
@@ -51,6 +58,6 @@ func newMetrics() *metrics {
 		Name: "stager_bytes_freed_total",
 		Help: "Bytes of staged copies deleted because no job referenced them any more.",
 	})
-	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed)
+	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed, m.manifests)
 	return m
 }
