@@ -82,6 +82,11 @@ func stagerRights(site string) (pub, sub []string) {
 		"$JS.API.STREAM.INFO.KV_"+subject.PlannerRefsBucket,
 		"$JS.API.DIRECT.GET.KV_"+subject.PlannerRefsBucket+".$KV."+subject.PlannerRefsBucket+"."+site+".>",
 		"$KV."+subject.PlannerRefsBucket+"."+site+".>")
+	obj := "OBJ_" + subject.ManifestsBucket
+	pub = append(pub, "$JS.API.STREAM.INFO."+obj,
+		"$JS.API.DIRECT.GET."+obj, "$JS.API.DIRECT.GET."+obj+".>", "$JS.API.STREAM.MSG.GET."+obj,
+		"$JS.API.CONSUMER.CREATE."+obj, "$JS.API.CONSUMER.CREATE."+obj+".>", "$JS.API.CONSUMER.DELETE."+obj+".*",
+		"$JS.FC."+obj+".>")
 	return pub, []string{"_INBOX.>"}
 }
 
