@@ -197,3 +197,5 @@ func withReq(r event.Request, fs []event.File, ref *event.ManifestRef) event.Req
 	r.Files, r.Manifest = fs, ref
 	return r
 }
+
+func manifestSum(i int) string { return fmt.Sprintf("sha256:%064x", i+1) }
