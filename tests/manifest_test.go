@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,36 @@ func TestManifestByReferenceEndToEnd(t *testing.T) {
 	}
 	if done.Files != n {
 		t.Errorf("done event: %+v", done)
+	}
+	// The stager had the list: it hashes files only against a manifest
+	// (STAGER_HASH_FILES is off), and its verification record holds them.
+	var record struct {
+		Files []event.File `json:"files"`
+	}
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(done.Path), ".ccat-staging", "manifests", "many.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &record)
+	}
+	if err != nil || !slices.Equal(record.Files, info.Files) {
+		t.Fatalf("verification record: %d files, first %+v (%v): the stager did not verify against the manifest",
+			len(record.Files), record.Files[:min(1, len(record.Files))], err)
+	}
+	// The planner's catalog keeps the reference, not the list.
+	kv, err := s.bus.JS.KeyValue(t.Context(), subject.CatalogBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := kv.Get(t.Context(), "many")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var copies []struct {
+		Files    []event.File       `json:"files"`
+		Manifest *event.ManifestRef `json:"manifest"`
+	}
+	if err := json.Unmarshal(entry.Value(), &copies); err != nil || len(copies) != 1 || copies[0].Files != nil ||
+		copies[0].Manifest == nil || *copies[0].Manifest != *archived.Manifest {
+		t.Fatalf("catalog entry (%d bytes): %v", len(entry.Value()), err)
 	}
 	// The ledger accepted the reference form and counts its files.
 	var pi struct {

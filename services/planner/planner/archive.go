@@ -46,7 +46,7 @@ func (s *service) archive(ctx context.Context, m jetstream.Msg, log *zerolog.Log
 			return fault.Permanent(reasonOf(err), err)
 		}
 		*log = log.With().Str(logx.PackageID, a.PackageID).Str(logx.Location, a.Location).Logger()
-		if a.Files, a.Manifest, err = s.byReference(ctx, a.PackageID, a.Checksum, a.Files, log); err != nil {
+		if a, err = s.byReference(ctx, a, log); err != nil {
 			return err
 		}
 		res, err := s.catalog.Add(ctx, a.PackageID, catalog.FromArchived(a))

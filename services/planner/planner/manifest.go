@@ -20,25 +20,29 @@ import (
 // such lists by reference, other upstream archivers may not. The object is
 // keyed by the checksum and stored only when its bytes differ, so a
 // redelivered announcement costs one lookup.
-func (s *service) byReference(ctx context.Context, pkg, checksum string, files []event.File, log *zerolog.Logger) ([]event.File, *event.ManifestRef, error) {
-	if len(files) == 0 || manifest.EncodedSize(files) <= manifest.InlineLimit(s.maxPayload) {
-		return files, nil, nil
+// An announcement that already carries a reference, or a small list, is
+// returned as it is.
+func (s *service) byReference(ctx context.Context, a event.PackageArchived, log *zerolog.Logger) (event.PackageArchived, error) {
+	if len(a.Files) == 0 || manifest.EncodedSize(a.Files) <= manifest.InlineLimit(s.maxPayload) {
+		return a, nil
 	}
+	pkg, checksum, files := a.PackageID, a.Checksum, a.Files
 	obs, err := manifest.Open(ctx, s.js)
 	if err != nil {
-		return nil, nil, fault.Transient(event.ReasonIOError, err)
+		return a, fault.Transient(event.ReasonIOError, err)
 	}
 	ref, err := manifest.Store(ctx, obs, checksum, files, "")
 	if errors.Is(err, manifest.ErrTooLarge) {
 		// The schema admits no such announcement; one that slipped through
 		// fails the same way on every delivery.
-		return nil, nil, fault.Permanent("manifest_too_large", fmt.Errorf("manifest of %s: %w", pkg, err))
+		return a, fault.Permanent("manifest_too_large", fmt.Errorf("manifest of %s: %w", pkg, err))
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("manifest of %s: %w", pkg, err)
+		return a, fmt.Errorf("manifest of %s: %w", pkg, err)
 	}
 	s.m.manifests.Inc()
 	log.Info().Str(logx.PackageID, pkg).Int("files", ref.Files).Int64("manifest_bytes", ref.SizeBytes).
 		Msg("file list stored in MANIFESTS; catalog and requests carry the reference")
-	return nil, &ref, nil
+	a.Files, a.Manifest = nil, &ref
+	return a, nil
 }
