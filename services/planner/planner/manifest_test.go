@@ -38,7 +38,16 @@ func TestLargeInlineListTravelsByReference(t *testing.T) {
 	}
 	h.publish(subject.Archived, ev)
 	h.archived("small", "us-lta")
-	h.submit("sub-ref", event.Submit{JobID: "job-ref", Packages: []string{"big", "small"},
+	// An announcement already by reference (stagectl's form) is passed on
+	// as it is: the planner never fetches it.
+	given := &event.ManifestRef{SHA256: sum[7:], SizeBytes: 1234, Files: 7}
+	ev, err = event.New("test", "archived:us-lta:byref", "byref", event.PackageArchived{
+		PackageID: "byref", Location: "us-lta", Key: "obs/byref.tar", SizeBytes: 10240, Checksum: sum, Format: "tar", Manifest: given})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish(subject.Archived, ev)
+	h.submit("sub-ref", event.Submit{JobID: "job-ref", Packages: []string{"big", "small", "byref"},
 		Destination: event.Destination{Site: "us"}, RequestedBy: "test"})
 	var reqs []event.Request
 	waitFor(t, 10*time.Second, func() error {
@@ -49,7 +58,7 @@ func TestLargeInlineListTravelsByReference(t *testing.T) {
 			}
 			reqs = append(reqs, dataOf[event.Request](t, m.Env))
 		}
-		if len(reqs) < 2 {
+		if len(reqs) < 3 {
 			return fmt.Errorf("%d requests", len(reqs))
 		}
 		return nil
@@ -67,8 +76,16 @@ func TestLargeInlineListTravelsByReference(t *testing.T) {
 	if err != nil || !slices.Equal(got, big) {
 		t.Fatalf("fetched %d entries (%v), want the announced %d", len(got), err, len(big))
 	}
-	small := reqs[1-i]
-	if small.Manifest != nil || len(small.Files) != 1 {
-		t.Fatalf("small request: %+v", small)
+	for _, r := range reqs {
+		switch r.PackageID {
+		case "small":
+			if r.Manifest != nil || len(r.Files) != 1 {
+				t.Errorf("small request: %+v", r)
+			}
+		case "byref":
+			if r.Files != nil || r.Manifest == nil || *r.Manifest != *given {
+				t.Errorf("byref request: files %d, manifest %+v, want %+v", len(r.Files), r.Manifest, given)
+			}
+		}
 	}
 }
