@@ -16,7 +16,7 @@ import (
 // be catalogued whole (the KV write failed) or have its list dropped from
 // the request. The planner now stores the list in MANIFESTS and the catalog
 // and the request carry the reference, which fetches back to the same list;
-// small lists stay inline.
+// small lists stay inline, and a list announced by reference keeps it.
 func TestLargeInlineListTravelsByReference(t *testing.T) {
 	h := start(t, testTopology, nil)
 	big := make([]event.File, 20_000)
