@@ -18,7 +18,7 @@ import (
 )
 
 // A package of 200,000 small files is announced with stagectl (its file list,
-// about 17 MB, goes to MANIFESTS by reference: it fits no message), planned,
+// about 24 MB, goes to MANIFESTS by reference: it fits no message), planned,
 // staged by the real planner, stager and ledger, and the staged copy is
 // verified against the manifest by stagectl verify. Before the reference
 // form the announcement failed with "nats: maximum payload exceeded".
