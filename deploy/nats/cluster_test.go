@@ -1,6 +1,7 @@
 package natscluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/lease"
+	"github.com/ccatobs/ccat-staging/shared/manifest"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -453,6 +455,51 @@ func kvRead(bucket, key string) op {
 	}
 }
 
+// manifestFiles is the list every manifest case stores: small, since only
+// the rights are tested, not the size.
+var manifestFiles = []event.File{{Path: "a.fits", SizeBytes: 1, SHA256: strings.Repeat("ab", 32)}}
+
+// manifestSum is a package checksum under which a manifest is stored.
+func manifestSum(n int) string { return fmt.Sprintf("sha256:%064x", n) }
+
+// objPut stores manifestFiles in MANIFESTS under checksum, as stagectl
+// archive announce and the planner do.
+func objPut(checksum string) op {
+	return func(ctx context.Context, t *testing.T, c client) error {
+		obs, err := manifest.Open(ctx, c.js)
+		if err != nil {
+			return err
+		}
+		_, err = manifest.Store(ctx, obs, checksum, manifestFiles, t.TempDir())
+		return err
+	}
+}
+
+// objGet fetches and verifies the manifest under checksum, as the stager
+// and stagectl verify do.
+func objGet(checksum string) op {
+	return func(ctx context.Context, t *testing.T, c client) error {
+		var buf bytes.Buffer
+		ref, err := manifest.Encode(&buf, manifestFiles)
+		if err != nil {
+			return err
+		}
+		obs, err := manifest.Open(ctx, c.js)
+		if err != nil {
+			return err
+		}
+		// Like KV gets, a direct get may reach a follower that has not yet
+		// applied a put made a moment ago.
+		for {
+			_, err = manifest.Fetch(ctx, obs, checksum, ref, t.TempDir())
+			if err == nil || !strings.Contains(err.Error(), "not found") || ctx.Err() != nil {
+				return err
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
 // changeStreams provisions with a configuration that differs from the
 // deployed one, so EnsureStream has to update the streams.
 func changeStreams(ctx context.Context, _ *testing.T, c client) error {
@@ -565,6 +612,9 @@ func setup(t *testing.T, c *cluster) fixture {
 	ack, err := bus.Publish(ctx, js, subject.Request("cologne", "high"), ev(t, "request:job-dead:pkg-1:1", request("job-dead", "pkg-1", "cologne", "high")))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := objPut(manifestSum(0))(ctx, t, client{nc, js}); err != nil {
+		t.Fatalf("planner stores a manifest: %v", err)
 	}
 	unc, ujs := connect(t, c, "upstream")
 	defer unc.Close()
@@ -846,6 +896,8 @@ func permissionCases(fx fixture) []permCase {
 		{"stager-cologne", "writes CANCELLED", kvPut(subject.CancelledBucket, "job-x"), "$KV.CANCELLED.job-x", ""},
 		{"stager-cologne", "fetches and acks from stager-cologne-cleanup", fetchAck(cl, subject.StagerCleanupDurable("cologne")), "", ""},
 		{"stager-cologne", "publishes staging.released", publish(subject.Released, released), "", ""},
+		{"stager-cologne", "reads a manifest", objGet(manifestSum(0)), "", ""},
+		{"stager-cologne", "stores a manifest", objPut(manifestSum(2)), "$O.MANIFESTS.", ""},
 		{"stager-cologne", "reads and claims its site's PLANNER_REFS entry", then(kvGet(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-1"), kvPut(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-2")), "", ""},
 		{"stager-cologne", "takes, renews and releases a lease of its site's copy", takeLease("cologne"), "", ""},
 		{"stager-cologne", "takes a lease of another site's copy", takeLease("us"), "$JS.API.DIRECT.GET.KV_STAGER_LEASES.$KV.STAGER_LEASES.us.us-proc.pkg-1", ""},
@@ -887,6 +939,7 @@ func permissionCases(fx fixture) []permCase {
 		{"planner", "writes and reads CANCELLED", then(kvPut(subject.CancelledBucket, "job-1"), kvRead(subject.CancelledBucket, "job-1")), "", ""},
 		{"planner", "publishes staging.stalled", publish(subject.Stalled, stalled), "", ""},
 		{"planner", "writes and reads PLANNER_REFS", then(kvPut(subject.PlannerRefsBucket, "us.us-proc.pkg-1"), kvRead(subject.PlannerRefsBucket, "us.us-proc.pkg-1")), "", ""},
+		{"planner", "stores and reads a manifest in MANIFESTS", then(objPut(manifestSum(1)), objGet(manifestSum(1))), "", ""},
 		{"planner", "publishes staging.cleanup.us", publish(subject.Cleanup("us"), cleanup("us")), "", ""},
 		{"planner", "publishes staging.released", publish(subject.Released, released), "staging.released", ""},
 		{"planner", "reads a site's backlog", consumerInfo(rq, "stager-us-high"), "", ""},
@@ -916,10 +969,12 @@ func permissionCases(fx fixture) []permCase {
 		{"ledger", "puts a stager heartbeat", kvPut(subject.StagerBucket, "cologne.i0"), "$KV.STAGERS.cologne.i0", ""},
 		{"ledger", "fetches a site's work", rawNext(rq, "stager-cologne-normal"), "$JS.API.CONSUMER.MSG.NEXT.STAGING_REQUESTS.stager-cologne-normal", ""},
 		{"ledger", "changes the streams", changeStreams, "$JS.API.STREAM.UPDATE.ARCHIVE", ""},
+		{"ledger", "reads a manifest", objGet(manifestSum(0)), "$JS.API.DIRECT.GET.OBJ_MANIFESTS", ""},
 
 		// Upstream clients: submit and announce, nothing else.
 		{"upstream", "publishes staging.submit", publish(subject.Submit, submit), "", ""},
 		{"upstream", "publishes archive.package.archived", publish(subject.Archived, arch), "", ""},
+		{"upstream", "stores and reads a manifest (announce by reference)", then(objPut(manifestSum(3)), objGet(manifestSum(3))), "", ""},
 		{"upstream", "publishes staging.done", publish(subject.Done, done("cologne")), "staging.done", ""},
 		{"upstream", "publishes staging.planned", publish(subject.Planned, planned), "staging.planned", ""},
 		{"upstream", "publishes staging.cancel", publish(subject.Cancel, cancelEv), "staging.cancel", ""},
@@ -933,6 +988,7 @@ func permissionCases(fx fixture) []permCase {
 		{"operator", "publishes staging.submit", publish(subject.Submit, submit), "", ""},
 		{"operator", "publishes staging.cancel", publish(subject.Cancel, cancelEv), "", ""},
 		{"operator", "publishes staging.release", publish(subject.Release, releaseEv), "", ""},
+		{"operator", "stores and reads a manifest (announce, verify)", then(objPut(manifestSum(4)), objGet(manifestSum(4))), "", ""},
 		{"operator", "replays ARCHIVE (stagectl verify)", replay(ar), "", "$JS.API.CONSUMER.DELETE.ARCHIVE."},
 		{"operator", "publishes staging.done", publish(subject.Done, done("cologne")), "staging.done", ""},
 		{"operator", "replays STAGING_EVENTS", replay(evs), "$JS.API.CONSUMER.CREATE.STAGING_EVENTS", ""},

@@ -86,6 +86,11 @@ func stagerRights(site string) (pub, sub []string) {
 		"$JS.API.STREAM.INFO.KV_"+lease.Bucket,
 		"$JS.API.DIRECT.GET.KV_"+lease.Bucket+".$KV."+lease.Bucket+"."+site+".>",
 		"$KV."+lease.Bucket+"."+site+".>")
+	obj := "OBJ_" + subject.ManifestsBucket
+	pub = append(pub, "$JS.API.STREAM.INFO."+obj,
+		"$JS.API.DIRECT.GET."+obj, "$JS.API.DIRECT.GET."+obj+".>", "$JS.API.STREAM.MSG.GET."+obj,
+		"$JS.API.CONSUMER.CREATE."+obj, "$JS.API.CONSUMER.CREATE."+obj+".>", "$JS.API.CONSUMER.DELETE."+obj+".*",
+		"$JS.FC."+obj+".>")
 	return pub, []string{"_INBOX.>"}
 }
 

@@ -1,6 +1,7 @@
 // Package provision sets up, once and with admin rights, everything the
 // services of a clustered deployment share: the streams, the dead-letter
-// streams, the STAGERS bucket and, for every site of the topology, the
+// streams, the MANIFESTS object store (through bus.Provision), the STAGERS
+// bucket and, for every site of the topology, the
 // stagers' work and advisory consumers. Under the least-privilege
 // permissions of deploy/nats, stagers and the ledger may not create or
 // change streams, so this step (or the planner, which may) runs first.

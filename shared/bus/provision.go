@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -88,17 +89,72 @@ func Streams(c StreamConfig) []jetstream.StreamConfig {
 	}
 }
 
-// Provision creates or updates every stream. It is idempotent, so every
-// service calls it at start-up and the first one to run sets things up. A
-// stream that already matches is left alone (EnsureStream), so a service
-// without the right to change streams starts once they are provisioned.
-func Provision(ctx context.Context, js jetstream.StreamManager, c StreamConfig) error {
+// Manifests returns the configuration of the MANIFESTS object store: file
+// manifests too large to travel inline, keyed by package checksum.
+//
+// Retention: none by age or size. A manifest is referred to by the
+// announcement in ARCHIVE, by the planner's catalog entry (KV CATALOG, kept
+// until the package is forgotten) and by requests; any of them may be
+// read long after the announcement, so a manifest must live at least as long
+// as the catalog entry that refers to it and is never expired behind its
+// back. Manifests are small next to the packages they describe (about 140
+// bytes per file: 140 MB for a 1,000,000-file package of many GB), one per
+// distinct package content, and compressed at rest. Removing one is an
+// operator's act (`nats object rm MANIFESTS <checksum>`) once no catalog
+// entry refers to it.
+func Manifests(c StreamConfig) jetstream.ObjectStoreConfig {
+	c = c.withDefaults()
+	return jetstream.ObjectStoreConfig{
+		Bucket:      subject.ManifestsBucket,
+		Description: "package checksum -> file manifest (JSON array of files) too large for one message",
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Compression: true,
+	}
+}
+
+// Provisioner is what Provision needs: streams and object stores.
+type Provisioner interface {
+	jetstream.StreamManager
+	jetstream.ObjectStoreManager
+}
+
+// Provision creates or updates every stream and the MANIFESTS object store.
+// It is idempotent, so every service calls it at start-up and the first one
+// to run sets things up. A stream or bucket that already matches is left
+// alone (EnsureStream, ensureObjectStore), so a service without the right
+// to change streams starts once they are provisioned.
+func Provision(ctx context.Context, js Provisioner, c StreamConfig) error {
 	for _, sc := range Streams(c) {
 		if _, err := EnsureStream(ctx, js, sc); err != nil {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
 	}
+	if err := ensureObjectStore(ctx, js, Manifests(c)); err != nil {
+		return fmt.Errorf("provision object store %s: %w", subject.ManifestsBucket, err)
+	}
 	return nil
+}
+
+// ensureObjectStore creates the bucket when missing and updates it only when
+// its replicas or compression differ, like EnsureStream.
+func ensureObjectStore(ctx context.Context, js jetstream.ObjectStoreManager, oc jetstream.ObjectStoreConfig) error {
+	obs, err := js.ObjectStore(ctx, oc.Bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		_, err = js.CreateObjectStore(ctx, oc)
+		return err
+	case err != nil:
+		return err
+	}
+	st, err := obs.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st.Replicas() != oc.Replicas || st.IsCompressed() != oc.Compression {
+		_, err = js.UpdateObjectStore(ctx, oc)
+	}
+	return err
 }
 
 // StagerConsumerConfig tunes a site's work consumer.

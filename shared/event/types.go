@@ -60,6 +60,11 @@ const (
 	ReasonNoSpace          = "no_space"
 	ReasonBadRequest       = "bad_request"
 	ReasonRetriesExhausted = "retries_exhausted"
+	// ReasonBadManifest: the manifest a request refers to (Manifest) is
+	// missing from the MANIFESTS bucket, or its bytes do not have the digest,
+	// size or entry count the request names, or they do not parse. The same
+	// object fails the same way on every delivery, so it is permanent.
+	ReasonBadManifest = "bad_manifest"
 )
 
 // File is one entry of a package's manifest.
@@ -69,15 +74,41 @@ type File struct {
 	SHA256    string `json:"sha256"` // lower-case hex
 }
 
+// ManifestRef stands for a manifest too large to travel inline: the JSON
+// array of File (the same encoding as an inline "files") stored in the
+// JetStream Object Store bucket MANIFESTS under the package checksum
+// ("sha256:<hex>" of the tar). The digest and size pin the exact bytes, so a
+// reader verifies what it fetched before it trusts a single entry, and an
+// object replaced after the event was published fails loudly instead of
+// giving a different list.
+type ManifestRef struct {
+	SHA256    string `json:"sha256"`     // lower-case hex of the manifest's bytes
+	SizeBytes int64  `json:"size_bytes"` // length of the manifest's bytes
+	Files     int    `json:"files"`      // number of entries
+}
+
 // PackageArchived says a copy of a package exists at an archive location.
+// It carries the manifest inline (Files) or by reference (Manifest), never
+// both; neither means no manifest.
 type PackageArchived struct {
-	PackageID string `json:"package_id"`
-	Location  string `json:"location"`
-	Key       string `json:"key"`
-	SizeBytes int64  `json:"size_bytes"`
-	Checksum  string `json:"checksum"` // "sha256:<hex>" of the tar
-	Format    string `json:"format"`   // "tar"
-	Files     []File `json:"files,omitempty"`
+	PackageID string       `json:"package_id"`
+	Location  string       `json:"location"`
+	Key       string       `json:"key"`
+	SizeBytes int64        `json:"size_bytes"`
+	Checksum  string       `json:"checksum"` // "sha256:<hex>" of the tar
+	Format    string       `json:"format"`   // "tar"
+	Files     []File       `json:"files,omitempty"`
+	Manifest  *ManifestRef `json:"manifest,omitempty"`
+}
+
+// FileCount is the number of manifest entries in either form.
+func (a PackageArchived) FileCount() int { return fileCount(a.Files, a.Manifest) }
+
+func fileCount(files []File, ref *ManifestRef) int {
+	if ref != nil {
+		return ref.Files
+	}
+	return len(files)
 }
 
 func (PackageArchived) EventType() string { return TypePackageArchived }
@@ -165,8 +196,15 @@ type Request struct {
 	SizeBytes   int64  `json:"size_bytes"`
 	Checksum    string `json:"checksum"`
 	Format      string `json:"format"`
-	Files       []File `json:"files,omitempty"`
+	// Files or Manifest, as in PackageArchived: the planner passes on the
+	// form its catalog holds, and turns a list too large for the request
+	// message into a reference.
+	Files    []File       `json:"files,omitempty"`
+	Manifest *ManifestRef `json:"manifest,omitempty"`
 }
+
+// FileCount is the number of manifest entries in either form.
+func (r Request) FileCount() int { return fileCount(r.Files, r.Manifest) }
 
 func (Request) EventType() string { return TypeRequest }
 

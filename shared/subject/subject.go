@@ -66,3 +66,9 @@ const StagerBucket = "STAGERS"
 
 // CatalogBucket is the JetStream KV bucket of the planner's package catalog.
 const CatalogBucket = "CATALOG"
+
+// ManifestsBucket is the JetStream Object Store bucket of package file
+// manifests too large to travel inline in an event: the object's name is the
+// package checksum ("sha256:<hex>") and the events carry its digest and size
+// (event.ManifestRef). Its stream is OBJ_MANIFESTS.
+const ManifestsBucket = "MANIFESTS"

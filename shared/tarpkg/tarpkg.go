@@ -6,6 +6,7 @@ package tarpkg
 
 import (
 	"archive/tar"
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -95,8 +96,15 @@ func Describe(src string) (Info, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	cr := &countReader{r: io.TeeReader(f, h)}
+	// Buffered, one copy buffer and one file hash for the whole archive:
+	// tar reads headers 512 bytes at a time, and a fresh 32 KiB io.Copy
+	// buffer per file made describing a 1,000,000-file package mostly
+	// allocation and garbage collection.
+	cr := &countReader{r: io.TeeReader(bufio.NewReaderSize(f, 1<<20), h)}
 	tr := tar.NewReader(cr)
+	fh := sha256.New()
+	buf := make([]byte, 256<<10)
+	var sum [sha256.Size]byte
 	var files []event.File
 	for {
 		hdr, err := tr.Next()
@@ -109,12 +117,12 @@ func Describe(src string) (Info, error) {
 		if hdr.Typeflag != tar.TypeReg {
 			continue
 		}
-		fh := sha256.New()
-		n, err := io.Copy(fh, tr)
+		fh.Reset()
+		n, err := io.CopyBuffer(fh, tr, buf)
 		if err != nil {
 			return Info{}, fmt.Errorf("read %s: %w", src, err)
 		}
-		files = append(files, event.File{Path: hdr.Name, SizeBytes: n, SHA256: hex.EncodeToString(fh.Sum(nil))})
+		files = append(files, event.File{Path: hdr.Name, SizeBytes: n, SHA256: hex.EncodeToString(fh.Sum(sum[:0]))})
 	}
 	// Hash the padding after the end-of-archive marker too: the checksum is
 	// of the file, not of what tar reads.

@@ -272,6 +272,15 @@ func archiveCases() []archiveCase {
 		{name: "manifest-path-traversal", want: wantUnknown, tar: okTar, announce: func(a *event.PackageArchived) {
 			a.Files = []event.File{{Path: "../../etc/passwd", SizeBytes: 1, SHA256: strings.Repeat("0", 64)}}
 		}},
+		// Manifests by reference: never both forms; a reference whose object
+		// is not in MANIFESTS fails the package permanently, archive unread.
+		{name: "manifest-both-forms", want: wantUnknown, tar: okTar, announce: func(a *event.PackageArchived) {
+			a.Files = []event.File{{Path: "a.fits", SizeBytes: 1, SHA256: strings.Repeat("0", 64)}}
+			a.Manifest = &event.ManifestRef{SHA256: strings.Repeat("0", 64), SizeBytes: 100, Files: 1}
+		}},
+		{name: "manifest-reference-missing", want: event.ReasonBadManifest, tar: okTar, announce: func(a *event.PackageArchived) {
+			a.Manifest = &event.ManifestRef{SHA256: strings.Repeat("0", 64), SizeBytes: 100, Files: 1}
+		}},
 		// Locations.
 		{name: "location-unknown", want: event.ReasonNoSource, tar: okTar, announce: func(a *event.PackageArchived) { a.Location = "atlantis-lta" }},
 		{name: "location-is-processing", want: event.ReasonNoSource, tar: okTar, announce: func(a *event.PackageArchived) { a.Location = "cologne-processing" }},

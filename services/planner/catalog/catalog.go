@@ -67,7 +67,7 @@ func Open(ctx context.Context, js jetstream.KeyValueManager, replicas int) (*Cat
 
 // FromArchived turns an announcement into a copy.
 func FromArchived(a event.PackageArchived) route.Copy {
-	return route.Copy{Location: a.Location, Key: a.Key, SizeBytes: a.SizeBytes, Checksum: a.Checksum, Format: a.Format, Files: a.Files}
+	return route.Copy{Location: a.Location, Key: a.Key, SizeBytes: a.SizeBytes, Checksum: a.Checksum, Format: a.Format, Files: a.Files, Manifest: a.Manifest}
 }
 
 // Add records a copy of a package. The same announcement twice is Unchanged;
@@ -236,5 +236,6 @@ feed:
 
 func sameCopy(a, b route.Copy) bool {
 	return a.Location == b.Location && a.Key == b.Key && a.SizeBytes == b.SizeBytes &&
-		a.Checksum == b.Checksum && a.Format == b.Format && slices.Equal(a.Files, b.Files)
+		a.Checksum == b.Checksum && a.Format == b.Format && slices.Equal(a.Files, b.Files) &&
+		(a.Manifest == nil) == (b.Manifest == nil) && (a.Manifest == nil || *a.Manifest == *b.Manifest)
 }

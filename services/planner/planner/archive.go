@@ -46,6 +46,9 @@ func (s *service) archive(ctx context.Context, m jetstream.Msg, log *zerolog.Log
 			return fault.Permanent(reasonOf(err), err)
 		}
 		*log = log.With().Str(logx.PackageID, a.PackageID).Str(logx.Location, a.Location).Logger()
+		if a, err = s.byReference(ctx, a, log); err != nil {
+			return err
+		}
 		res, err := s.catalog.Add(ctx, a.PackageID, catalog.FromArchived(a))
 		if errors.Is(err, catalog.ErrConflict) {
 			s.m.catalog.WithLabelValues("conflict").Inc()

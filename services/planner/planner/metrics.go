@@ -27,6 +27,7 @@ type metrics struct {
 	releases        *prometheus.CounterVec // outcome: recorded, invalid, retried
 	cleanups        *prometheus.CounterVec // outcome: scheduled, republished, failed
 	lapsed          prometheus.Counter
+	manifests       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, version string) *metrics {
@@ -89,6 +90,9 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		lapsed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "planner_references_lapsed_total", Help: "references to staged copies dropped because their job held them longer than PLANNER_REF_RETENTION without a release or cancel.",
 		}),
+		manifests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "planner_manifests_stored_total", Help: "inline file lists too large for the catalog or a request, stored in MANIFESTS and passed on by reference.",
+		}),
 		sites: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "planner_sites", Help: "sites in the topology in use.",
 		}),
@@ -97,6 +101,6 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "planner_build_info", Help: "always 1; the version label says which build runs.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.ledgerBehind, m.ledgerLag, m.reconcileSkip, m.queueReads, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, m.lapsed, info)
+	reg.MustRegister(m.submits, m.rejections, m.requests, m.packageFailed, m.planSeconds, m.catalog, m.topology, m.sites, m.followed, m.reconcileRounds, m.ledgerBehind, m.ledgerLag, m.reconcileSkip, m.queueReads, m.reissued, m.gaveUp, m.cancels, m.releases, m.cleanups, m.lapsed, m.manifests, info)
 	return m
 }

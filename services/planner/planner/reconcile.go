@@ -426,7 +426,7 @@ func (s *service) rebuildRequest(ctx context.Context, c stale, dest ledgerapi.Ta
 		JobID: c.jobID, PackageID: c.pkg.PackageID, Generation: gen, Priority: prio,
 		Source:      event.Source{Location: at.Name, Site: at.Site, Storage: at.Storage, Key: cp.Key},
 		Destination: event.Target{Site: loc.Site, Location: loc.Name},
-		SizeBytes:   cp.SizeBytes, Checksum: cp.Checksum, Format: cp.Format, Files: cp.Files,
+		SizeBytes:   cp.SizeBytes, Checksum: cp.Checksum, Format: cp.Format, Files: cp.Files, Manifest: cp.Manifest,
 	}, nil
 }
 

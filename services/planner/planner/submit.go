@@ -20,6 +20,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
 	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/ccatobs/ccat-staging/shared/manifest"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/nats-io/nats.go"
@@ -216,7 +217,7 @@ func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.Msg
 	if err != nil {
 		return "", err
 	}
-	reqs, err := s.requestMsgs(p, sub, dest, copies, follows, log)
+	reqs, err := s.requestMsgs(ctx, p, sub, dest, copies, follows, log)
 	if err != nil {
 		return "", err
 	}
@@ -392,10 +393,10 @@ func (s *service) plannedMsgs(p event.Planned) ([]*nats.Msg, error) {
 	return msgs, nil
 }
 
-// requestMsgs encodes one request per scheduled package. A manifest too
-// large for one message is left out (the stager still verifies the
-// archive's checksum and size); it is logged, not hidden.
-func (s *service) requestMsgs(p event.Planned, sub event.Submit, dest topology.Location, copies map[string][]route.Copy, follows map[string]bool, log *zerolog.Logger) ([]*nats.Msg, error) {
+// requestMsgs encodes one request per scheduled package. A file list too
+// large for the request message (a catalog entry written before lists went
+// by reference) goes by reference: the stager fetches and verifies it.
+func (s *service) requestMsgs(ctx context.Context, p event.Planned, sub event.Submit, dest topology.Location, copies map[string][]route.Copy, follows map[string]bool, log *zerolog.Logger) ([]*nats.Msg, error) {
 	subj := subject.Request(dest.Site, sub.Priority)
 	msgs := make([]*nats.Msg, 0, len(p.Packages))
 	for _, pp := range p.Packages {
@@ -407,7 +408,7 @@ func (s *service) requestMsgs(p event.Planned, sub event.Submit, dest topology.L
 		req := event.Request{
 			JobID: sub.JobID, PackageID: pp.PackageID, Generation: 1, Priority: sub.Priority,
 			Source: *pp.Source, Destination: p.Destination,
-			SizeBytes: c.SizeBytes, Checksum: c.Checksum, Format: c.Format, Files: c.Files,
+			SizeBytes: c.SizeBytes, Checksum: c.Checksum, Format: c.Format, Files: c.Files, Manifest: c.Manifest,
 		}
 		m, err := s.requestMsg(subj, pp.RequestID, req)
 		if err != nil {
@@ -415,8 +416,17 @@ func (s *service) requestMsgs(p event.Planned, sub event.Submit, dest topology.L
 		}
 		if int64(len(m.Data)) > s.maxPayload-4096 && len(req.Files) > 0 {
 			log.Warn().Str(logx.PackageID, pp.PackageID).Int("files", len(req.Files)).Int("bytes", len(m.Data)).
-				Msg("request too large with its manifest; sending it without the file list")
-			req.Files = nil
+				Msg("request too large with its file list inline; sending the list by reference")
+			obs, err := manifest.Open(ctx, s.js)
+			if err != nil {
+				return nil, fault.Transient(event.ReasonIOError, err)
+			}
+			ref, err := manifest.Store(ctx, obs, req.Checksum, req.Files, "")
+			if err != nil {
+				return nil, fmt.Errorf("manifest of %s: %w", pp.PackageID, err)
+			}
+			s.m.manifests.Inc()
+			req.Files, req.Manifest = nil, &ref
 			if m, err = s.requestMsg(subj, pp.RequestID, req); err != nil {
 				return nil, err
 			}

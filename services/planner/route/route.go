@@ -20,6 +20,9 @@ type Copy struct {
 	Checksum  string       `json:"checksum"`
 	Format    string       `json:"format"`
 	Files     []event.File `json:"files,omitempty"`
+	// Manifest replaces Files for a list too large for a KV value or a
+	// request (stored in the MANIFESTS object store).
+	Manifest *event.ManifestRef `json:"manifest,omitempty"`
 }
 
 // Refusal is why a destination cannot be used: a stable reason code from the

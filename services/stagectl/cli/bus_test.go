@@ -163,7 +163,7 @@ func TestArchiveAnnounce(t *testing.T) {
 	}
 	wantID := "archived:cologne-lta:pkg-42:" + strings.TrimPrefix(info.Checksum, "sha256:")[:16]
 	want := Announcement{EventID: wantID, PackageID: "pkg-42", Location: "cologne-lta", Key: "raw/pkg-42.tar",
-		SizeBytes: info.SizeBytes, Checksum: info.Checksum, Files: 5}
+		SizeBytes: info.SizeBytes, Checksum: info.Checksum, Files: 5, Manifest: "inline"}
 	if a != want {
 		t.Errorf("printed %+v, want %+v", a, want)
 	}

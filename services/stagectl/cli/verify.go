@@ -14,6 +14,7 @@ import (
 	"github.com/ccatobs/ccat-staging/services/stagectl/audit"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
+	"github.com/ccatobs/ccat-staging/shared/manifest"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 )
 
@@ -69,10 +70,26 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	manifests, err := archivedManifests(ctx, js, want)
-	nc.Close()
 	if err != nil {
 		return err
+	}
+	// Lists announced by reference are fetched (and verified) per package
+	// as the workers reach it, so only a few are held at once.
+	filesOf := func(m event.PackageArchived) []event.File {
+		if m.Manifest == nil {
+			return m.Files
+		}
+		obs, err := manifest.Open(ctx, js)
+		if err == nil {
+			var fs []event.File
+			if fs, err = manifest.Fetch(ctx, obs, m.Checksum, *m.Manifest, ""); err == nil {
+				return fs
+			}
+		}
+		fmt.Fprintf(e.stderr, "stagectl: %s: manifest by reference not usable: %v\n", m.PackageID, err)
+		return nil
 	}
 	rep := VerifyReport{Location: *loc, Root: dir, Packages: len(staged), Drift: []audit.Finding{}}
 	var (
@@ -84,7 +101,8 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 		wg.Go(func() {
 			for p := range work {
 				m, ok := manifests[p]
-				r := audit.Package(p, filepath.Join(dir, p), m.Files)
+				files := filesOf(m)
+				r := audit.Package(p, filepath.Join(dir, p), files)
 				present := !missing(r.Findings)
 				if present && *job == "" {
 					// On disk: the ledger must not call the copy deleted.
@@ -102,7 +120,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 				rep.Drift = append(rep.Drift, modes...)
 				rep.Files += r.Files
 				rep.Bytes += r.Bytes
-				if ok && len(m.Files) > 0 {
+				if ok && len(files) > 0 {
 					rep.Drift = append(rep.Drift, r.Findings...)
 				} else {
 					// Without a manifest every file would read as extra.

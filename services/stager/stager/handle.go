@@ -191,6 +191,10 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	if err != nil {
 		return event.Done{}, err
 	}
+	files, err := s.manifestFiles(ctx, a)
+	if err != nil {
+		return event.Done{}, err
+	}
 	a.log.Info().Str("source", src.Name).Str("key", a.req.Source.Key).Int64("size_bytes", a.req.SizeBytes).Msg("staging")
 	r, err := backend.Open(ctx, a.req.Source.Key)
 	if err != nil {
@@ -212,7 +216,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 	}()
 	sum := strings.TrimPrefix(a.req.Checksum, "sha256:")
 	res, err := unpack.Extract(ctx, r, tmp, unpack.Options{
-		Size: a.req.SizeBytes, SHA256: sum, Files: a.req.Files,
+		Size: a.req.SizeBytes, SHA256: sum, Files: files,
 		MaxEntries: s.cfg.MaxEntries, MaxTotalBytes: s.cfg.MaxUnpackedBytes, HashFiles: s.cfg.HashFiles, Read: &a.read,
 		DirMode: d.Perms.Dir(), FileMode: d.Perms.File(), ChangeGroup: d.Perms.ChangeGroup, GID: d.Perms.GID,
 	})

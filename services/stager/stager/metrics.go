@@ -24,6 +24,9 @@ type metrics struct {
 	// quarantined counts final paths that held something other than the
 	// package's verified copy, moved aside instead of deleted.
 	quarantined *prometheus.CounterVec
+	// manifests counts manifests fetched by reference, by outcome (ok,
+	// bad_manifest, io_error).
+	manifests *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -37,6 +40,10 @@ func newMetrics() *metrics {
 			Name: "stager_archive_bytes_read_total",
 			Help: "Bytes read from archive locations, whatever the outcome.",
 		}),
+		manifests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stager_manifest_fetches_total",
+			Help: "Manifests fetched from MANIFESTS by reference, by outcome (ok, bad_manifest, io_error).",
+		}, []string{"outcome"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "stager_packages_in_flight",
 			Help: "Requests being handled by this instance.",
@@ -81,6 +88,6 @@ func newMetrics() *metrics {
 		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
 	}, []string{"location"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.quarantined)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.quarantined, m.manifests)
 	return m
 }

@@ -40,7 +40,7 @@ func (a *applier) archives(ctx context.Context, ds []decoded) error {
 	for _, d := range ds {
 		v := d.data.(event.PackageArchived)
 		pkg, loc, key, sum, format = append(pkg, v.PackageID), append(loc, v.Location), append(key, v.Key), append(sum, v.Checksum), append(format, v.Format)
-		size, files, t = append(size, v.SizeBytes), append(files, len(v.Files)), append(t, d.Time)
+		size, files, t = append(size, v.SizeBytes), append(files, v.FileCount()), append(t, d.Time)
 	}
 	if err := a.exec(ctx, "upsert packages", `INSERT INTO packages (package_id, size_bytes, checksum, format, first_archived_at)
 		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
