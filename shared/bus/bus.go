@@ -100,8 +100,10 @@ func Msg(subj string, ev event.Envelope) (*nats.Msg, error) {
 }
 
 // Settle sends exactly one reply for a handler's verdict on m: DoubleAck on
-// success, Term on a permanent error, NakWithDelay otherwise. It uses its own
-// deadline so that a reply still goes out while shutdown cancels ctx.
+// success, Term on a permanent error, NakWithDelay otherwise, the delay
+// from the Retry policy of the Runner that delivered m (DefaultRetry
+// otherwise). It uses its own deadline so that a reply still goes out while
+// shutdown cancels ctx.
 func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -112,7 +114,7 @@ func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger)
 		log.Error().Err(err).Str("reason", fault.Reason(err, "")).Msg("giving up on message")
 		err = m.TermWithReason(fault.Reason(err, "permanent"))
 	default:
-		d := Backoff(m)
+		d := Backoff(m, fault.Reason(err, ""))
 		log.Warn().Err(err).Dur("retry_in", d).Msg("will retry message")
 		err = m.NakWithDelay(d)
 	}
@@ -121,24 +123,13 @@ func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger)
 	}
 }
 
-// Backoff is the redelivery delay after the n-th failed delivery of m:
-// 1s, 2s, 4s … capped at one minute. A bare Nak would burn MaxDeliver in
-// milliseconds during a dependency blip.
-func Backoff(m jetstream.Msg) time.Duration {
+// Backoff is the redelivery delay after the failed delivery of m for
+// reason, by the Retry policy m was delivered under. A bare Nak would burn
+// MaxDeliver in milliseconds during a dependency blip.
+func Backoff(m jetstream.Msg, reason string) time.Duration {
 	n := uint64(1)
 	if md, err := m.Metadata(); err == nil {
 		n = md.NumDelivered
 	}
-	return BackoffN(int(n))
-}
-
-// BackoffN is Backoff for the n-th delivery (n >= 1).
-func BackoffN(n int) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	if n > 7 {
-		return time.Minute
-	}
-	return min(time.Second<<(n-1), time.Minute)
+	return retryOf(m).Delay(int(n), reason)
 }
