@@ -2,11 +2,11 @@ package bus
 
 import (
 	"context"
-	"sync/atomic"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
