@@ -9,8 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 )
 
 // DefaultStallAfter is how long a durable with pending work may go without
@@ -230,4 +232,38 @@ func newRunnerMetrics() *runnerMetrics {
 func (m *runnerMetrics) register(reg prometheus.Registerer) {
 	reg.MustRegister(m.lastDelivery, m.pending, m.ackPending, m.stalled, m.delivered, m.redelivered,
 		m.settled, m.undecodable, m.reprovisions, m.resets, m.errors)
+}
+
+// Environment variables of the consumer runners, the same in every service.
+const (
+	EnvStallAfter   = "CONSUMER_STALL_AFTER"
+	EnvPollInterval = "CONSUMER_POLL_INTERVAL"
+)
+
+// Consumers are the settings every Runner of a service shares.
+type Consumers struct {
+	// StallAfter: a durable with pending work and no progress for this long
+	// fails /readyz (0: DefaultStallAfter).
+	StallAfter time.Duration
+	// PollInterval: how often consumer info is polled (0: 5 s); a silent
+	// subscription is reset after three polls' worth.
+	PollInterval time.Duration
+	// Retry is the redelivery policy (zero: DefaultRetry).
+	Retry Retry
+}
+
+// ConsumersFromEnv reads CONSUMER_STALL_AFTER, CONSUMER_POLL_INTERVAL and
+// the STAGER_RETRY_* policy; malformed values are reported through e.Err.
+func ConsumersFromEnv(e *config.Env) Consumers {
+	return Consumers{
+		StallAfter:   e.Duration(EnvStallAfter, DefaultStallAfter),
+		PollInterval: e.Duration(EnvPollInterval, 5*time.Second),
+		Retry:        RetryFromEnv(e),
+	}
+}
+
+// Runner returns a Runner with these settings, Health and log; the caller
+// sets the durables, the mode and the handler.
+func (c Consumers) Runner(js jetstream.JetStream, h *Health, log zerolog.Logger) Runner {
+	return Runner{JS: js, Health: h, Retry: c.Retry, PollInterval: c.PollInterval, Log: log}
 }

@@ -254,6 +254,10 @@ func (r *Runner) heal(ctx context.Context, d *durable, force bool) {
 			}
 			wait := streamGrace - time.Since(d.streamGone)
 			d.mu.Unlock()
+			if len(d.Stream.Subjects) == 0 {
+				log.Error().Msg("stream missing and its configuration unknown here; waiting for its provisioner")
+				return
+			}
 			if wait > 0 {
 				log.Warn().Dur("recreate_in", wait).Msg("stream missing; creating it again unless it comes back")
 				return

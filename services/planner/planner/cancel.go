@@ -19,7 +19,7 @@ import (
 // before starting a request: the stager withdraws it (failed/cancelled,
 // permanent) without reading the archive. Entries never expire: they are a
 // few bytes per cancelled job, and a request may wait in a queue for long.
-func (s *service) openCancel(ctx context.Context) (jetstream.MessagesContext, error) {
+func (s *service) openCancel(ctx context.Context) (bus.Durable, error) {
 	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      subject.CancelledBucket,
 		Description: "job id -> cancel event id (planner writes, stagers withdraw the job's requests)",
@@ -28,25 +28,21 @@ func (s *service) openCancel(ctx context.Context) (jetstream.MessagesContext, er
 		Replicas:    max(s.cfg.Streams.Replicas, 1),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kv bucket %s: %w", subject.CancelledBucket, err)
+		return bus.Durable{}, fmt.Errorf("kv bucket %s: %w", subject.CancelledBucket, err)
 	}
 	s.cancelled = kv
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+	cc := jetstream.ConsumerConfig{
 		Durable:       subject.PlannerCancel,
 		Description:   "planner: staging.cancel into the CANCELLED bucket",
 		FilterSubject: subject.Cancel,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       catalogAckWait,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision consumer %s: %w", subject.PlannerCancel, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(16), jetstream.PullExpiry(pullExpiry))
-	if err != nil {
-		return nil, fmt.Errorf("consume %s: %w", subject.PlannerCancel, err)
+	if _, err := s.js.CreateOrUpdateConsumer(ctx, subject.EventsStream, cc); err != nil {
+		return bus.Durable{}, fmt.Errorf("provision consumer %s: %w", subject.PlannerCancel, err)
 	}
-	return it, nil
+	return bus.DurableOn(s.cfg.Streams, subject.EventsStream, cc), nil
 }
 
 // handleCancel records a cancelled job and, with dedup on, frees the

@@ -109,6 +109,9 @@ type Config struct {
 	// ReleaseSweep is the time between sweeps of PLANNER_REFS for staged
 	// copies whose retention has passed without references.
 	ReleaseSweep time.Duration
+	// Consumers configures the consumer runners: readiness after a stall
+	// (CONSUMER_STALL_AFTER), info polling and the retry policy.
+	Consumers bus.Consumers
 	// OnHTTP, when not nil, is called with the bound address once the HTTP
 	// listener is up (tests use "127.0.0.1:0").
 	OnHTTP func(net.Addr)
@@ -147,6 +150,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		StallAfter:            env.Duration(EnvStallAfter, DefaultStallAfter),
 		MaxReissues:           env.Int(EnvMaxReissues, DefaultMaxReissues),
 		ReleaseSweep:          env.Duration(EnvReleaseSweep, DefaultReleaseSweep),
+		Consumers:             bus.ConsumersFromEnv(env),
 	}
 	switch cfg.HTTPAddr {
 	case "off", "none", "-":
