@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -29,38 +28,6 @@ import (
 // for the lock, then stages the package afresh. The claim records the
 // revision it was for, so a redelivered item whose first delivery claimed
 // but died before finishing may go on.
-
-// cleanupWorker takes the site's deletion items one at a time until ctx
-// ends; each is handled under work, which outlives ctx by the grace period.
-func (s *service) cleanupWorker(ctx, work context.Context, cons jetstream.Consumer) {
-	it, err := cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(5*time.Second))
-	if err != nil {
-		s.log.Error().Err(err).Msg("consume deletion items")
-		return
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-			if m != nil {
-				_ = m.Nak()
-			}
-			return
-		}
-		if err != nil {
-			s.warnFetch(err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			continue
-		}
-		s.handleCleanup(work, m)
-	}
-}
 
 // refsTable returns the PLANNER_REFS bucket once the planner has created it.
 func (s *service) refsTable(ctx context.Context) (*refs.Table, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
+	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 )
@@ -28,9 +29,9 @@ const (
 	EnvChecksumAttempts = "STAGER_CHECKSUM_ATTEMPTS"
 	EnvProgressInterval = "STAGER_PROGRESS_INTERVAL"
 	EnvShutdownGrace    = "STAGER_SHUTDOWN_GRACE"
-	EnvRetryBase        = "STAGER_RETRY_BASE"
-	EnvRetryMax         = "STAGER_RETRY_MAX"
-	EnvNoSpaceDelay     = "STAGER_NO_SPACE_DELAY"
+	EnvRetryBase        = bus.EnvRetryBase
+	EnvRetryMax         = bus.EnvRetryMax
+	EnvNoSpaceDelay     = bus.EnvNoSpaceDelay
 	EnvReadRate         = "STAGER_READ_RATE"
 	EnvHashFiles        = "STAGER_HASH_FILES"
 )
@@ -70,6 +71,11 @@ type Config struct {
 	// when the request has no manifest (a second hash pass; the tar's sha256
 	// already covers every byte).
 	HashFiles bool
+
+	// StallAfter: a durable with pending work and no progress for this
+	// long fails /readyz (CONSUMER_STALL_AFTER; 0: 60 s). PollInterval:
+	// how often the runners poll consumer info (CONSUMER_POLL_INTERVAL).
+	StallAfter, PollInterval time.Duration
 
 	// S3Credentials holds each S3 location's credentials, by location name.
 	S3Credentials map[string]archive.Credentials
@@ -115,6 +121,13 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Consumers is the runners' configuration; the retry policy is the one
+// the ledger's explain reads from the same STAGER_RETRY_* variables.
+func (c Config) Consumers() bus.Consumers {
+	return bus.Consumers{StallAfter: c.StallAfter, PollInterval: c.PollInterval,
+		Retry: bus.Retry{Base: c.RetryBase, Max: c.RetryMax, NoSpace: c.NoSpaceDelay, Jitter: bus.DefaultRetry().Jitter}}
+}
+
 // ConfigFromEnv reads the configuration through getenv. It loads the
 // topology, because the site must be one of its sites and each S3
 // location's credentials are looked up by the location's name.
@@ -143,6 +156,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		NoSpaceDelay:     e.Duration(EnvNoSpaceDelay, 30*time.Second),
 		ReadRate:         int64(e.Float(EnvReadRate, 0)),
 		HashFiles:        e.Bool(EnvHashFiles, false),
+		StallAfter:       e.Duration(bus.EnvStallAfter, bus.DefaultStallAfter),
+		PollInterval:     e.Duration(bus.EnvPollInterval, 5*time.Second),
 	}
 	if err := e.Err(); err != nil {
 		return c, err
