@@ -109,6 +109,8 @@ type Runner struct {
 	// OnInfo, when set, is called with every consumer info polled.
 	OnInfo func(durable string, info *jetstream.ConsumerInfo)
 	Log    zerolog.Logger
+
+	group []*durableState // every durable's state, set by Run
 }
 
 // durable is a Runner's live view of one Durable.
@@ -145,6 +147,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	for i, d := range r.Durables {
 		ds[i] = &durable{Durable: d, st: r.Health.state(d.Stream.Name, d.Name(), capacity)}
 		r.Health.m.stalled.WithLabelValues(d.Name()).Set(0)
+		r.group = append(r.group, ds[i].st)
 	}
 	var wg sync.WaitGroup
 	for _, d := range ds {
@@ -478,8 +481,22 @@ const batchRestWait = 5 * time.Millisecond
 func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 	now := time.Now()
 	d.st.delivered(now)
-	d.st.begin()
-	defer func() { d.st.end(time.Now()) }()
+	// Priority workers serve every durable of the group: a worker busy
+	// with a normal request is a worker high cannot have, so all of them
+	// count it.
+	busy := []*durableState{d.st}
+	if r.Mode == Priority {
+		busy = r.group
+	}
+	for _, st := range busy {
+		st.begin()
+	}
+	defer func() {
+		now := time.Now()
+		for _, st := range busy {
+			st.end(now)
+		}
+	}()
 	name := d.Name()
 	r.Health.m.lastDelivery.WithLabelValues(name).Set(float64(now.Unix()))
 	r.Health.m.delivered.WithLabelValues(name).Inc()

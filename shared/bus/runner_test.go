@@ -444,3 +444,50 @@ func TestRunnerResetsASilentSubscription(t *testing.T) {
 		t.Errorf("resets_total = %v, want >= 1", got)
 	}
 }
+
+// Priority workers all busy with one durable's messages are progress for
+// every durable of the group: high waiting behind busy workers is not a
+// stall. Then the first free worker takes high before normal.
+func TestPriorityWorkersBusyAreNotAStall(t *testing.T) {
+	srv := bustest.New(t)
+	high, normal := testDurable("prio-high"), testDurable("prio-normal")
+	high.Consumer.FilterSubject, normal.Consumer.FilterSubject = "t.high", "t.normal"
+	provision(t, srv.JS, high)
+	provision(t, srv.JS, normal)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	h := NewHealth(nil, 300*time.Millisecond)
+	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{high, normal}, Mode: Priority, Workers: 1, Health: h,
+		PollInterval: 50 * time.Millisecond, ResetAfter: 150 * time.Millisecond, Log: zerolog.Nop(),
+		Handler: func(ctx context.Context, m jetstream.Msg) error {
+			mu.Lock()
+			order = append(order, m.Subject())
+			first := len(order) == 1
+			mu.Unlock()
+			if first {
+				<-release
+			}
+			return nil
+		}})
+	if _, err := srv.JS.Publish(t.Context(), "t.normal", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the worker busy", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 1 })
+	for _, subj := range []string{"t.normal", "t.high"} {
+		if _, err := srv.JS.Publish(t.Context(), subj, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(600 * time.Millisecond) // two StallAfters with high pending
+	if err := h.Check(t.Context()); err != nil {
+		t.Errorf("unready while the only worker is busy: %v", err)
+	}
+	close(release)
+	eventually(t, 10*time.Second, "all handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if order[1] != "t.high" {
+		t.Errorf("order = %v, want high before the waiting normal", order)
+	}
+}
