@@ -66,6 +66,12 @@ type system struct {
 	stagers  []*proc
 	pg       *pgCluster // the ledger's private PostgreSQL, with options.pg
 	proxies  []*proxy   // one per stager, between it and the server
+	// svcProxies are the planner's and the ledger's, with proxyAll.
+	svcProxies  []*proxy
+	plannerHTTP string // the planner's /readyz base URL, with proxyAll
+	// resumes are the per-trial times from a fault's end to the system
+	// working again, for the scenarios that measure them.
+	resumes []time.Duration
 	api      ledgerapi.Client
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -91,6 +97,10 @@ type options struct {
 	// pg gives the ledger a private PostgreSQL cluster the scenario may
 	// stop and crash, instead of a database on the shared server.
 	pg bool
+	// proxyAll puts the planner and the ledger behind proxies too (the
+	// stagers always are), and gives the planner an HTTP listener, so a
+	// scenario can black-hole every service's link and watch /readyz.
+	proxyAll bool
 }
 
 // recallScript stands in for a tape library: it sleeps for the seconds in
@@ -162,6 +172,10 @@ func startSystem(t *testing.T, o options) *system {
 		"NATS_URL":      "nats://" + s.natsAddr,
 		"TOPOLOGY_FILE": topo,
 		"LOG_LEVEL":     "info",
+		// Consumer info every second; /readyz fails after 5 s without
+		// progress (production: 5 s and 60 s), so a trial sees it.
+		"CONSUMER_POLL_INTERVAL": "1s",
+		"CONSUMER_STALL_AFTER":   "5s",
 	}
 	with := func(extra map[string]string) map[string]string {
 		m := map[string]string{}
@@ -181,11 +195,19 @@ func startSystem(t *testing.T, o options) *system {
 	} else {
 		dbURL = dbtest.New(t)
 	}
+	ledgerNATS, plannerNATS, plannerHTTP := "nats://"+s.natsAddr, "nats://"+s.natsAddr, "off"
+	if o.proxyAll {
+		lp, pp := newProxy(t, s.natsAddr), newProxy(t, s.natsAddr)
+		s.svcProxies = []*proxy{lp, pp}
+		ledgerNATS, plannerNATS = "nats://"+lp.addr(), "nats://"+pp.addr()
+		plannerHTTP = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		s.plannerHTTP = "http://" + plannerHTTP
+	}
 	s.ledger = newProc(t, logs, "ledger", bin(t, "ledger"), nil, with(map[string]string{
-		"DATABASE_URL": dbURL, "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort),
+		"DATABASE_URL": dbURL, "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort), "NATS_URL": ledgerNATS,
 	}))
 	s.planner = newProc(t, logs, "planner", bin(t, "planner"), nil, with(map[string]string{
-		"PLANNER_HTTP_ADDR": "off", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms",
+		"PLANNER_HTTP_ADDR": plannerHTTP, "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms", "NATS_URL": plannerNATS,
 	}))
 	for i := range o.stagers {
 		px := newProxy(t, s.natsAddr)
