@@ -491,3 +491,42 @@ func TestPriorityWorkersBusyAreNotAStall(t *testing.T) {
 		t.Errorf("order = %v, want high before the waiting normal", order)
 	}
 }
+
+// A typed handler gets the decoded, schema-checked data; a message whose
+// data is not a valid T is terminated with invalid_data, and one that is
+// not a CloudEvent with invalid_envelope, without reaching the handler.
+func TestTypedHandler(t *testing.T) {
+	srv := bustest.New(t)
+	d := testDurable("typed")
+	provision(t, srv.JS, d)
+	var s seen
+	h := NewHealth(nil, time.Minute)
+	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Health: h, PollInterval: 100 * time.Millisecond, Log: zerolog.Nop(),
+		Handler: Typed(func(ctx context.Context, env event.Envelope, c event.Cancel) error {
+			if c.JobID == "" {
+				return errors.New("no job id")
+			}
+			s.add(env.ID)
+			return nil
+		})})
+	bad, err := event.New("test", "bad-1", "", event.Cancel{JobID: "job-1", RequestedBy: "t", Reason: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Data = []byte(`{"job_id": 5}`)
+	if _, err := Publish(t.Context(), srv.JS, "t.x", bad); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.JS.Publish(t.Context(), "t.x", []byte(`[1,2]`)); err != nil {
+		t.Fatal(err)
+	}
+	publishEvents(t, srv.JS, "good", 1)
+	eventually(t, 10*time.Second, "valid one handled", func() bool { return s.count("good-0") == 1 })
+	eventually(t, 10*time.Second, "invalid ones terminated", func() bool {
+		return testutil.ToFloat64(h.m.settled.WithLabelValues("typed", "term", event.ReasonInvalidData)) == 1 &&
+			testutil.ToFloat64(h.m.settled.WithLabelValues("typed", "term", event.ReasonInvalidEnvelope)) == 1
+	})
+	if s.distinct() != 1 {
+		t.Errorf("handler saw %d events, want only the valid one", s.distinct())
+	}
+}
