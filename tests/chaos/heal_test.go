@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -234,6 +233,7 @@ func doubleRestart(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 			}
 		}
 		time.Sleep(jitter(rng, 0, 300*time.Millisecond))
+		before := s.consumerSnapshot()
 		for k := range 2 {
 			if err := s.nats.signal(syscall.SIGTERM, 30*time.Second); err != nil {
 				t.Log(err)
@@ -251,12 +251,31 @@ func doubleRestart(t *testing.T, s *system, trials int, rng *rand.Rand) string {
 		d := s.resumed(end, 120*time.Second)
 		if d > 20*time.Second {
 			slow++
-			t.Logf("trial %d resumed only after %s; consumers now:", i, d)
-			s.logConsumers()
+			t.Logf("trial %d resumed only after %s; consumers before the restarts:\n%s\nnow:\n%s", i, d, before, s.consumerSnapshot())
 		}
 	}
-	if os.Getenv("CHAOS_LONG") == "1" || slow > 0 {
-		s.logConsumers()
-	}
 	return fmt.Sprintf("%d trials of two restarts within a second; %d resumed after more than 20 s; %s", trials, slow, s.resumeNote())
+}
+
+// consumerSnapshot is every durable's state on the event, archive and
+// request streams, one line each.
+func (s *system) consumerSnapshot() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	for _, name := range []string{subject.EventsStream, subject.ArchiveStream, subject.RequestsStream} {
+		st, err := s.js.Stream(ctx, name)
+		if err != nil {
+			fmt.Fprintf(&b, "stream %s: %v\n", name, err)
+			continue
+		}
+		si := st.CachedInfo()
+		fmt.Fprintf(&b, "stream %s: msgs=%d last=%d\n", name, si.State.Msgs, si.State.LastSeq)
+		for ci := range st.ListConsumers(ctx).Info() {
+			fmt.Fprintf(&b, "  %s: delivered=%d/%d ackfloor=%d/%d ack_pending=%d redelivered=%d pending=%d waiting=%d\n",
+				ci.Name, ci.Delivered.Consumer, ci.Delivered.Stream, ci.AckFloor.Consumer, ci.AckFloor.Stream,
+				ci.NumAckPending, ci.NumRedelivered, ci.NumPending, ci.NumWaiting)
+		}
+	}
+	return b.String()
 }
