@@ -72,9 +72,9 @@ type system struct {
 	// resumes are the per-trial times from a fault's end to the system
 	// working again, for the scenarios that measure them.
 	resumes []time.Duration
-	api      ledgerapi.Client
-	nc       *nats.Conn
-	js       jetstream.JetStream
+	api     ledgerapi.Client
+	nc      *nats.Conn
+	js      jetstream.JetStream
 
 	mu       sync.Mutex
 	packages map[string]tarpkg.Info // archived packages by id
