@@ -12,6 +12,8 @@ import (
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
@@ -92,6 +94,60 @@ func TestExplainRetryTimeFollowsTheStagersPolicy(t *testing.T) {
 		}
 		return fmt.Errorf("no package failed with no_space yet: %+v", ex)
 	})
+}
+
+// While the ledger's link to the broker black-holes (open, nothing
+// passes) and events wait, /readyz fails naming the durable; once traffic
+// flows it projects the events and is ready again by itself.
+func TestLedgerReadinessDuringAStall(t *testing.T) {
+	t.Parallel()
+	srv := bustest.New(t)
+	proxy := bustest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	e := &env{t: t, bus: srv}
+	cfg, err := ledger.ConfigFromEnv(func(k string) string {
+		return map[string]string{"NATS_URL": proxy.URL, "DATABASE_URL": dbtest.New(t), "LEDGER_HTTP_ADDR": "127.0.0.1:0",
+			"LEDGER_FETCH_MAX_WAIT": "200ms", "CONSUMER_POLL_INTERVAL": "100ms", "CONSUMER_STALL_AFTER": "1s"}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cfg = cfg
+	e.run()
+	e.publish(jobEvents(t, scenario.Job{ID: "before", Packages: 1})...)
+	e.waitJob("before", "completed")
+	readyz := func() (int, string) {
+		resp, err := http.Get(e.base + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := readyz(); code != http.StatusOK {
+		t.Fatalf("readyz before the stall = %d %s", code, body)
+	}
+	t1 := time.Now()
+	proxy.Block()
+	e.publish(jobEvents(t, scenario.Job{ID: "during", Packages: 1})...) // straight to the broker
+	eventually(t, "unready naming the durable", func() error {
+		if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "durable ledger-") {
+			return fmt.Errorf("readyz = %d %s", code, body)
+		}
+		return nil
+	})
+	t.Logf("unready %s after the block", time.Since(t1))
+	t0 := time.Now()
+	proxy.Unblock()
+	e.waitJob("during", "completed")
+	t.Logf("projected %s after the link came back", time.Since(t0))
+	eventually(t, "ready again", func() error {
+		if code, body := readyz(); code != http.StatusOK {
+			return fmt.Errorf("readyz = %d %s", code, body)
+		}
+		return nil
+	})
+	t.Logf("ready %s after the link came back", time.Since(t0))
 }
 
 func grepLines(s, sub string) string {
