@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -18,23 +19,75 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Connect dials NATS and returns the connection and a JetStream handle. A
-// server that is not up yet is waited for (with backoff, until ctx ends),
-// and a connection that drops is re-established forever: a service
-// outlives a broker restart and may start before the broker. Close the
-// connection with Drain when done.
+// Link holds the connection settings for long links (a site across an
+// ocean, a firewall that drops idle flows): how soon a connection that
+// looks open but carries nothing is noticed, and how reconnects are paced.
+type Link struct {
+	// PingInterval and MaxPingsOut: a connection is declared stale (and a
+	// reconnect begins) when MaxPingsOut pings in a row go unanswered, so a
+	// half-open connection is found within about (MaxPingsOut+1) ×
+	// PingInterval: 30 s with the defaults (10 s, 2). The client's own
+	// default, 2 min × 2, took 4–6 minutes.
+	PingInterval time.Duration
+	MaxPingsOut  int
+	// ReconnectWait is the pause between reconnect attempts, to which a
+	// random ReconnectJitter is added, so that every service of a site
+	// does not come back in the same millisecond after a broker restart.
+	// Reconnects go on forever.
+	ReconnectWait, ReconnectJitter time.Duration
+}
+
+// DefaultLink is what Connect uses.
+func DefaultLink() Link {
+	return Link{PingInterval: 10 * time.Second, MaxPingsOut: 2, ReconnectWait: 500 * time.Millisecond, ReconnectJitter: time.Second}
+}
+
+// Connect dials NATS with DefaultLink settings; see ConnectLink.
 func Connect(ctx context.Context, url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	return ConnectLink(ctx, url, name, DefaultLink(), log)
+}
+
+// ConnectLink dials NATS and returns the connection and a JetStream
+// handle. A server that is not up yet is waited for (with backoff, until
+// ctx ends), and a connection that drops or goes silent is re-established
+// forever: a service outlives a broker restart and may start before the
+// broker. Disconnects and reconnects are logged with the server's name.
+// Close the connection with Drain when done.
+func ConnectLink(ctx context.Context, url, name string, link Link, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	d := DefaultLink()
+	if link.PingInterval <= 0 {
+		link.PingInterval = d.PingInterval
+	}
+	if link.MaxPingsOut <= 0 {
+		link.MaxPingsOut = d.MaxPingsOut
+	}
+	if link.ReconnectWait <= 0 {
+		link.ReconnectWait = d.ReconnectWait
+	}
+	// The client forgets the server as the connection drops, so the last
+	// one connected to is remembered for the disconnect's log line.
+	var last atomic.Pointer[[2]string]
+	remember := func(c *nats.Conn) { last.Store(&[2]string{c.ConnectedServerName(), c.ConnectedUrlRedacted()}) }
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.PingInterval(link.PingInterval),
+		nats.MaxPingsOutstanding(link.MaxPingsOut),
+		nats.ReconnectWait(link.ReconnectWait),
+		nats.ReconnectJitter(link.ReconnectJitter, link.ReconnectJitter),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			if err != nil { // nil on a deliberate Close or Drain
-				log.Warn().Err(err).Msg("nats disconnected")
+				ev := log.Warn().Err(err)
+				if l := last.Load(); l != nil {
+					ev = ev.Str("server", l[0]).Str("url", l[1])
+				}
+				ev.Msg("nats disconnected")
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
+			remember(c)
+			log.Info().Str("server", c.ConnectedServerName()).Str("url", c.ConnectedUrlRedacted()).
+				Uint64("reconnects", c.Stats().Reconnects).Msg("nats reconnected")
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			ev := log.Warn().Err(err)
@@ -62,6 +115,7 @@ func Connect(ctx context.Context, url, name string, log zerolog.Logger) (*nats.C
 		case <-time.After(wait):
 		}
 	}
+	remember(nc)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
@@ -100,8 +154,10 @@ func Msg(subj string, ev event.Envelope) (*nats.Msg, error) {
 }
 
 // Settle sends exactly one reply for a handler's verdict on m: DoubleAck on
-// success, Term on a permanent error, NakWithDelay otherwise. It uses its own
-// deadline so that a reply still goes out while shutdown cancels ctx.
+// success, Term on a permanent error, NakWithDelay otherwise, the delay
+// from the Retry policy of the Runner that delivered m (DefaultRetry
+// otherwise). It uses its own deadline so that a reply still goes out while
+// shutdown cancels ctx.
 func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -112,7 +168,7 @@ func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger)
 		log.Error().Err(err).Str("reason", fault.Reason(err, "")).Msg("giving up on message")
 		err = m.TermWithReason(fault.Reason(err, "permanent"))
 	default:
-		d := Backoff(m)
+		d := Backoff(m, fault.Reason(err, ""))
 		log.Warn().Err(err).Dur("retry_in", d).Msg("will retry message")
 		err = m.NakWithDelay(d)
 	}
@@ -121,24 +177,13 @@ func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger)
 	}
 }
 
-// Backoff is the redelivery delay after the n-th failed delivery of m:
-// 1s, 2s, 4s … capped at one minute. A bare Nak would burn MaxDeliver in
-// milliseconds during a dependency blip.
-func Backoff(m jetstream.Msg) time.Duration {
+// Backoff is the redelivery delay after the failed delivery of m for
+// reason, by the Retry policy m was delivered under. A bare Nak would burn
+// MaxDeliver in milliseconds during a dependency blip.
+func Backoff(m jetstream.Msg, reason string) time.Duration {
 	n := uint64(1)
 	if md, err := m.Metadata(); err == nil {
 		n = md.NumDelivered
 	}
-	return BackoffN(int(n))
-}
-
-// BackoffN is Backoff for the n-th delivery (n >= 1).
-func BackoffN(n int) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	if n > 7 {
-		return time.Minute
-	}
-	return min(time.Second<<(n-1), time.Minute)
+	return retryOf(m).Delay(int(n), reason)
 }

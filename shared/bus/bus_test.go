@@ -4,10 +4,13 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/natsembed"
 	"github.com/rs/zerolog"
 )
@@ -44,5 +47,55 @@ func TestConnectGivesUpWithTheContext(t *testing.T) {
 	defer cancel()
 	if _, _, err := bus.Connect(ctx, "nats://127.0.0.1:1", "t", zerolog.Nop()); err == nil {
 		t.Fatal("Connect to nothing succeeded")
+	}
+}
+
+// A connection that stays open but carries nothing (a black-holed link) is
+// found by the pings, logged with the server's name, and re-established
+// once traffic passes again.
+func TestConnectFindsAHalfOpenLink(t *testing.T) {
+	srv := bustest.New(t)
+	proxy := bustest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	var mu sync.Mutex
+	var logs strings.Builder
+	log := zerolog.New(lockedBuilder{&mu, &logs})
+	link := bus.Link{PingInterval: 100 * time.Millisecond, MaxPingsOut: 2, ReconnectWait: 50 * time.Millisecond, ReconnectJitter: 50 * time.Millisecond}
+	nc, _, err := bus.ConnectLink(t.Context(), proxy.URL, "t", link, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	proxy.Block()
+	waitFor(t, 10*time.Second, "stale connection noticed", func() bool { return !nc.IsConnected() })
+	proxy.Unblock()
+	waitFor(t, 20*time.Second, "reconnected", func() bool { return nc.IsConnected() })
+	waitFor(t, 5*time.Second, "logged", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		out := logs.String()
+		return strings.Contains(out, `"message":"nats disconnected"`) && strings.Contains(out, `"message":"nats reconnected"`) &&
+			strings.Count(out, `"server":"test"`) >= 2
+	})
+}
+
+type lockedBuilder struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedBuilder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -206,3 +206,28 @@ func ProvisionStager(ctx context.Context, js jetstream.JetStream, site string, c
 	}
 	return out, nil
 }
+
+// StreamNamed returns the configuration of the stream called name among
+// every stream this package defines (events, dead letters, cleanup), so a
+// Runner can provision a durable's stream again; ok is false for a stream
+// defined elsewhere (a KV bucket's).
+func StreamNamed(c StreamConfig, name string) (jetstream.StreamConfig, bool) {
+	all := append(Streams(c), DeadLetterStreams(c)...)
+	all = append(all, CleanupStream(c))
+	for _, sc := range all {
+		if sc.Name == name {
+			return sc, true
+		}
+	}
+	return jetstream.StreamConfig{}, false
+}
+
+// DurableOn is the Durable of consumer cc on the stream called stream, with
+// the stream's configuration from StreamNamed.
+func DurableOn(c StreamConfig, stream string, cc jetstream.ConsumerConfig) Durable {
+	sc, ok := StreamNamed(c, stream)
+	if !ok {
+		sc = jetstream.StreamConfig{Name: stream}
+	}
+	return Durable{Stream: sc, Consumer: cc}
+}

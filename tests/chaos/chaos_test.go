@@ -48,6 +48,10 @@ func scenarios() []scenario {
 		{name: "postgres-restart", ci: 3, long: 20, opts: options{pg: true}, run: restartPostgres, after: failedBatches, within: 120 * time.Second},
 		{name: "mixed", ci: 6, long: 100, opts: options{stagers: 2}, run: mixed, within: 120 * time.Second},
 		{name: "ledger-stall", ci: 2, long: 20, opts: options{stagers: 2, reconcile: true}, run: stallLedger, after: keptCopies, within: 60 * time.Second},
+		{name: "blackhole", ci: 2, long: 20, opts: options{proxyAll: true}, run: blackholeAll, within: 90 * time.Second},
+		{name: "durable-deleted", ci: 4, long: 40, run: deleteDurables, within: 90 * time.Second},
+		{name: "archive-purged", ci: 2, long: 20, run: purgeArchive, within: 60 * time.Second},
+		{name: "double-restart", ci: 3, long: 50, run: doubleRestart, within: 120 * time.Second},
 	}
 }
 

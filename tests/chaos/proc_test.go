@@ -259,6 +259,10 @@ type proxy struct {
 	mu    sync.Mutex
 	cut   bool
 	conns map[net.Conn]bool
+	// held black-holes traffic: nothing passes either way, and every
+	// connection stays open (a half-open link, a silent firewall).
+	held bool
+	cond *sync.Cond
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -268,6 +272,7 @@ func newProxy(t *testing.T, target string) *proxy {
 		t.Fatal(err)
 	}
 	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	p.cond = sync.NewCond(&p.mu)
 	t.Cleanup(func() { ln.Close(); p.partition() })
 	go p.serve()
 	return p
@@ -296,7 +301,7 @@ func (p *proxy) serve() {
 		p.conns[c], p.conns[up] = true, true
 		p.mu.Unlock()
 		pipe := func(dst, src net.Conn) {
-			_, _ = io.Copy(dst, src)
+			_, _ = io.Copy(holdWriter{p, dst}, src)
 			dst.Close()
 			src.Close()
 			p.mu.Lock()
@@ -314,6 +319,8 @@ func (p *proxy) partition() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = true
+	p.held = false
+	p.cond.Broadcast()
 	for c := range p.conns {
 		c.Close()
 	}
@@ -323,4 +330,30 @@ func (p *proxy) heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
+	p.held = false
+	p.cond.Broadcast()
+}
+
+// blackhole holds every byte in both directions without closing anything,
+// until heal.
+func (p *proxy) blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.held = true
+}
+
+// holdWriter writes through to w unless its proxy holds traffic, then
+// waits until it no longer does.
+type holdWriter struct {
+	p *proxy
+	w net.Conn
+}
+
+func (h holdWriter) Write(b []byte) (int, error) {
+	h.p.mu.Lock()
+	for h.p.held {
+		h.p.cond.Wait()
+	}
+	h.p.mu.Unlock()
+	return h.w.Write(b)
 }

@@ -65,9 +65,15 @@ type system struct {
 	stagers  []*proc
 	pg       *pgCluster // the ledger's private PostgreSQL, with options.pg
 	proxies  []*proxy   // one per stager, between it and the server
-	api      ledgerapi.Client
-	nc       *nats.Conn
-	js       jetstream.JetStream
+	// svcProxies are the planner's and the ledger's, with proxyAll.
+	svcProxies  []*proxy
+	plannerHTTP string // the planner's /readyz base URL, with proxyAll
+	// resumes are the per-trial times from a fault's end to the system
+	// working again, for the scenarios that measure them.
+	resumes []time.Duration
+	api     ledgerapi.Client
+	nc      *nats.Conn
+	js      jetstream.JetStream
 
 	topology string
 
@@ -97,6 +103,10 @@ type options struct {
 	// short stallAfter (and one re-issue), and gives the processing
 	// location retention 0s, so a release deletes the copy at once.
 	reconcile bool
+	// proxyAll puts the planner and the ledger behind proxies too (the
+	// stagers always are), and gives the planner an HTTP listener, so a
+	// scenario can black-hole every service's link and watch /readyz.
+	proxyAll bool
 }
 
 // stallAfter is the planner's PLANNER_STALL_AFTER with options.reconcile.
@@ -176,6 +186,10 @@ func startSystem(t *testing.T, o options) *system {
 		"NATS_URL":      "nats://" + s.natsAddr,
 		"TOPOLOGY_FILE": topo,
 		"LOG_LEVEL":     "info",
+		// Consumer info every second; /readyz fails after 5 s without
+		// progress (production: 5 s and 60 s), so a trial sees it.
+		"CONSUMER_POLL_INTERVAL": "1s",
+		"CONSUMER_STALL_AFTER":   "5s",
 	}
 	with := func(extra map[string]string) map[string]string {
 		m := map[string]string{}
@@ -195,10 +209,18 @@ func startSystem(t *testing.T, o options) *system {
 	} else {
 		dbURL = dbtest.New(t)
 	}
+	ledgerNATS, plannerNATS, plannerHTTP := "nats://"+s.natsAddr, "nats://"+s.natsAddr, "off"
+	if o.proxyAll {
+		lp, pp := newProxy(t, s.natsAddr), newProxy(t, s.natsAddr)
+		s.svcProxies = []*proxy{lp, pp}
+		ledgerNATS, plannerNATS = "nats://"+lp.addr(), "nats://"+pp.addr()
+		plannerHTTP = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		s.plannerHTTP = "http://" + plannerHTTP
+	}
 	s.ledger = newProc(t, logs, "ledger", bin(t, "ledger"), nil, with(map[string]string{
-		"DATABASE_URL": dbURL, "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort),
+		"DATABASE_URL": dbURL, "LEDGER_HTTP_ADDR": fmt.Sprintf("127.0.0.1:%d", ledgerPort), "NATS_URL": ledgerNATS,
 	}))
-	plannerEnv := map[string]string{"PLANNER_HTTP_ADDR": "off", "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms"}
+	plannerEnv := map[string]string{"PLANNER_HTTP_ADDR": plannerHTTP, "PLANNER_UNKNOWN_PACKAGE_DELAY": "200ms", "NATS_URL": plannerNATS}
 	if o.reconcile {
 		plannerEnv["LEDGER_URL"] = fmt.Sprintf("http://127.0.0.1:%d", ledgerPort)
 		plannerEnv["PLANNER_STALL_AFTER"] = stallAfter.String()

@@ -72,6 +72,10 @@ type Config struct {
 	MaxPage        int
 	Instance       string
 	Version        string
+	// Consumers configures the consumer runners (CONSUMER_STALL_AFTER,
+	// CONSUMER_POLL_INTERVAL) and holds the stagers' retry policy
+	// (STAGER_RETRY_*), which explain uses to say when a retry comes.
+	Consumers bus.Consumers
 	// Listening, when not nil, is called once the HTTP listener is bound.
 	Listening func(net.Addr)
 }
@@ -95,6 +99,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		RequestTimeout: e.Duration(EnvTimeout, 10*time.Second),
 		MaxPage:        e.Int(EnvMaxPage, 500),
 		Instance:       e.String(EnvInstance, host),
+		Consumers:      bus.ConsumersFromEnv(e),
 		Streams: bus.StreamConfig{
 			Replicas:     e.Int(config.StreamReplicas, 1),
 			EventsMaxAge: e.Duration(config.EventsMaxAge, 0),
@@ -210,16 +215,19 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	reg := obs.NewRegistry()
 	metrics := consume.NewMetrics(reg)
 	broker := httpapi.NewBroker()
+	health := bus.NewHealth(reg, cfg.Consumers.StallAfter)
 	var consumers []*consume.Consumer
 	for _, c := range []struct{ stream, durable, filter string }{
 		{subject.EventsStream, subject.LedgerEvents, subject.EventsAll},
 		{subject.ArchiveStream, subject.LedgerArchive, subject.ArchiveAll},
 	} {
-		cons, err := js.CreateOrUpdateConsumer(ctx, c.stream, consumerConfig(c.durable, c.filter))
-		if err != nil {
+		cc := consumerConfig(c.durable, c.filter)
+		if _, err := js.CreateOrUpdateConsumer(ctx, c.stream, cc); err != nil {
 			return fmt.Errorf("consumer %s: %w", c.durable, err)
 		}
-		consumers = append(consumers, &consume.Consumer{Store: st, Cons: cons, Stream: c.stream, Durable: c.durable,
+		sc, _ := bus.StreamNamed(cfg.Streams, c.stream)
+		consumers = append(consumers, &consume.Consumer{Store: st, JS: js, Config: cc, Stream: c.stream, StreamConfig: sc,
+			Durable: c.durable, Health: health, Settings: cfg.Consumers,
 			Batch: cfg.BatchSize, MaxBytes: cfg.BatchBytes, Workers: cfg.ApplyWorkers, MaxWait: cfg.FetchMaxWait, Log: log, Metrics: metrics,
 			Applied: func(r store.Result) { broker.Publish(r.Jobs) }})
 	}
@@ -235,6 +243,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			}
 			return nil
 		},
+		"consumers": health.Check,
 		"migrations": func(ctx context.Context) error {
 			p, err := st.Pending(ctx)
 			if err != nil {
@@ -246,7 +255,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			return nil
 		},
 	}
-	h := httpapi.NewServer(httpapi.Deps{Store: st, Live: natsLive{js: js}, Log: log, Registry: reg, Checks: checks,
+	h := httpapi.NewServer(httpapi.Deps{Store: st, Live: natsLive{js: js}, Log: log, Registry: reg, Checks: checks, Retry: cfg.Consumers.Retry,
 		Version: cfg.Version, Tokens: cfg.Tokens, CORSOrigins: cfg.CORSOrigins, Timeout: cfg.RequestTimeout,
 		MaxPage: cfg.MaxPage, Broker: broker, SiteCache: cfg.SiteCache})
 

@@ -27,17 +27,23 @@ func (s *service) handleArchive(ctx context.Context, m jetstream.Msg) {
 	if md, err := m.Metadata(); err == nil {
 		log = log.With().Uint64(logx.StreamSeq, md.Sequence.Stream).Uint64("delivered", md.NumDelivered).Logger()
 	}
-	err := s.archive(ctx, m, &log)
-	bus.Settle(ctx, m, err, log)
+	// The logger travels in ctx and gains the event's ids as archive
+	// learns them, so the settle below logs them too.
+	ctx = log.WithContext(ctx)
+	err := s.archive(ctx, m)
+	bus.Settle(ctx, m, err, *zerolog.Ctx(ctx))
 }
 
-func (s *service) archive(ctx context.Context, m jetstream.Msg, log *zerolog.Logger) error {
+func (s *service) archive(ctx context.Context, m jetstream.Msg) error {
+	log := zerolog.Ctx(ctx)
 	env, err := event.Decode(m.Data())
 	if err != nil {
 		s.m.catalog.WithLabelValues("invalid").Inc()
 		return fault.Permanent(event.ReasonInvalidEnvelope, err)
 	}
-	*log = log.With().Str(logx.EventID, env.ID).Str(logx.EventType, env.Type).Logger()
+	log.UpdateContext(func(c zerolog.Context) zerolog.Context {
+		return c.Str(logx.EventID, env.ID).Str(logx.EventType, env.Type)
+	})
 	switch env.Type {
 	case event.TypePackageArchived:
 		a, err := event.DataAs[event.PackageArchived](env)
@@ -45,7 +51,9 @@ func (s *service) archive(ctx context.Context, m jetstream.Msg, log *zerolog.Log
 			s.m.catalog.WithLabelValues("invalid").Inc()
 			return fault.Permanent(reasonOf(err), err)
 		}
-		*log = log.With().Str(logx.PackageID, a.PackageID).Str(logx.Location, a.Location).Logger()
+		log.UpdateContext(func(c zerolog.Context) zerolog.Context {
+			return c.Str(logx.PackageID, a.PackageID).Str(logx.Location, a.Location)
+		})
 		if a, err = s.byReference(ctx, a, log); err != nil {
 			return err
 		}
@@ -66,7 +74,9 @@ func (s *service) archive(ctx context.Context, m jetstream.Msg, log *zerolog.Log
 			s.m.catalog.WithLabelValues("invalid").Inc()
 			return fault.Permanent(reasonOf(err), err)
 		}
-		*log = log.With().Str(logx.PackageID, r.PackageID).Str(logx.Location, r.Location).Logger()
+		log.UpdateContext(func(c zerolog.Context) zerolog.Context {
+			return c.Str(logx.PackageID, r.PackageID).Str(logx.Location, r.Location)
+		})
 		res, err := s.catalog.Remove(ctx, r.PackageID, r.Location)
 		if err != nil {
 			return err

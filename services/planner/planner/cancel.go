@@ -20,7 +20,7 @@ import (
 // permanent) without reading the archive. Entries expire JobRetention after
 // the cancel (30 days by default): far longer than a request waits in a
 // queue, and the bucket stays at a month of cancellations.
-func (s *service) openCancel(ctx context.Context) (jetstream.MessagesContext, error) {
+func (s *service) openCancel(ctx context.Context) (bus.Durable, error) {
 	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      subject.CancelledBucket,
 		Description: "job id -> cancel event id (planner writes, stagers withdraw the job's requests)",
@@ -30,25 +30,21 @@ func (s *service) openCancel(ctx context.Context) (jetstream.MessagesContext, er
 		Replicas:    max(s.cfg.Streams.Replicas, 1),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kv bucket %s: %w", subject.CancelledBucket, err)
+		return bus.Durable{}, fmt.Errorf("kv bucket %s: %w", subject.CancelledBucket, err)
 	}
 	s.cancelled = kv
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+	cc := jetstream.ConsumerConfig{
 		Durable:       subject.PlannerCancel,
 		Description:   "planner: staging.cancel into the CANCELLED bucket",
 		FilterSubject: subject.Cancel,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       catalogAckWait,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision consumer %s: %w", subject.PlannerCancel, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(16), jetstream.PullExpiry(pullExpiry))
-	if err != nil {
-		return nil, fmt.Errorf("consume %s: %w", subject.PlannerCancel, err)
+	if _, err := s.js.CreateOrUpdateConsumer(ctx, subject.EventsStream, cc); err != nil {
+		return bus.Durable{}, fmt.Errorf("provision consumer %s: %w", subject.PlannerCancel, err)
 	}
-	return it, nil
+	return bus.DurableOn(s.cfg.Streams, subject.EventsStream, cc), nil
 }
 
 // handleCancel records a cancelled job and, with dedup on, frees the

@@ -145,6 +145,9 @@ type Config struct {
 	// published before the round began; a durable that does not get there
 	// means the ledger is behind, and the round does nothing.
 	LedgerCatchUp time.Duration
+	// Consumers configures the consumer runners: readiness after a stall
+	// (CONSUMER_STALL_AFTER), info polling and the retry policy.
+	Consumers bus.Consumers
 	// OnHTTP, when not nil, is called with the bound address once the HTTP
 	// listener is up (tests use "127.0.0.1:0").
 	OnHTTP func(net.Addr)
@@ -186,6 +189,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		JobRetention:          env.Duration(EnvJobRetention, DefaultJobRetention),
 		RefRetention:          env.Duration(EnvRefRetention, DefaultRefRetention),
 		LedgerCatchUp:         env.Duration(EnvLedgerCatchUp, DefaultLedgerCatchUp),
+		Consumers:             bus.ConsumersFromEnv(env),
 	}
 	switch cfg.HTTPAddr {
 	case "off", "none", "-":

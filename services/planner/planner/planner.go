@@ -38,7 +38,8 @@ const Source = "ccat-staging/planner"
 
 // Consumer settings of the planner's own durables. AckWait is how long a
 // message in the hands of a planner that died stays invisible, so it is
-// short; a message being worked on is kept alive with InProgress (see loop),
+// short; a message being worked on is kept alive with InProgress (the
+// runner sends it every AckWait/3),
 // so a long plan never outlives it. maxHandle bounds one message's work.
 const (
 	submitAckWait  = 10 * time.Second
@@ -126,25 +127,26 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if s.archiveStream, err = js.Stream(ctx, subject.ArchiveStream); err != nil {
 		return fmt.Errorf("stream %s: %w", subject.ArchiveStream, err)
 	}
-	s.catCons, err = js.CreateOrUpdateConsumer(ctx, subject.ArchiveStream, jetstream.ConsumerConfig{
+	catCfg := jetstream.ConsumerConfig{
 		Durable:       subject.PlannerCatalog,
 		Description:   "planner: archive.* into the CATALOG bucket",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       catalogAckWait,
-	})
+	}
+	s.catCons, err = js.CreateOrUpdateConsumer(ctx, subject.ArchiveStream, catCfg)
 	if err != nil {
 		return fmt.Errorf("provision consumer %s: %w", subject.PlannerCatalog, err)
 	}
-	subCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+	subCfg := jetstream.ConsumerConfig{
 		Durable:       subject.PlannerSubmit,
 		Description:   "planner: staging.submit into plans and requests",
 		FilterSubject: subject.Submit,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       submitAckWait,
-	})
-	if err != nil {
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, subCfg); err != nil {
 		return fmt.Errorf("provision consumer %s: %w", subject.PlannerSubmit, err)
 	}
 
@@ -160,7 +162,6 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if s.outcomes, err = outcomes.Open(ctx, js, cfg.Streams.Replicas, cfg.JobRetention); err != nil {
 		return err
 	}
-	var outIt jetstream.MessagesContext
 	if cfg.Dedup {
 		if s.inflight, err = inflight.Open(ctx, js, cfg.Streams.Replicas, cfg.InflightTTL); err != nil {
 			return err
@@ -168,36 +169,30 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	// Outcomes free dedup entries and drop the references of packages that
 	// failed for good, so the consumer runs with dedup off too.
-	outCons, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+	outCfg := jetstream.ConsumerConfig{
 		Durable:        subject.PlannerOutcomes,
 		Description:    "planner: staging outcomes free packages for cross-job dedup and drop references of failed ones",
 		FilterSubjects: []string{subject.Done, subject.Failed, subject.Stalled},
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		AckWait:        catalogAckWait,
-	})
-	if err != nil {
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, subject.EventsStream, outCfg); err != nil {
 		return fmt.Errorf("provision consumer %s: %w", subject.PlannerOutcomes, err)
 	}
-	if outIt, err = outCons.Messages(jetstream.PullMaxMessages(64), jetstream.PullExpiry(pullExpiry)); err != nil {
-		return fmt.Errorf("consume %s: %w", subject.PlannerOutcomes, err)
-	}
-	defer outIt.Stop()
-
-	canIt, err := s.openCancel(ctx)
+	canDurable, err := s.openCancel(ctx)
 	if err != nil {
 		return err
 	}
-	defer canIt.Stop()
-	relIt, err := s.openRelease(ctx)
+	relDurable, err := s.openRelease(ctx)
 	if err != nil {
 		return err
 	}
-	defer relIt.Stop()
 
 	reg := obs.NewRegistry()
 	s.m = newMetrics(reg, cfg.Version)
 	s.m.sites.Set(float64(len(topo.Sites)))
+	health := bus.NewHealth(reg, cfg.Consumers.StallAfter)
 
 	// Everything below stops on runCtx, so a failing HTTP listener stops
 	// the consumers too instead of leaving Run waiting for them.
@@ -205,25 +200,31 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	defer stop()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
-	catIt, err := s.catCons.Messages(jetstream.PullMaxMessages(64), jetstream.PullExpiry(pullExpiry))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", subject.PlannerCatalog, err)
+	// Every durable runs on the shared runner: one message at a time each
+	// (a plan takes well under a second, and pre-fetched submits would only
+	// age towards their AckWait), kept alive while handled, finished when
+	// shutdown begins, and provisioned again if it disappears. The handlers
+	// settle their messages themselves.
+	settles := func(h func(context.Context, jetstream.Msg)) bus.Handler {
+		return func(ctx context.Context, m jetstream.Msg) error { h(ctx, m); return nil }
 	}
-	// One submit at a time per instance: a plan takes well under a second,
-	// and pre-fetched submits would only age towards their AckWait.
-	subIt, err := subCons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(pullExpiry))
-	if err != nil {
-		catIt.Stop()
-		return fmt.Errorf("consume %s: %w", subject.PlannerSubmit, err)
+	for _, c := range []struct {
+		durable bus.Durable
+		pull    int
+		h       func(context.Context, jetstream.Msg)
+	}{
+		{bus.DurableOn(cfg.Streams, subject.ArchiveStream, catCfg), 64, s.handleArchive},
+		{bus.DurableOn(cfg.Streams, subject.EventsStream, subCfg), 1, s.handleSubmit},
+		{bus.DurableOn(cfg.Streams, subject.EventsStream, outCfg), 64, s.handleOutcome},
+		{canDurable, 16, s.handleCancel},
+		{relDurable, 16, s.handleRelease},
+	} {
+		r := cfg.Consumers.Runner(js, health, log)
+		r.Durables, r.Mode, r.Handler = []bus.Durable{c.durable}, bus.Stream, settles(c.h)
+		r.PullMax, r.PullExpiry, r.HandleLimit = c.pull, pullExpiry, maxHandle
+		wg.Go(func() { _ = r.Run(runCtx) })
 	}
-	wg.Go(func() { s.loop(runCtx, catIt, catalogAckWait, s.handleArchive) })
-	wg.Go(func() { s.loop(runCtx, subIt, submitAckWait, s.handleSubmit) })
 	wg.Go(func() { s.watchTopology(runCtx) })
-	if outIt != nil {
-		wg.Go(func() { s.loop(runCtx, outIt, catalogAckWait, s.handleOutcome) })
-	}
-	wg.Go(func() { s.loop(runCtx, canIt, catalogAckWait, s.handleCancel) })
-	wg.Go(func() { s.loop(runCtx, relIt, catalogAckWait, s.handleRelease) })
 	wg.Go(func() { s.sweepReleases(runCtx) })
 	if s.ledger != nil {
 		wg.Go(func() { s.reconcile(runCtx) })
@@ -235,7 +236,7 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 				return fmt.Errorf("nats connection is %s", st)
 			}
 			return nil
-		}})
+		}, "consumers": health.Check})
 		wg.Go(func() {
 			err := obs.Serve(runCtx, cfg.HTTPAddr, mux, log, cfg.OnHTTP)
 			switch {
@@ -262,13 +263,6 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		log.Error().Err(runErr).Msg("stopping")
 	}
 	stop()
-	catIt.Stop()
-	subIt.Stop()
-	if outIt != nil {
-		outIt.Stop()
-	}
-	canIt.Stop()
-	relIt.Stop()
 	wg.Wait()
 	log.Info().Msg("planner stopped")
 	return runErr
@@ -288,63 +282,6 @@ func closeConn(nc *nats.Conn) {
 	case <-time.After(10 * time.Second):
 		nc.Close()
 	}
-}
-
-// handler handles one message and settles it itself.
-type handler func(ctx context.Context, m jetstream.Msg)
-
-// loop feeds messages to h until the iterator is stopped. A message in hand
-// when ctx ends is still finished (with its own deadline), so shutdown
-// never leaves a half-published plan waiting for AckWait.
-func (s *service) loop(ctx context.Context, it jetstream.MessagesContext, limit time.Duration, h handler) {
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
-		}
-		if err != nil {
-			s.log.Warn().Err(err).Msg("pull from consumer")
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			continue
-		}
-		// The handler's context is cancelled after maxHandle but has no
-		// deadline, on purpose: a JetStream API call under a context
-		// without one gets the client's default timeout (5 s). Under a
-		// deadline it would wait that long instead, and a request lost in
-		// a reconnect held the submit (kept alive by InProgress) for
-		// minutes.
-		hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		timer := time.AfterFunc(maxHandle, cancel)
-		stop := keepAlive(m, limit/3)
-		h(hctx, m)
-		stop()
-		timer.Stop()
-		cancel()
-	}
-}
-
-// keepAlive tells the server every interval that m is still being worked
-// on, until stop is called, so that a short AckWait (quick redelivery when a
-// planner dies) does not cut a long piece of work short.
-func keepAlive(m jetstream.Msg, interval time.Duration) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = m.InProgress()
-			}
-		}
-	}()
-	return func() { close(done) }
 }
 
 // provisionSites creates the work consumers of every site that lacks them:

@@ -31,33 +31,29 @@ const republishAfter = 10 * time.Minute
 
 // openRelease opens PLANNER_REFS, the cleanup stream, every site's cleanup
 // consumer, and the planner-release durable.
-func (s *service) openRelease(ctx context.Context) (jetstream.MessagesContext, error) {
+func (s *service) openRelease(ctx context.Context) (bus.Durable, error) {
 	var err error
 	if s.refs, err = refs.Open(ctx, s.js, s.cfg.Streams.Replicas); err != nil {
-		return nil, err
+		return bus.Durable{}, err
 	}
 	if err := bus.ProvisionCleanup(ctx, s.js, s.cfg.Streams); err != nil {
-		return nil, err
+		return bus.Durable{}, err
 	}
 	if err := s.provisionCleanupConsumers(ctx, s.topo.Load().SiteNames()); err != nil {
-		return nil, err
+		return bus.Durable{}, err
 	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, subject.EventsStream, jetstream.ConsumerConfig{
+	cc := jetstream.ConsumerConfig{
 		Durable:       subject.PlannerRelease,
 		Description:   "planner: staging.release drops the job's references to staged copies",
 		FilterSubject: subject.Release,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       catalogAckWait,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision consumer %s: %w", subject.PlannerRelease, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(16), jetstream.PullExpiry(pullExpiry))
-	if err != nil {
-		return nil, fmt.Errorf("consume %s: %w", subject.PlannerRelease, err)
+	if _, err := s.js.CreateOrUpdateConsumer(ctx, subject.EventsStream, cc); err != nil {
+		return bus.Durable{}, fmt.Errorf("provision consumer %s: %w", subject.PlannerRelease, err)
 	}
-	return it, nil
+	return bus.DurableOn(s.cfg.Streams, subject.EventsStream, cc), nil
 }
 
 // provisionCleanupConsumers creates the cleanup durable of every site that

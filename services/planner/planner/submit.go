@@ -51,7 +51,11 @@ func (s *service) handleSubmit(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	log = log.With().Uint64(logx.StreamSeq, md.Sequence.Stream).Uint64("delivered", md.NumDelivered).Logger()
-	outcome, err := s.submit(ctx, m, md, &log)
+	// The logger travels in ctx and gains the submit's ids as submit
+	// learns them, so the lines below carry them too.
+	ctx = log.WithContext(ctx)
+	outcome, err := s.submit(ctx, m, md)
+	log = *zerolog.Ctx(ctx)
 	if ra, ok := errors.AsType[*retryAfter](err); ok {
 		s.m.submits.WithLabelValues("retried").Inc()
 		log.Info().Str("why", ra.why).Dur("retry_in", ra.d).Msg("submit delayed")
@@ -77,16 +81,17 @@ func (s *service) handleSubmit(ctx context.Context, m jetstream.Msg) {
 // submit returns the outcome ("planned" or "duplicate") or an error: a
 // permanent one after the rejection is published, *retryAfter, or a
 // transient one.
-func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, log *zerolog.Logger) (string, error) {
+func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata) (string, error) {
+	log := zerolog.Ctx(ctx)
 	env, err := event.Decode(m.Data())
 	if err != nil {
 		id := m.Headers().Get(jetstream.MsgIDHeader)
 		if id == "" {
 			id = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
 		}
-		return "", s.reject(ctx, log, "", id, event.ReasonInvalidRequest, "not a valid CloudEvent: "+err.Error())
+		return "", s.reject(ctx, *log, "", id, event.ReasonInvalidRequest, "not a valid CloudEvent: "+err.Error())
 	}
-	*log = log.With().Str(logx.EventID, env.ID).Logger()
+	log.UpdateContext(func(c zerolog.Context) zerolog.Context { return c.Str(logx.EventID, env.ID) })
 	sub, err := event.DataAs[event.Submit](env)
 	if err != nil {
 		reason := event.ReasonInvalidRequest
@@ -95,13 +100,13 @@ func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.Msg
 			// gets told so, rather than that its request is malformed.
 			reason = event.ReasonUnsupportedVersion
 		}
-		return "", s.reject(ctx, log, jobIDOf(env.Data), env.ID, reason, err.Error())
+		return "", s.reject(ctx, *log, jobIDOf(env.Data), env.ID, reason, err.Error())
 	}
 	if sub.Priority == "" {
 		sub.Priority = event.PriorityNormal
 	}
-	*log = log.With().Str(logx.JobID, sub.JobID).Logger()
-	rej := func(reason, msg string) error { return s.reject(ctx, log, sub.JobID, env.ID, reason, msg) }
+	log.UpdateContext(func(c zerolog.Context) zerolog.Context { return c.Str(logx.JobID, sub.JobID) })
+	rej := func(reason, msg string) error { return s.reject(ctx, *log, sub.JobID, env.ID, reason, msg) }
 
 	// job_id first: a resubmit of a planned job is a no-op even if the
 	// topology or catalog changed since.
@@ -131,7 +136,9 @@ func (s *service) submit(ctx context.Context, m jetstream.Msg, md *jetstream.Msg
 	} else if err != nil {
 		return "", err
 	}
-	*log = log.With().Str(logx.Site, dest.Site).Str(logx.Location, dest.Name).Logger()
+	log.UpdateContext(func(c zerolog.Context) zerolog.Context {
+		return c.Str(logx.Site, dest.Site).Str(logx.Location, dest.Name)
+	})
 
 	// Plan against a catalog at least as new as this submit: a client that
 	// announces copies and then submits must not get a plan made from the
@@ -447,7 +454,7 @@ func (s *service) requestMsg(subj, id string, req event.Request) (*nats.Msg, err
 // reject publishes staging.rejected for a submit and returns the permanent
 // error that terminates it. If the publication fails the error is
 // transient, so the submit comes back and is judged again.
-func (s *service) reject(ctx context.Context, log *zerolog.Logger, jobID, submitID, reason, msg string) error {
+func (s *service) reject(ctx context.Context, log zerolog.Logger, jobID, submitID, reason, msg string) error {
 	env, err := event.New(Source, "rejected:"+submitID, jobID, event.Rejected{JobID: jobID, SubmitID: submitID, Reason: reason, Message: msg})
 	if err != nil {
 		return err

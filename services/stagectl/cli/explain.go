@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 )
@@ -41,7 +43,14 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 	}
 	x, ok := ledgerExplain(ctx, e, j)
 	if !ok {
-		x = derive(j)
+		// The stagers' retry policy, from the same STAGER_RETRY_*
+		// variables the stagers and the ledger read.
+		ce := config.NewEnv(e.getenv)
+		retry := bus.RetryFromEnv(ce)
+		if err := ce.Err(); err != nil {
+			return usagef("%v", err)
+		}
+		x = deriveWith(j, retry)
 	}
 	if e.cfg.JSON {
 		return writeJSON(e.stdout, x)
@@ -149,8 +158,13 @@ func hint(reason string) string {
 	return ""
 }
 
-// derive explains a job from what the ledger's job answer holds.
-func derive(j ledgerapi.Job) Explanation {
+// derive explains a job from what the ledger's job answer holds, with the
+// default retry policy.
+func derive(j ledgerapi.Job) Explanation { return deriveWith(j, bus.DefaultRetry()) }
+
+// deriveWith is derive with the stagers' retry policy: a failed attempt
+// says how long after the failure the retry comes.
+func deriveWith(j ledgerapi.Job, retry bus.Retry) Explanation {
 	x := Explanation{JobID: j.JobID, Status: j.Status, Source: "derived"}
 	add := func(format string, args ...any) { x.Lines = append(x.Lines, fmt.Sprintf(format, args...)) }
 	c := j.Counts
@@ -186,7 +200,8 @@ func derive(j ledgerapi.Job) Explanation {
 	}
 	for _, p := range j.Packages {
 		if p.Reason != "" && p.Status != event.StatusCompleted && p.Status != event.StatusFailed {
-			add("Package %s: attempt %d failed (%s: %s); it will be retried%s.", p.PackageID, p.Attempts, p.Reason, oneLine(p.Message, 120), hint(p.Reason))
+			add("Package %s: attempt %d failed (%s: %s); it will be retried about %s after the failure%s.", p.PackageID, p.Attempts, p.Reason,
+				oneLine(p.Message, 120), retry.Nominal(p.Attempts, p.Reason), hint(p.Reason))
 		}
 	}
 	x.Lines = append(x.Lines, failureLines(j)...)

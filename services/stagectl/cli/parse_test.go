@@ -273,7 +273,10 @@ func TestDerive(t *testing.T) {
 			[]string{"wait for a stager of cologne"}},
 		{"retrying", ledgerapi.Job{JobID: "j", Status: "in_progress", Destination: dest, Packages: []ledgerapi.Package{
 			{PackageID: "p1", Status: "scheduled", Reason: "io_error", Message: "disk hiccup", Attempts: 2}}},
-			[]string{"Package p1: attempt 2 failed (io_error: disk hiccup); it will be retried"}},
+			[]string{"Package p1: attempt 2 failed (io_error: disk hiccup); it will be retried about 2s after the failure"}},
+		{"no space", ledgerapi.Job{JobID: "j", Status: "in_progress", Destination: dest, Packages: []ledgerapi.Package{
+			{PackageID: "p1", Status: "scheduled", Reason: "no_space", Message: "full", Attempts: 1}}},
+			[]string{"attempt 1 failed (no_space: full); it will be retried about 30s after the failure"}},
 		{"failed grouped", ledgerapi.Job{JobID: "j", Status: "failed", Destination: dest, Counts: ledgerapi.Counts{Total: 3, Completed: 1, Failed: 2},
 			Packages: []ledgerapi.Package{
 				{PackageID: "p1", Status: "completed"},

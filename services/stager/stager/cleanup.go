@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -33,38 +32,6 @@ import (
 // then find the copy gone and stage it afresh. The claim records the
 // revision it was for, so a redelivered item whose first delivery claimed
 // but died before finishing may go on.
-
-// cleanupWorker takes the site's deletion items one at a time until ctx
-// ends; each is handled under work, which outlives ctx by the grace period.
-func (s *service) cleanupWorker(ctx, work context.Context, cons jetstream.Consumer) {
-	it, err := cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(5*time.Second))
-	if err != nil {
-		s.log.Error().Err(err).Msg("consume deletion items")
-		return
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-			if m != nil {
-				_ = m.Nak()
-			}
-			return
-		}
-		if err != nil {
-			s.warnFetch(err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			continue
-		}
-		s.handleCleanup(work, m)
-	}
-}
 
 // refsTable returns the PLANNER_REFS bucket once the planner has created it.
 func (s *service) refsTable(ctx context.Context) (*refs.Table, error) {
@@ -135,11 +102,8 @@ func (s *service) handleCleanup(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 
-	// A wait for the lease may outlast the item's AckWait.
-	kctx, stopKeep := context.WithCancel(ctx)
-	defer stopKeep()
-	go s.keepCleanupAlive(kctx, m, log)
-
+	// A wait for the lease may outlast the item's AckWait: the runner
+	// keeps the item alive (InProgress) while this handler works.
 	unlock, err := s.lock(ctx, d.Name+"/"+c.PackageID)
 	if err != nil {
 		bus.Settle(ctx, m, fault.Transient(event.ReasonIOError, err), log)
@@ -260,22 +224,6 @@ func (s *service) stillReferenced(ctx context.Context, table *refs.Table, c even
 		return false, nil
 	}
 	return len(it.Jobs) > 0 || it.DeletingFor != c.RefsRevision, nil
-}
-
-// keepCleanupAlive sends InProgress for a deletion item until ctx ends.
-func (s *service) keepCleanupAlive(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
-	t := time.NewTicker(max(bus.StagerCleanupConsumer(s.cfg.Site).AckWait/4, 100*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := m.InProgress(); err != nil {
-				log.Warn().Err(err).Msg("in-progress")
-			}
-		}
-	}
 }
 
 // cleanupFailed reports a deletion that did not happen. Transient errors are

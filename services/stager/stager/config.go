@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
+	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/topology"
@@ -29,9 +30,9 @@ const (
 	EnvChecksumAttempts = "STAGER_CHECKSUM_ATTEMPTS"
 	EnvProgressInterval = "STAGER_PROGRESS_INTERVAL"
 	EnvShutdownGrace    = "STAGER_SHUTDOWN_GRACE"
-	EnvRetryBase        = "STAGER_RETRY_BASE"
-	EnvRetryMax         = "STAGER_RETRY_MAX"
-	EnvNoSpaceDelay     = "STAGER_NO_SPACE_DELAY"
+	EnvRetryBase        = bus.EnvRetryBase
+	EnvRetryMax         = bus.EnvRetryMax
+	EnvNoSpaceDelay     = bus.EnvNoSpaceDelay
 	EnvReadRate         = "STAGER_READ_RATE"
 	EnvHashFiles        = "STAGER_HASH_FILES"
 	EnvLeaseTTL         = "STAGER_LEASE_TTL"
@@ -79,6 +80,10 @@ type Config struct {
 	// outlives its holder's last renewal (renewed every LeaseTTL/3): how
 	// long the other instances wait for a stager that died holding one.
 	LeaseTTL time.Duration
+	// StallAfter: a durable with pending work and no progress for this
+	// long fails /readyz (CONSUMER_STALL_AFTER; 0: 60 s). PollInterval:
+	// how often the runners poll consumer info (CONSUMER_POLL_INTERVAL).
+	StallAfter, PollInterval time.Duration
 
 	// S3Credentials holds each S3 location's credentials, by location name.
 	S3Credentials map[string]archive.Credentials
@@ -132,6 +137,13 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Consumers is the runners' configuration; the retry policy is the one
+// the ledger's explain reads from the same STAGER_RETRY_* variables.
+func (c Config) Consumers() bus.Consumers {
+	return bus.Consumers{StallAfter: c.StallAfter, PollInterval: c.PollInterval,
+		Retry: bus.Retry{Base: c.RetryBase, Max: c.RetryMax, NoSpace: c.NoSpaceDelay, Jitter: bus.DefaultRetry().Jitter}}
+}
+
 // ConfigFromEnv reads the configuration through getenv. It loads the
 // topology, because the site must be one of its sites and each S3
 // location's credentials are looked up by the location's name.
@@ -162,6 +174,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		HashFiles:        e.Bool(EnvHashFiles, false),
 		LeaseTTL:         e.Duration(EnvLeaseTTL, lease.DefaultTTL),
 		testHold:         e.String(EnvTestHoldDir, ""),
+		StallAfter:       e.Duration(bus.EnvStallAfter, bus.DefaultStallAfter),
+		PollInterval:     e.Duration(bus.EnvPollInterval, 5*time.Second),
 	}
 	if err := e.Err(); err != nil {
 		return c, err

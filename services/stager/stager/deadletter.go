@@ -31,38 +31,13 @@ type maxDeliveries struct {
 	Deliveries int    `json:"deliveries"`
 }
 
-// deadLetters reads the site's MAX_DELIVERIES advisories from the advisory
-// stream until ctx ends. A request that ran out of deliveries stays in the
-// work queue, invisible and never redelivered; this ends it as a permanent
-// retries_exhausted failure, copies it to the dead-letter stream and deletes
-// it from the work queue. Every instance of a site shares the durable, so
-// each advisory is handled once, and a stager that was down catches up.
-func (s *service) deadLetters(ctx context.Context, cons jetstream.Consumer) {
-	it, err := cons.Messages(jetstream.PullMaxMessages(1))
-	if err != nil {
-		s.log.Error().Err(err).Msg("reading advisories; dead letters wait for the next start")
-		return
-	}
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn().Err(err).Msg("reading advisories")
-				sleep(ctx, time.Second)
-			}
-			continue
-		}
-		s.deadLetter(ctx, m)
-	}
-}
-
+// deadLetter handles one of the site's MAX_DELIVERIES advisories, read
+// from the advisory stream by a runner. A request that ran out of
+// deliveries stays in the work queue, invisible and never redelivered;
+// this ends it as a permanent retries_exhausted failure, copies it to the
+// dead-letter stream and deletes it from the work queue. Every instance of
+// a site shares the durable, so each advisory is handled once, and a
+// stager that was down catches up.
 func (s *service) deadLetter(ctx context.Context, m jetstream.Msg) {
 	var adv maxDeliveries
 	if err := json.Unmarshal(m.Data(), &adv); err != nil || adv.StreamSeq == 0 {
@@ -133,13 +108,4 @@ func (s *service) moveToDead(ctx context.Context, adv maxDeliveries) error {
 	}
 	s.m.dead.Inc()
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"regexp"
 	"runtime/debug"
@@ -428,16 +427,12 @@ func (s *service) nak(a *attempt, d time.Duration) {
 	}
 }
 
-// backoff is the delay before delivery n+1: RetryBase doubling per attempt,
-// capped at RetryMax, with ±20 % jitter so a site's failed packages do not
-// all come back in the same second.
+// backoff is the delay before delivery n+1 by the shared retry policy
+// (bus.Retry, which the ledger's explain reads too): RetryBase doubling per
+// attempt, capped at RetryMax, with ±20 % jitter so a site's failed
+// packages do not all come back in the same second.
 func (s *service) backoff(n int) time.Duration {
-	d := s.cfg.RetryBase
-	for i := 1; i < n && d < s.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, s.cfg.RetryMax)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return s.cfg.Consumers().Retry.Delay(n, "")
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)

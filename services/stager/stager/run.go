@@ -49,7 +49,6 @@ type service struct {
 	locks    map[string]chan struct{} // one extraction per package and location at a time
 	busy     int
 	started  time.Time
-	lastWarn atomic.Int64 // unix nanos of the last fetch warning
 	// cancelKV is the CANCELLED bucket once the planner has created it.
 	cancelKV atomic.Pointer[jetstream.KeyValue]
 	// refsKV is the planner's PLANNER_REFS bucket once it exists.
@@ -142,6 +141,8 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	if err := bus.ProvisionDeadLetter(ctx, js, sc); err != nil {
 		return err
 	}
+	// Provisioned here too (not only by the runners) so that a stager
+	// without the right to create them fails at start, loudly.
 	consumers, err := bus.ProvisionStager(ctx, js, cfg.Site, bus.StagerConsumerConfig{
 		AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending,
 	})
@@ -157,12 +158,10 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	if err := bus.ProvisionCleanup(ctx, js, sc); err != nil {
 		return err
 	}
-	cleanups, err := js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(cfg.Site))
-	if err != nil {
+	if _, err := js.CreateOrUpdateConsumer(ctx, subject.CleanupStream, bus.StagerCleanupConsumer(cfg.Site)); err != nil {
 		return fmt.Errorf("provision cleanup consumer: %w", err)
 	}
-	advisories, err := js.CreateOrUpdateConsumer(ctx, subject.AdvisoryStream, bus.StagerAdvisoryConsumer(cfg.Site))
-	if err != nil {
+	if _, err := js.CreateOrUpdateConsumer(ctx, subject.AdvisoryStream, bus.StagerAdvisoryConsumer(cfg.Site)); err != nil {
 		return fmt.Errorf("provision advisory consumer: %w", err)
 	}
 	kv, err := heartbeat.Bucket(ctx, js, cfg.Replicas)
@@ -190,6 +189,8 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 		}
 	})
 
+	consumersCfg := cfg.Consumers()
+	health := bus.NewHealth(s.m.reg, consumersCfg.StallAfter)
 	httpErr := make(chan error, 1)
 	if cfg.HTTPAddr != "" {
 		mux := http.NewServeMux()
@@ -198,18 +199,39 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 				return errors.New(nc.Status().String())
 			}
 			return nil
-		}})
+		}, "consumers": health.Check})
 		bg.Go(func() { httpErr <- obs.Serve(ctx, cfg.HTTPAddr, mux, log, s.ready) })
 	}
 
+	// Every durable runs on the shared runner, which provisions it again if
+	// it disappears and resets a subscription that stopped delivering.
+	// Requests: cfg.Workers workers, each asking high, normal, low in that
+	// order; handle settles each request itself and sends InProgress with
+	// its progress events, and runs under work.
+	reqRunner := consumersCfg.Runner(js, health, log)
+	for _, p := range subject.Priorities {
+		reqRunner.Durables = append(reqRunner.Durables, bus.DurableOn(sc, subject.RequestsStream,
+			bus.StagerConsumer(cfg.Site, p, bus.StagerConsumerConfig{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver, MaxAckPending: cfg.MaxAckPending})))
+	}
+	reqRunner.Mode, reqRunner.Workers, reqRunner.KeepAlive, reqRunner.Work = bus.Priority, cfg.Workers, -1, work
+	reqRunner.Handler = func(ctx context.Context, m jetstream.Msg) error { s.handle(ctx, m); return nil }
+	// Deletion items one at a time, under work too.
+	cleanRunner := consumersCfg.Runner(js, health, log)
+	cleanRunner.Durables = []bus.Durable{bus.DurableOn(sc, subject.CleanupStream, bus.StagerCleanupConsumer(cfg.Site))}
+	cleanRunner.Mode, cleanRunner.PullExpiry, cleanRunner.Work = bus.Stream, 5*time.Second, work
+	cleanRunner.Handler = func(ctx context.Context, m jetstream.Msg) error { s.handleCleanup(ctx, m); return nil }
+	// MAX_DELIVERIES advisories (not CloudEvents): dead letters.
+	deadRunner := consumersCfg.Runner(js, health, log)
+	deadRunner.Durables = []bus.Durable{bus.DurableOn(sc, subject.AdvisoryStream, bus.StagerAdvisoryConsumer(cfg.Site))}
+	deadRunner.Mode = bus.Stream
+	deadRunner.Handler = func(ctx context.Context, m jetstream.Msg) error { s.deadLetter(ctx, m); return nil }
+
 	log.Info().Int("workers", cfg.Workers).Str("version", cfg.Version).Msg("stager started")
 	bg.Go(func() { s.beat(ctx, kv) })
-	bg.Go(func() { s.deadLetters(ctx, advisories) })
+	bg.Go(func() { _ = deadRunner.Run(ctx) })
 	var workers sync.WaitGroup
-	workers.Go(func() { s.cleanupWorker(ctx, work, cleanups) })
-	for i := range cfg.Workers {
-		workers.Go(func() { s.worker(ctx, work, consumers, i) })
-	}
+	workers.Go(func() { _ = cleanRunner.Run(ctx) })
+	workers.Go(func() { _ = reqRunner.Run(ctx) })
 	workers.Wait()
 	stopWork()
 	bg.Wait()
@@ -222,57 +244,6 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	}
 	log.Info().Msg("stager stopped")
 	return nil
-}
-
-// worker pulls one message at a time, asking the consumers in priority
-// order, and handles it under work (which outlives ctx by the grace period).
-func (s *service) worker(ctx, work context.Context, consumers []jetstream.Consumer, id int) {
-	const minIdle, maxIdle = 20 * time.Millisecond, 500 * time.Millisecond
-	idle := minIdle
-	for ctx.Err() == nil {
-		m := s.next(ctx, consumers)
-		if m == nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(idle):
-			}
-			idle = min(idle*2, maxIdle)
-			continue
-		}
-		idle = minIdle
-		s.handle(work, m)
-	}
-}
-
-// next returns the first message waiting at the highest priority, or nil.
-func (s *service) next(ctx context.Context, consumers []jetstream.Consumer) jetstream.Msg {
-	for _, c := range consumers {
-		b, err := c.FetchNoWait(1)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.warnFetch(err)
-			}
-			return nil
-		}
-		for m := range b.Messages() {
-			return m
-		}
-		if err := b.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
-			s.warnFetch(err)
-		}
-	}
-	return nil
-}
-
-// warnFetch logs a fetch failure at most every 10 s: during a broker outage
-// every worker fails every half second, and one line says it all.
-func (s *service) warnFetch(err error) {
-	now := time.Now().UnixNano()
-	last := s.lastWarn.Load()
-	if now-last < int64(10*time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
-		return
-	}
-	s.log.Warn().Err(err).Msg("fetching requests")
 }
 
 // beat announces the instance in the STAGERS bucket until ctx ends, then

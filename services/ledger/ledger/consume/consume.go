@@ -57,19 +57,29 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_batch_failures_total",
 			Help: "Batches that failed to apply and were handed back for redelivery."}),
 		Pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ledger_consumer_pending",
-			Help: "Messages still to deliver to the ledger's consumer, as of the last batch."}, []string{"durable"}),
+			Help: "Messages still to deliver to the ledger's consumer, polled from consumer info every few seconds."}, []string{"durable"}),
 	}
 	reg.MustRegister(m.Applied, m.Duplicates, m.Poison, m.Batch, m.Latency, m.Failures, m.Pending)
 	return m
 }
 
-// Consumer applies one durable consumer's messages to the store.
+// Consumer applies one durable consumer's messages to the store. It reads
+// through the shared runner (bus.Runner, batch mode), which provisions the
+// durable again when it or its stream disappears, resets a pull that
+// stopped delivering, and reports the durable's state to Health.
 type Consumer struct {
-	Store   *store.Store
-	Cons    jetstream.Consumer
+	Store *store.Store
+	JS    jetstream.JetStream
+	// Config is the durable's configuration, to provision it again.
+	Config  jetstream.ConsumerConfig
 	Stream  string
 	Durable string
-	Batch   int
+	// StreamConfig is the stream's configuration, to provision it again.
+	StreamConfig jetstream.StreamConfig
+	// Health and Settings configure the runner; nil Health: a private one.
+	Health   *bus.Health
+	Settings bus.Consumers
+	Batch    int
 	// MaxBytes caps a batch's size in bytes as well (0 means 4 MiB): a
 	// batch of 500 plans of a hundred packages each is tens of megabytes
 	// once decoded and turned into SQL, and Workers of them are in memory
@@ -125,34 +135,29 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for w := range queues {
 		queues[w] = make(chan batch, 1)
 	}
+	r := c.Settings.Runner(c.JS, c.Health, c.Log)
+	r.Durables = []bus.Durable{{Stream: c.StreamConfig, Consumer: c.Config}}
+	r.Mode, r.BatchSize, r.BatchBytes, r.BatchWait = bus.Batch, c.Batch, c.MaxBytes, c.MaxWait
+	// The pending gauge follows consumer info polled every few seconds,
+	// not only committed batches: during a stall it must rise, or the lag
+	// alert cannot fire.
+	r.OnInfo = func(durable string, info *jetstream.ConsumerInfo) {
+		c.Metrics.Pending.WithLabelValues(durable).Set(float64(info.NumPending))
+	}
+	r.Batch = func(ctx context.Context, msgs []jetstream.Msg) {
+		for w, b := range split(msgs, classifyAll(c.Stream, msgs, c.Workers > 1), c.Workers) {
+			if len(b.msgs) > 0 {
+				queues[w] <- b
+			}
+		}
+	}
 	go func() {
 		defer func() {
 			for _, q := range queues {
 				close(q)
 			}
 		}()
-		for ctx.Err() == nil {
-			msgs, err := c.fetch()
-			if err != nil {
-				if ctx.Err() != nil {
-					break
-				}
-				c.Log.Warn().Err(err).Str("durable", c.Durable).Msg("fetch failed")
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-				continue
-			}
-			if len(msgs) == 0 {
-				continue
-			}
-			for w, b := range split(msgs, classifyAll(c.Stream, msgs, c.Workers > 1), c.Workers) {
-				if len(b.msgs) > 0 {
-					queues[w] <- b
-				}
-			}
-		}
+		_ = r.Run(ctx)
 	}()
 	var wg sync.WaitGroup
 	for _, q := range queues {
@@ -171,39 +176,6 @@ type batch struct {
 	msgs   []jetstream.Msg
 	events []store.Event
 	poison []store.Poison
-}
-
-// fetch waits up to MaxWait for one message, then takes whatever else is
-// already waiting, up to Batch messages and MaxBytes: low latency when idle,
-// big batches under load. The second pull waits restWait at most for
-// messages that are not there (a no-wait pull cannot limit bytes).
-func (c *Consumer) fetch() ([]jetstream.Msg, error) {
-	first, err := c.Cons.Fetch(1, jetstream.FetchMaxWait(c.MaxWait))
-	if err != nil {
-		return nil, err
-	}
-	var msgs []jetstream.Msg
-	for m := range first.Messages() {
-		msgs = append(msgs, m)
-	}
-	if err := first.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		return msgs, err
-	}
-	if len(msgs) == 0 || c.Batch == 1 {
-		return msgs, nil
-	}
-	budget := c.MaxBytes - len(msgs[0].Data())
-	if budget <= 0 {
-		return msgs, nil
-	}
-	rest, err := c.Cons.Fetch(c.Batch-1, jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait))
-	if err != nil {
-		return msgs, nil // the first one is still worth applying
-	}
-	for m := range rest.Messages() {
-		msgs = append(msgs, m)
-	}
-	return msgs, nil
 }
 
 // classified is one message sorted: a valid event (ok) or poison, and for
@@ -290,10 +262,6 @@ func split(msgs []jetstream.Msg, rs []classified, n int) []batch {
 // minPerWorker is the fewest messages worth a goroutine of their own.
 const minPerWorker = 32
 
-// restWait bounds how long the pull after a batch's first message waits for
-// more: only when fewer than a batch are waiting does it wait that long.
-const restWait = 5 * time.Millisecond
-
 // ReasonWrongSubject is the poison reason of an event whose type does not
 // belong on the subject it arrived on.
 const ReasonWrongSubject = "wrong_subject"
@@ -375,7 +343,7 @@ func (c *Consumer) handle(ctx context.Context, b batch) {
 		// delay grows with the failures in a row (1 s, 2 s, 4 s, 5 s) and
 		// starts again at 1 s after a success; this applier also waits it
 		// out, so an outage does not spin through the whole backlog.
-		d := min(bus.BackoffN(int(c.failures.Add(1))), maxRetryDelay)
+		d := min(c.Settings.Retry.Nominal(int(c.failures.Add(1)), ""), maxRetryDelay)
 		c.Log.Error().Err(err).Int("batch", len(msgs)).Dur("retry_in", d).Str("durable", c.Durable).
 			Msg("apply batch failed; handing it back")
 		for _, m := range msgs {
@@ -401,6 +369,7 @@ func (c *Consumer) handle(ctx context.Context, b batch) {
 			Msg("poison message recorded and acked")
 	}
 	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
+		// Fresher than the last poll while batches flow.
 		c.Metrics.Pending.WithLabelValues(c.Durable).Set(float64(md.NumPending))
 	}
 	if c.Log.GetLevel() <= zerolog.DebugLevel {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
-	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 )
 
@@ -111,7 +110,9 @@ func handleJobExplain(d Deps) http.Handler {
 					why += " (" + p.Message + ")"
 				}
 				if a.EndedAt != nil {
-					at := a.EndedAt.Add(bus.BackoffN(p.Attempts))
+					// The stagers' own policy: no_space waits its fixed
+					// delay, everything else doubles (±jitter, hence about).
+					at := a.EndedAt.Add(d.Retry.Nominal(p.Attempts, p.Reason))
 					why += fmt.Sprintf("; retry %d scheduled at about %s", p.Attempts+1, at.UTC().Format(time.RFC3339))
 				} else {
 					why += fmt.Sprintf("; retry %d scheduled", p.Attempts+1)

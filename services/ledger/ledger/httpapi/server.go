@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +62,10 @@ type Deps struct {
 	// requests per second then costs one database aggregate and one round
 	// of JetStream consumer lookups per interval, not per request.
 	SiteCache time.Duration
+	// Retry is the stagers' redelivery policy (bus.RetryFromEnv, from the
+	// same STAGER_RETRY_* variables the stagers read): explain's "retry at
+	// about" is computed with it. Zero: bus.DefaultRetry.
+	Retry bus.Retry
 
 	sites *siteCache
 }

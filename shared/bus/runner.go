@@ -1,0 +1,693 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/ccatobs/ccat-staging/shared/logx"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Durable is a consumer a Runner reads, with everything needed to create
+// it again: when the durable or its stream disappears (deleted by hand,
+// purged with the stream, a new cluster), the runner re-provisions it with
+// this very configuration and goes on.
+type Durable struct {
+	Stream   jetstream.StreamConfig
+	Consumer jetstream.ConsumerConfig
+}
+
+// Name is the durable's name.
+func (d Durable) Name() string { return d.Consumer.Durable }
+
+// Handler handles one message. It returns nil (ack), a fault.Permanent
+// error (term, with its reason) or any other error (nak, delayed by the
+// Retry policy). A handler may settle the message itself (the older
+// handlers do, through Settle); the runner then only records the verdict.
+type Handler func(ctx context.Context, m jetstream.Msg) error
+
+// BatchHandler takes a fetched batch and settles every message itself
+// (the ledger acks a batch only after its transaction commits). It may
+// return before the messages are settled, handing them to workers; a
+// handler that blocks holds the next fetch back.
+type BatchHandler func(ctx context.Context, msgs []jetstream.Msg)
+
+// Mode is how a Runner pulls.
+type Mode int
+
+const (
+	// Stream keeps one pull subscription (a Messages iterator with idle
+	// heartbeats) per durable and handles its messages one at a time.
+	Stream Mode = iota
+	// Priority has Workers workers, each asking the durables in order
+	// with a no-wait fetch of one message: the first durable with work
+	// wins (the stagers' high, normal, low).
+	Priority
+	// Batch fetches up to BatchSize messages or BatchBytes at once, waiting
+	// BatchWait for the first, and hands them to the BatchHandler.
+	Batch
+)
+
+// Runner consumes durables of one kind until its context ends: the one
+// fetch / keep-alive / settle loop of every service. It never returns
+// before ctx ends: fetch errors are logged and retried, a missing durable
+// or stream is provisioned again, and a subscription that receives nothing
+// while the server says messages wait is reset.
+type Runner struct {
+	JS       jetstream.JetStream
+	Durables []Durable // one, or (Priority) several, highest priority first
+	Mode     Mode
+	Handler  Handler
+	Batch    BatchHandler
+
+	// Workers is how many messages are handled at once (Priority); the
+	// other modes run one handler (Batch: one batch handler) at a time.
+	Workers int
+	// PullMax is how many messages a Stream subscription buffers; 0 = 1.
+	PullMax int
+	// PullExpiry bounds each pull request of a Stream subscription; the
+	// server sends idle heartbeats every PullExpiry/2 (at most 5 s), and two
+	// missed ones make the client pull again. 0 = 5 s.
+	PullExpiry time.Duration
+	// BatchSize, BatchBytes and BatchWait shape Batch fetches: wait up to
+	// BatchWait for one message, then take what else waits, up to
+	// BatchSize messages and BatchBytes (0: 500, 4 MiB, 1 s).
+	BatchSize, BatchBytes int
+	BatchWait             time.Duration
+
+	// KeepAlive is how often InProgress is sent while a handler works; 0 =
+	// a third of the durable's AckWait, negative = never (the handler does
+	// it, as the stager does together with its progress events).
+	KeepAlive time.Duration
+	// HandleLimit cancels a handler's context after this long (0: never).
+	// The context gets no deadline on purpose: a JetStream call under a
+	// deadline waits for it instead of the client's 5 s default.
+	HandleLimit time.Duration
+	// Work is the context handlers run under; it may outlive the Run
+	// context (a stager's grace period). Nil: Run's context without its
+	// cancellation, so a message in hand is finished on shutdown.
+	Work context.Context
+	// Decode refuses messages that are not a valid CloudEvent before the
+	// handler sees them: terminated with the reason, logged and counted.
+	Decode bool
+	// Retry is the redelivery policy (zero: DefaultRetry).
+	Retry Retry
+	// Health receives the durables' state and metrics; nil: a private one.
+	Health *Health
+	// PollInterval is how often consumer info is polled (0: 5 s);
+	// ResetAfter is how long messages may wait with a handler free and
+	// nothing delivered before the subscription is reset (0: 3 polls).
+	PollInterval, ResetAfter time.Duration
+	// OnInfo, when set, is called with every consumer info polled.
+	OnInfo func(durable string, info *jetstream.ConsumerInfo)
+	Log    zerolog.Logger
+
+	group []*durableState // every durable's state, set by Run
+}
+
+// durable is a Runner's live view of one Durable.
+type durable struct {
+	Durable
+	st *durableState
+
+	mu       sync.Mutex
+	cons     jetstream.Consumer
+	stop     func() // stops the current Stream subscription
+	lastHeal time.Time
+	lastWarn time.Time
+	// streamGone is when the stream was first seen missing.
+	streamGone time.Time
+}
+
+func (d *durable) consumer() jetstream.Consumer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cons
+}
+
+// Run consumes until ctx ends and returns nil then (an error only for a
+// Runner that is set up wrongly).
+func (r *Runner) Run(ctx context.Context) error {
+	if err := r.defaults(); err != nil {
+		return err
+	}
+	ds := make([]*durable, len(r.Durables))
+	capacity := 1
+	if r.Mode == Priority {
+		capacity = r.Workers
+	}
+	for i, d := range r.Durables {
+		ds[i] = &durable{Durable: d, st: r.Health.state(d.Stream.Name, d.Name(), capacity)}
+		r.Health.m.stalled.WithLabelValues(d.Name()).Set(0)
+		r.group = append(r.group, ds[i].st)
+	}
+	var wg sync.WaitGroup
+	for _, d := range ds {
+		wg.Go(func() { r.watch(ctx, d) })
+	}
+	switch r.Mode {
+	case Stream:
+		for _, d := range ds {
+			wg.Go(func() { r.stream(ctx, d) })
+		}
+	case Priority:
+		for i := range r.Workers {
+			wg.Go(func() { r.priority(ctx, ds, i) })
+		}
+	case Batch:
+		wg.Go(func() { r.batch(ctx, ds[0]) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (r *Runner) defaults() error {
+	switch {
+	case len(r.Durables) == 0:
+		return errors.New("runner: no durable")
+	case r.Mode == Batch && (r.Batch == nil || len(r.Durables) != 1):
+		return errors.New("runner: batch mode needs a BatchHandler and one durable")
+	case r.Mode != Batch && r.Handler == nil:
+		return errors.New("runner: no handler")
+	case r.Mode == Stream && r.Workers > 1:
+		return errors.New("runner: stream mode handles one message at a time")
+	}
+	if r.Health == nil {
+		r.Health = NewHealth(nil, 0)
+	}
+	r.Retry = r.Retry.WithDefaults()
+	r.Workers = max(r.Workers, 1)
+	r.PullMax = max(r.PullMax, 1)
+	if r.PullExpiry <= 0 {
+		r.PullExpiry = 5 * time.Second
+	}
+	if r.BatchSize <= 0 {
+		r.BatchSize = 500
+	}
+	if r.BatchBytes <= 0 {
+		r.BatchBytes = 4 << 20
+	}
+	if r.BatchWait <= 0 {
+		r.BatchWait = time.Second
+	}
+	if r.PollInterval <= 0 {
+		r.PollInterval = 5 * time.Second
+	}
+	if r.ResetAfter <= 0 {
+		r.ResetAfter = 3 * r.PollInterval
+	}
+	return nil
+}
+
+// gone reports whether err says the durable or its stream does not exist
+// (any more); a no-responders answer to a pull says the same on some paths.
+func gone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// handle returns the durable's consumer, looking it up (and provisioning it
+// when it is missing) first if need be; nil when the server cannot say yet.
+func (r *Runner) handle(ctx context.Context, d *durable) jetstream.Consumer {
+	if c := d.consumer(); c != nil {
+		return c
+	}
+	r.heal(ctx, d, false)
+	return d.consumer()
+}
+
+// heal looks the durable up afresh and, when it or its stream is missing,
+// provisions both again with their configuration. It runs at most once a
+// second per durable, however many workers ask.
+func (r *Runner) heal(ctx context.Context, d *durable, force bool) {
+	d.mu.Lock()
+	if !force && time.Since(d.lastHeal) < time.Second {
+		d.mu.Unlock()
+		return
+	}
+	d.lastHeal = time.Now()
+	d.mu.Unlock()
+	log := r.Log.With().Str("durable", d.Name()).Str("stream", d.Stream.Name).Logger()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := r.JS.Consumer(cctx, d.Stream.Name, d.Name())
+	if err != nil && gone(err) {
+		// Until it exists again, the loops wait rather than pull from a
+		// handle of what is gone.
+		d.mu.Lock()
+		d.cons = nil
+		d.mu.Unlock()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			// A stream created while the server still removes the old
+			// one of that name took no messages (seen with 2.15.3):
+			// create it only once it has been missing a while, which also
+			// leaves its own provisioner the first go.
+			d.mu.Lock()
+			if d.streamGone.IsZero() {
+				d.streamGone = time.Now()
+			}
+			wait := streamGrace - time.Since(d.streamGone)
+			d.mu.Unlock()
+			if len(d.Stream.Subjects) == 0 {
+				log.Error().Msg("stream missing and its configuration unknown here; waiting for its provisioner")
+				return
+			}
+			if wait > 0 {
+				log.Warn().Dur("recreate_in", wait).Msg("stream missing; creating it again unless it comes back")
+				return
+			}
+			if _, serr := EnsureStream(cctx, r.JS, d.Stream); serr != nil {
+				log.Error().Err(serr).Msg("stream missing and not provisioned; will try again")
+				return
+			}
+			log.Warn().Msg("stream was missing: provisioned it again")
+		}
+		c, err = r.JS.CreateOrUpdateConsumer(cctx, d.Stream.Name, d.Consumer)
+		if err == nil {
+			r.Health.m.reprovisions.WithLabelValues(d.Name()).Inc()
+			log.Warn().Msg("durable was missing: provisioned it again with its configuration")
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn().Err(err).Msg("looking up durable; will try again")
+		}
+		return
+	}
+	d.mu.Lock()
+	d.cons = c
+	d.streamGone = time.Time{}
+	d.mu.Unlock()
+}
+
+// streamGrace is how long a stream must have been missing before a runner
+// creates it again.
+const streamGrace = 2 * time.Second
+
+// fetchFailed counts and logs (at most every 10 s per durable) a failed
+// pull, and heals when the durable may be gone.
+func (r *Runner) fetchFailed(ctx context.Context, d *durable, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	r.Health.m.errors.WithLabelValues(d.Name()).Inc()
+	d.mu.Lock()
+	warn := time.Since(d.lastWarn) >= 10*time.Second
+	if warn {
+		d.lastWarn = time.Now()
+	}
+	d.mu.Unlock()
+	if warn {
+		r.Log.Warn().Err(err).Str("durable", d.Name()).Msg("pull failed; retrying")
+	}
+	if gone(err) {
+		r.heal(ctx, d, false)
+	}
+}
+
+// stream reads one durable through a Messages iterator, reopened whenever
+// it ends before ctx: after a reset, a deleted consumer, a closed
+// subscription.
+func (r *Runner) stream(ctx context.Context, d *durable) {
+	for ctx.Err() == nil {
+		c := r.handle(ctx, d)
+		if c == nil {
+			sleep(ctx, time.Second)
+			continue
+		}
+		it, err := c.Messages(jetstream.PullMaxMessages(r.PullMax), jetstream.PullExpiry(r.PullExpiry),
+			jetstream.PullHeartbeat(min(r.PullExpiry/2, 5*time.Second)), jetstream.WithMessagesErrOnMissingHeartbeat(true))
+		if err != nil {
+			r.fetchFailed(ctx, d, err)
+			r.heal(ctx, d, false)
+			sleep(ctx, time.Second)
+			continue
+		}
+		d.mu.Lock()
+		d.stop = it.Stop
+		d.mu.Unlock()
+		stopOnCancel := context.AfterFunc(ctx, it.Stop)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					break
+				}
+				r.fetchFailed(ctx, d, err)
+				if gone(err) || errors.Is(err, jetstream.ErrBadRequest) {
+					r.heal(ctx, d, true)
+					break
+				}
+				if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+					sleep(ctx, 200*time.Millisecond)
+				}
+				continue
+			}
+			if ctx.Err() != nil {
+				// Stopped with a message buffered: hand it back now
+				// rather than after AckWait.
+				_ = m.Nak()
+				break
+			}
+			r.process(ctx, d, m)
+		}
+		stopOnCancel()
+		it.Stop()
+	}
+}
+
+// priority is one worker of a Priority runner.
+func (r *Runner) priority(ctx context.Context, ds []*durable, id int) {
+	const minIdle, maxIdle = 20 * time.Millisecond, 500 * time.Millisecond
+	idle := minIdle
+	for ctx.Err() == nil {
+		d, m := r.next(ctx, ds)
+		if m == nil {
+			sleep(ctx, idle)
+			idle = min(idle*2, maxIdle)
+			continue
+		}
+		idle = minIdle
+		r.process(ctx, d, m)
+	}
+}
+
+// next returns the first message waiting, asking the durables in order.
+// A no-wait pull answers at once or within a second, lost or not, so it
+// needs no heartbeats.
+func (r *Runner) next(ctx context.Context, ds []*durable) (*durable, jetstream.Msg) {
+	for _, d := range ds {
+		c := r.handle(ctx, d)
+		if c == nil {
+			continue
+		}
+		b, err := c.FetchNoWait(1)
+		if err != nil {
+			r.fetchFailed(ctx, d, err)
+			continue
+		}
+		for m := range b.Messages() {
+			return d, m
+		}
+		if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+			r.fetchFailed(ctx, d, err)
+		}
+	}
+	return nil, nil
+}
+
+// batch is the fetch loop of a Batch runner.
+func (r *Runner) batch(ctx context.Context, d *durable) {
+	for ctx.Err() == nil {
+		c := r.handle(ctx, d)
+		if c == nil {
+			sleep(ctx, time.Second)
+			continue
+		}
+		msgs, err := r.fetchBatch(c)
+		if err != nil {
+			r.fetchFailed(ctx, d, err)
+			sleep(ctx, time.Second)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		now := time.Now()
+		d.st.delivered(now)
+		r.Health.m.lastDelivery.WithLabelValues(d.Name()).Set(float64(now.Unix()))
+		r.Health.m.delivered.WithLabelValues(d.Name()).Add(float64(len(msgs)))
+		for _, m := range msgs {
+			if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
+				r.Health.m.redelivered.WithLabelValues(d.Name()).Inc()
+			}
+		}
+		d.st.begin()
+		r.Batch(ctx, msgs)
+		d.st.end(time.Now())
+	}
+}
+
+// fetchBatch waits up to BatchWait for one message, then takes whatever
+// else is already waiting, up to BatchSize messages and BatchBytes: low
+// latency when idle, big batches under load. The second pull waits
+// batchRestWait at most for messages that are not there (a no-wait pull
+// cannot limit bytes). Both pulls are short: the client ends each by its
+// own timer, so a pull lost in a broker restart costs a second, not a
+// stall.
+func (r *Runner) fetchBatch(c jetstream.Consumer) ([]jetstream.Msg, error) {
+	first, err := c.Fetch(1, jetstream.FetchMaxWait(r.BatchWait))
+	if err != nil {
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range first.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := first.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		return msgs, err
+	}
+	if len(msgs) == 0 || r.BatchSize == 1 {
+		return msgs, nil
+	}
+	budget := r.BatchBytes - len(msgs[0].Data())
+	if budget <= 0 {
+		return msgs, nil
+	}
+	rest, err := c.Fetch(r.BatchSize-1, jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(batchRestWait))
+	if err != nil {
+		return msgs, nil // the first one is still worth handling
+	}
+	for m := range rest.Messages() {
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+// batchRestWait bounds how long the pull after a batch's first message
+// waits for more: only when fewer than a batch are waiting does it wait
+// that long.
+const batchRestWait = 5 * time.Millisecond
+
+// process handles one delivered message and makes sure it is settled once.
+func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
+	now := time.Now()
+	d.st.delivered(now)
+	// Priority workers serve every durable of the group: a worker busy
+	// with a normal request is a worker high cannot have, so all of them
+	// count it.
+	busy := []*durableState{d.st}
+	if r.Mode == Priority {
+		busy = r.group
+	}
+	for _, st := range busy {
+		st.begin()
+	}
+	defer func() {
+		now := time.Now()
+		for _, st := range busy {
+			st.end(now)
+		}
+	}()
+	name := d.Name()
+	r.Health.m.lastDelivery.WithLabelValues(name).Set(float64(now.Unix()))
+	r.Health.m.delivered.WithLabelValues(name).Inc()
+	n := 1
+	log := r.Log.With().Str("durable", name).Logger()
+	if md, err := m.Metadata(); err == nil {
+		n = int(md.NumDelivered)
+		log = log.With().Uint64(logx.StreamSeq, md.Sequence.Stream).Int(logx.Attempt, n).Logger()
+	}
+	if n > 1 {
+		r.Health.m.redelivered.WithLabelValues(name).Inc()
+	}
+	dm := &delivery{Msg: m, retry: r.Retry}
+	if r.Decode {
+		if _, err := event.Decode(m.Data()); err != nil {
+			reason := event.ReasonInvalidEnvelope
+			if ie, ok := errors.AsType[*event.InvalidError](err); ok {
+				reason = ie.Reason
+			}
+			r.Health.m.undecodable.WithLabelValues(name, reason).Inc()
+			log.Error().Err(err).Str("reason", reason).Msg("not a valid event; terminating it")
+			r.settle(ctx, dm, fault.Permanent(reason, err), n, d.Consumer.MaxDeliver, log)
+			r.record(name, dm)
+			return
+		}
+	}
+	work := r.Work
+	if work == nil {
+		work = context.WithoutCancel(ctx)
+	}
+	hctx, cancel := context.WithCancel(work)
+	defer cancel()
+	if r.HandleLimit > 0 {
+		t := time.AfterFunc(r.HandleLimit, cancel)
+		defer t.Stop()
+	}
+	if every := r.keepAlive(d); every > 0 {
+		go keepAlive(hctx, dm, every)
+	}
+	err := r.call(hctx, dm, log)
+	cancel()
+	r.settle(ctx, dm, err, n, d.Consumer.MaxDeliver, log)
+	r.record(name, dm)
+}
+
+// call runs the handler; a panic is a transient failure of this message,
+// not the end of the service.
+func (r *Runner) call(ctx context.Context, m jetstream.Msg, log zerolog.Logger) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error().Any("panic", p).Str("stack", string(debug.Stack())).Msg("handler panicked; handing the message back")
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return r.Handler(ctx, m)
+}
+
+func (r *Runner) keepAlive(d *durable) time.Duration {
+	switch {
+	case r.KeepAlive < 0:
+		return 0
+	case r.KeepAlive > 0:
+		return r.KeepAlive
+	case d.Consumer.AckWait > 0:
+		return d.Consumer.AckWait / 3
+	default:
+		return 10 * time.Second // a third of the server's default AckWait
+	}
+}
+
+// keepAlive sends InProgress every interval until ctx ends.
+func keepAlive(ctx context.Context, m jetstream.Msg, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = m.InProgress()
+		}
+	}
+}
+
+// settle replies once for the handler's verdict, unless the handler has
+// already replied itself.
+func (r *Runner) settle(ctx context.Context, m *delivery, err error, n, maxDeliver int, log zerolog.Logger) {
+	if v, _ := m.verdict(); v != "" {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var rerr error
+	switch {
+	case err == nil:
+		rerr = m.DoubleAck(sctx)
+	case fault.IsPermanent(err):
+		reason := fault.Reason(err, "permanent")
+		log.Error().Err(err).Str("reason", reason).Msg("giving up on message")
+		rerr = m.TermWithReason(reason)
+	default:
+		reason := fault.Reason(err, "")
+		d := r.Retry.Delay(n, reason)
+		if maxDeliver > 0 && n >= maxDeliver {
+			d = 0 // nothing left to wait for: let MAX_DELIVERIES fire now
+		}
+		log.Warn().Err(err).Str("reason", reason).Dur("retry_in", d).Msg("will retry message")
+		rerr = m.NakWithDelay(d)
+	}
+	if rerr != nil && !errors.Is(rerr, jetstream.ErrMsgAlreadyAckd) {
+		log.Error().Err(rerr).Msg("settle reply lost; the server redelivers after AckWait")
+	}
+}
+
+func (r *Runner) record(durable string, m *delivery) {
+	if v, reason := m.verdict(); v != "" {
+		r.Health.m.settled.WithLabelValues(durable, v, reason).Inc()
+	}
+}
+
+// watch polls the durable's consumer info every PollInterval: it feeds the
+// metrics and readiness, provisions the durable again when it is gone, and
+// resets the subscription when messages wait, a handler is free and
+// nothing has arrived for ResetAfter (a pull lost in a broker restart, a
+// subscription on a connection that looks alive but is not).
+func (r *Runner) watch(ctx context.Context, d *durable) {
+	t := time.NewTicker(r.PollInterval)
+	defer t.Stop()
+	name := d.Name()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c := d.consumer()
+		if c == nil {
+			r.heal(ctx, d, false)
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, min(r.PollInterval, 5*time.Second))
+		info, err := c.Info(ictx)
+		cancel()
+		now := time.Now()
+		switch {
+		case err != nil && gone(err):
+			d.st.infoFailed(err)
+			r.heal(ctx, d, true)
+			r.reset(d, "durable was missing")
+			continue
+		case err != nil:
+			if ctx.Err() == nil {
+				d.st.infoFailed(err)
+			}
+			continue
+		}
+		d.st.observe(now, info)
+		r.Health.m.pending.WithLabelValues(name).Set(float64(info.NumPending))
+		r.Health.m.ackPending.WithLabelValues(name).Set(float64(info.NumAckPending))
+		if r.OnInfo != nil {
+			r.OnInfo(name, info)
+		}
+		stuck := d.st.stuck(now)
+		r.Health.m.stalled.WithLabelValues(name).Set(stuck.Seconds())
+		if stuck >= r.ResetAfter {
+			r.Log.Warn().Str("durable", name).Uint64("pending", info.NumPending).Int("ack_pending", info.NumAckPending).
+				Int("waiting", info.NumWaiting).Dur("stalled_for", stuck).Msg("messages wait and nothing arrives: resetting the subscription")
+			r.heal(ctx, d, true)
+			r.reset(d, "stalled")
+		}
+	}
+}
+
+// reset ends the durable's current subscription; its loop opens a new one.
+func (r *Runner) reset(d *durable, why string) {
+	d.mu.Lock()
+	stop := d.stop
+	d.stop = nil
+	d.mu.Unlock()
+	r.Health.m.resets.WithLabelValues(d.Name()).Inc()
+	if stop != nil {
+		stop()
+	}
+	r.Log.Debug().Str("durable", d.Name()).Str("why", why).Msg("subscription reset")
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
