@@ -31,11 +31,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 )
 
 // Entry is the value of one key.
@@ -190,29 +190,26 @@ func (t *Table) Add(ctx context.Context, jobID string, refs []Ref, parallel int)
 	if _, err := t.kv.Put(ctx, lapse, []byte(jobID)); err != nil {
 		return fmt.Errorf("refs %s: %w", lapse, err)
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	ch := make(chan Ref)
-	for range max(1, min(parallel, len(refs))) {
-		wg.Go(func() {
-			for r := range ch {
-				if err := t.add(ctx, jobID, r); err != nil {
-					cancel(err)
-				}
+	// The first failure cancels gctx: no further reference is started, and
+	// writes in flight stop at their next round trip.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, min(parallel, len(refs))))
+	for _, r := range refs {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			// A slot freed by a failure must not start another write.
+			if err := gctx.Err(); err != nil {
+				return err
 			}
+			return t.add(gctx, jobID, r)
 		})
 	}
-feed:
-	for _, r := range refs {
-		select {
-		case ch <- r:
-		case <-ctx.Done():
-			break feed
-		}
+	if err := g.Wait(); err != nil {
+		return err
 	}
-	close(ch)
-	wg.Wait()
+	// Cancelled before any write started: the caller's cause, not nil.
 	return context.Cause(ctx)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 )
 
 // Result says what Add or Remove changed.
@@ -191,43 +192,36 @@ func (c *Catalog) get(ctx context.Context, id string) ([]route.Copy, uint64, boo
 // parallel keys at once: a 10,000-package job would otherwise wait for
 // 10,000 sequential round trips.
 func (c *Catalog) Lookup(ctx context.Context, ids []string, parallel int) (map[string][]route.Copy, error) {
-	if parallel < 1 {
-		parallel = 1
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var (
 		mu  sync.Mutex
 		out = make(map[string][]route.Copy, len(ids))
-		wg  sync.WaitGroup
-		ch  = make(chan string)
 	)
-	for range min(parallel, len(ids)) {
-		wg.Go(func() {
-			for id := range ch {
-				copies, known, err := c.Get(ctx, id)
-				if err != nil {
-					cancel(err)
-					continue
-				}
-				if known {
-					mu.Lock()
-					out[id] = copies
-					mu.Unlock()
-				}
+	// The first failed read cancels gctx: no further read is started.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, min(parallel, len(ids))))
+	for _, id := range ids {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			// A slot freed by a failure must not start another read.
+			if err := gctx.Err(); err != nil {
+				return err
 			}
+			copies, known, err := c.Get(gctx, id)
+			if err != nil || !known {
+				return err
+			}
+			mu.Lock()
+			out[id] = copies
+			mu.Unlock()
+			return nil
 		})
 	}
-feed:
-	for _, id := range ids {
-		select {
-		case ch <- id:
-		case <-ctx.Done():
-			break feed
-		}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
-	close(ch)
-	wg.Wait()
+	// Cancelled before any read started: the caller's cause, not a partial map.
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/ccatobs/ccat-staging/services/planner/kvkey"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 )
 
 // Entry is the request staging a package at a location.
@@ -70,38 +71,36 @@ type Want struct {
 // job are its own (a re-plan after a crash). Up to parallel keys are
 // written at once.
 func (t *Table) Acquire(ctx context.Context, jobID string, wants []Want, parallel int) (map[string]string, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var (
 		mu  sync.Mutex
 		out = make(map[string]string, len(wants))
-		wg  sync.WaitGroup
-		ch  = make(chan Want)
 	)
-	for range max(1, min(parallel, len(wants))) {
-		wg.Go(func() {
-			for w := range ch {
-				id, err := t.acquire(ctx, jobID, w)
-				if err != nil {
-					cancel(err)
-					continue
-				}
-				mu.Lock()
-				out[w.PackageID] = id
-				mu.Unlock()
+	// The first failed write cancels gctx: no further write is started.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, min(parallel, len(wants))))
+	for _, w := range wants {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			// A slot freed by a failure must not start another write.
+			if err := gctx.Err(); err != nil {
+				return err
 			}
+			id, err := t.acquire(gctx, jobID, w)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			out[w.PackageID] = id
+			mu.Unlock()
+			return nil
 		})
 	}
-feed:
-	for _, w := range wants {
-		select {
-		case ch <- w:
-		case <-ctx.Done():
-			break feed
-		}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
-	close(ch)
-	wg.Wait()
+	// Cancelled before any write started: the caller's cause, not a partial map.
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/manifest"
 	"github.com/ccatobs/ccat-staging/shared/topology"
+	"golang.org/x/sync/errgroup"
 )
 
 // VerifyReport is what verify prints.
@@ -92,57 +93,55 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 		return nil
 	}
 	rep := VerifyReport{Location: *loc, Root: dir, Packages: len(staged), Drift: []audit.Finding{}}
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		work = make(chan string)
-	)
-	for range *workers {
-		wg.Go(func() {
-			for p := range work {
-				m, ok := manifests[p]
-				files := filesOf(m)
-				r := audit.Package(p, filepath.Join(dir, p), files)
-				present := !missing(r.Findings)
-				if present && *job == "" {
-					// On disk: the ledger must not call the copy deleted.
-					if st := copyStatus(ctx, e.ledger(), p, *loc); st == "deleted" {
-						r.Findings = append(r.Findings, audit.Finding{PackageID: p, Kind: audit.DeletedPresent,
-							Detail: "the ledger records this copy deleted, yet it is on disk"})
-					}
-				}
-				perms, hasPerms := stagedPerms(dir, p)
-				var modes []audit.Finding
-				if hasPerms && present {
-					modes = audit.Modes(p, filepath.Join(dir, p), perms)
-				}
-				mu.Lock()
-				rep.Drift = append(rep.Drift, modes...)
-				rep.Files += r.Files
-				rep.Bytes += r.Bytes
-				if ok && len(files) > 0 {
-					rep.Drift = append(rep.Drift, r.Findings...)
-				} else {
-					// Without a manifest every file would read as extra.
-					rep.NoManifest = append(rep.NoManifest, p)
-					for _, f := range r.Findings {
-						if f.Kind == audit.MissingPackage || f.Kind == audit.DeletedPresent {
-							rep.Drift = append(rep.Drift, f)
-						}
-					}
-				}
-				mu.Unlock()
-			}
-		})
-	}
+	var mu sync.Mutex
+	// A package's findings are the report, not an error: no hash stops the
+	// others. Cancelling stops starting packages; those being hashed finish.
+	var g errgroup.Group
+	g.SetLimit(*workers)
 	for _, p := range staged {
 		if ctx.Err() != nil {
 			break
 		}
-		work <- p
+		g.Go(func() error {
+			if ctx.Err() != nil {
+				return nil // cancelled while waiting for a worker: not started
+			}
+			m, ok := manifests[p]
+			files := filesOf(m)
+			r := audit.Package(p, filepath.Join(dir, p), files)
+			present := !missing(r.Findings)
+			if present && *job == "" {
+				// On disk: the ledger must not call the copy deleted.
+				if st := copyStatus(ctx, e.ledger(), p, *loc); st == "deleted" {
+					r.Findings = append(r.Findings, audit.Finding{PackageID: p, Kind: audit.DeletedPresent,
+						Detail: "the ledger records this copy deleted, yet it is on disk"})
+				}
+			}
+			perms, hasPerms := stagedPerms(dir, p)
+			var modes []audit.Finding
+			if hasPerms && present {
+				modes = audit.Modes(p, filepath.Join(dir, p), perms)
+			}
+			mu.Lock()
+			rep.Drift = append(rep.Drift, modes...)
+			rep.Files += r.Files
+			rep.Bytes += r.Bytes
+			if ok && len(files) > 0 {
+				rep.Drift = append(rep.Drift, r.Findings...)
+			} else {
+				// Without a manifest every file would read as extra.
+				rep.NoManifest = append(rep.NoManifest, p)
+				for _, f := range r.Findings {
+					if f.Kind == audit.MissingPackage || f.Kind == audit.DeletedPresent {
+						rep.Drift = append(rep.Drift, f)
+					}
+				}
+			}
+			mu.Unlock()
+			return nil
+		})
 	}
-	close(work)
-	wg.Wait()
+	_ = g.Wait() // every function returns nil
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
