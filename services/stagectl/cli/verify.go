@@ -214,7 +214,7 @@ func stagedPackages(ctx context.Context, api *ledgerapi.Client, loc, job string)
 		}
 		for _, j := range jobs {
 			// A list answer may leave the location out; fetch those to see.
-			if j.Counts.Completed > 0 && (j.Destination == nil || j.Destination.Location == "" || j.Destination.Location == loc) {
+			if j.Counts.Completed > 0 && (j.Destination.Location == "" || j.Destination.Location == loc) {
 				ids = append(ids, j.JobID)
 			}
 		}
@@ -227,11 +227,8 @@ func stagedPackages(ctx context.Context, api *ledgerapi.Client, loc, job string)
 			return nil, fmt.Errorf("job %s: %w", id, err)
 		}
 		for _, p := range j.Packages {
-			at := ""
-			if j.Destination != nil {
-				at = j.Destination.Location
-			}
-			if p.Destination != nil && p.Destination.Location != "" {
+			at := j.Destination.Location
+			if p.Destination.Location != "" {
 				at = p.Destination.Location
 			}
 			if p.Status == event.StatusCompleted && at == loc && !seen[p.PackageID] {
