@@ -261,12 +261,7 @@ func untrackedDirs(root string, known map[string]bool) ([]audit.Finding, error) 
 // copyStatus is the ledger's status of the package's staged copy at loc
 // ("" when it has none or cannot say).
 func copyStatus(ctx context.Context, api *ledgerapi.Client, pkg, loc string) string {
-	var p struct {
-		StagedCopies []struct {
-			Location string `json:"location"`
-			Status   string `json:"status"`
-		} `json:"staged_copies"`
-	}
+	var p ledgerapi.PackageInfo
 	if err := api.Get(ctx, "/v1/packages/"+url.PathEscape(pkg), &p); err != nil {
 		return ""
 	}
@@ -290,12 +285,7 @@ func dropReleased(ctx context.Context, api *ledgerapi.Client, loc string, drift 
 			kept = append(kept, f)
 			continue
 		}
-		var p struct {
-			StagedCopies []struct {
-				Location string `json:"location"`
-				Status   string `json:"status"`
-			} `json:"staged_copies"`
-		}
+		var p ledgerapi.PackageInfo
 		gone := false
 		if err := api.Get(ctx, "/v1/packages/"+url.PathEscape(f.PackageID), &p); err == nil {
 			for _, c := range p.StagedCopies {
