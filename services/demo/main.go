@@ -289,7 +289,7 @@ func lookup(base, extra map[string]string) func(string) string {
 func printJobs(w io.Writer, jobs []ledgerapi.Job, took time.Duration) {
 	for _, j := range jobs {
 		dest := ""
-		if j.Destination.Site != "" {
+		if j.Destination != (ledgerapi.Place{}) {
 			dest = j.Destination.Site + " / " + j.Destination.Location
 		}
 		fmt.Fprintf(w, "job %s  %s  → %s  (%d of %d packages completed, %d failed, %s)\n",

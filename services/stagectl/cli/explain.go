@@ -155,7 +155,7 @@ func derive(j ledgerapi.Job) Explanation {
 	add := func(format string, args ...any) { x.Lines = append(x.Lines, fmt.Sprintf(format, args...)) }
 	c := j.Counts
 	dest := "an unresolved destination"
-	if j.Destination.Site != "" {
+	if j.Destination != (ledgerapi.Place{}) {
 		dest = "site " + j.Destination.Site
 		if j.Destination.Location != "" {
 			dest += " (location " + j.Destination.Location + ")"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -324,5 +325,33 @@ func TestBarProgress(t *testing.T) {
 		if !strings.Contains(out, w) {
 			t.Errorf("bar output lacks %q: %q", w, out)
 		}
+	}
+}
+
+// TestPrintJobDestination: the wire format has no null destination, so an
+// unresolved one is an empty Place; a location known before its site (a
+// submit by --location, not yet planned) is still shown.
+func TestPrintJobDestination(t *testing.T) {
+	tests := []struct {
+		name string
+		dest ledgerapi.Place
+		want string
+	}{
+		{"unresolved", ledgerapi.Place{}, "-"},
+		{"site and location", ledgerapi.Place{Site: "cologne", Location: "cologne-processing"}, "cologne/cologne-processing"},
+		{"site only", ledgerapi.Place{Site: "cologne"}, "cologne/-"},
+		{"location only", ledgerapi.Place{Location: "cologne-processing"}, "/cologne-processing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			j := ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "pending", Destination: tt.dest}}
+			if err := printJob(&b, j); err != nil {
+				t.Fatal(err)
+			}
+			if !regexp.MustCompile(`(?m)^destination: +` + regexp.QuoteMeta(tt.want) + `$`).MatchString(b.String()) {
+				t.Errorf("printJob = %q, want destination %q", b.String(), tt.want)
+			}
+		})
 	}
 }

@@ -44,7 +44,7 @@ func getJob(ctx context.Context, e *env, id string) (ledgerapi.Job, error) {
 func printJob(w io.Writer, j ledgerapi.Job) error {
 	c := j.Counts
 	dest := "-"
-	if j.Destination.Site != "" { // the wire format has no null destination
+	if j.Destination != (ledgerapi.Place{}) { // the wire format has no null destination
 		dest = j.Destination.Site + "/" + dash(j.Destination.Location)
 	}
 	head := [][]string{
