@@ -41,7 +41,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if job.Counts.Total != 3 || job.Counts.Completed != 3 || job.Counts.Failed != 0 {
 		t.Errorf("counts = %+v", job.Counts)
 	}
-	if job.Destination == nil || job.Destination.Location != "cologne-processing" {
+	if job.Destination.Location != "cologne-processing" {
 		t.Errorf("destination = %+v, want cologne-processing (priority 1 beats cologne-old)", job.Destination)
 	}
 	if job.RequestedBy != "e2e" || job.Priority != "normal" {
@@ -53,7 +53,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 		if p.Status != "completed" || p.Attempts < 1 || p.CompletedAt == nil || p.StartedAt == nil || p.PlannedAt == nil {
 			t.Errorf("%s: %+v", p.PackageID, p)
 		}
-		if p.Source == nil || p.Source.Location != wantSource[p.PackageID] {
+		if p.Source.Location != wantSource[p.PackageID] {
 			t.Errorf("%s: source %+v, want %s", p.PackageID, p.Source, wantSource[p.PackageID])
 		}
 		if p.Path != filepath.Join(root, p.PackageID) {

@@ -11,6 +11,7 @@ import (
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
 )
@@ -36,17 +37,8 @@ func startReleaseSystem(t *testing.T) *system {
 	return startSystemWith(t, releaseTopology, map[string]string{planner.EnvReleaseSweep: "100ms"})
 }
 
-// stagedCopy is a staged copy as the ledger's /v1/packages/{id} shows it.
-type stagedCopy struct {
-	Location string `json:"location"`
-	Path     string `json:"path"`
-	Status   string `json:"status"`
-}
-
 func (s *system) copyStatus(pkg, location string) (string, error) {
-	var p struct {
-		StagedCopies []stagedCopy `json:"staged_copies"`
-	}
+	var p ledgerapi.PackageInfo
 	if err := s.api.Get(s.t.Context(), "/v1/packages/"+pkg, &p); err != nil {
 		return "", err
 	}

@@ -226,7 +226,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		if err != nil {
 			waitErr = errors.Join(waitErr, err)
 			if j.JobID == "" {
-				j = ledgerapi.Job{JobID: id, Status: "unknown"}
+				j = ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: id, Status: "unknown"}}
 			}
 		}
 		results = append(results, j)
@@ -289,7 +289,7 @@ func lookup(base, extra map[string]string) func(string) string {
 func printJobs(w io.Writer, jobs []ledgerapi.Job, took time.Duration) {
 	for _, j := range jobs {
 		dest := ""
-		if j.Destination != nil {
+		if j.Destination != (ledgerapi.Place{}) {
 			dest = j.Destination.Site + " / " + j.Destination.Location
 		}
 		fmt.Fprintf(w, "job %s  %s  → %s  (%d of %d packages completed, %d failed, %s)\n",
@@ -297,15 +297,16 @@ func printJobs(w io.Writer, jobs []ledgerapi.Job, took time.Duration) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  PACKAGE\tSTATUS\tBYTES\tTIME\tFROM\tWHERE IT LANDED")
 		for _, p := range j.Packages {
-			from := ""
-			if p.Source != nil {
-				from = p.Source.Location
+			from := p.Source.Location
+			secs := 0.0 // null until the package ends
+			if p.DurationSeconds != nil {
+				secs = *p.DurationSeconds
 			}
 			where := p.Path
 			if p.Reason != "" && p.Status != "completed" {
 				where = p.Reason + ": " + p.Message
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.2fs\t%s\t%s\n", p.PackageID, p.Status, human(p.SizeBytes), p.DurationSeconds, from, where)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.2fs\t%s\t%s\n", p.PackageID, p.Status, human(p.SizeBytes), secs, from, where)
 		}
 		tw.Flush()
 		fmt.Fprintln(w)

@@ -1,6 +1,7 @@
-// Package ledgerapi is a client of the ledger's read API (/v1) with the JSON
-// shapes it returns, for the demo, stagectl, the planner's reconciler and
-// tests: the consumers of the API share one definition of it.
+// Package ledgerapi is the ledger's read API (/v1): its JSON shapes
+// (types.go), which the ledger's handlers encode, and a client that decodes
+// them, for the demo, stagectl, the planner's reconciler and tests. Server
+// and clients share this one definition, checked against openapi.json.
 package ledgerapi
 
 import (
@@ -14,100 +15,6 @@ import (
 	"strings"
 	"time"
 )
-
-// Counts of a job's packages by status.
-type Counts struct {
-	Total      int `json:"total"`
-	Pending    int `json:"pending"`
-	Scheduled  int `json:"scheduled"`
-	InProgress int `json:"in_progress"`
-	Completed  int `json:"completed"`
-	Failed     int `json:"failed"`
-}
-
-// Target is a site and location.
-type Target struct {
-	Site     string `json:"site"`
-	Location string `json:"location"`
-}
-
-// Source is an archive copy.
-type Source struct {
-	Location string `json:"location"`
-	Site     string `json:"site"`
-	Storage  string `json:"storage"`
-	Key      string `json:"key"`
-}
-
-// Progress of the current attempt.
-type Progress struct {
-	BytesDone          int64      `json:"bytes_done"`
-	BytesTotal         int64      `json:"bytes_total"`
-	RateBytesPerSecond float64    `json:"rate_bytes_per_second"`
-	UpdatedAt          *time.Time `json:"updated_at"`
-}
-
-// Package is one package of a job.
-type Package struct {
-	PackageID       string     `json:"package_id"`
-	Status          string     `json:"status"`
-	Reason          string     `json:"reason"`
-	Message         string     `json:"message"`
-	Attempts        int        `json:"attempts"`
-	Source          *Source    `json:"source"`
-	Destination     *Target    `json:"destination"`
-	Path            string     `json:"path"`
-	SizeBytes       int64      `json:"size_bytes"`
-	Files           int        `json:"files"`
-	AlreadyPresent  bool       `json:"already_present"`
-	PlannedAt       *time.Time `json:"planned_at"`
-	StartedAt       *time.Time `json:"started_at"`
-	CompletedAt     *time.Time `json:"completed_at"`
-	DurationSeconds float64    `json:"duration_seconds"`
-	Progress        *Progress  `json:"progress"`
-}
-
-// Job is a staging job; Packages is empty in list answers.
-type Job struct {
-	JobID       string     `json:"job_id"`
-	Status      string     `json:"status"`
-	Reason      string     `json:"reason"`
-	Message     string     `json:"message"`
-	RequestedBy string     `json:"requested_by"`
-	Priority    string     `json:"priority"`
-	Note        string     `json:"note"`
-	Destination *Target    `json:"destination"`
-	CreatedAt   *time.Time `json:"created_at"`
-	UpdatedAt   *time.Time `json:"updated_at"`
-	CompletedAt *time.Time `json:"completed_at"`
-	Counts      Counts     `json:"counts"`
-	BytesTotal  int64      `json:"bytes_total"`
-	BytesDone   int64      `json:"bytes_done"`
-	Packages    []Package  `json:"packages,omitempty"`
-}
-
-// Terminal reports whether the job will not change any more.
-func (j Job) Terminal() bool {
-	switch j.Status {
-	case "completed", "failed", "rejected", "cancelled":
-		return true
-	}
-	return false
-}
-
-// JobList is one page of jobs.
-type JobList struct {
-	Jobs       []Job  `json:"jobs"`
-	NextCursor string `json:"next_cursor"`
-}
-
-// Problem is an RFC 9457 error answer.
-type Problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-}
 
 func (p *Problem) Error() string {
 	if p.Detail != "" {

@@ -532,12 +532,7 @@ func (s *system) verify(since time.Time, within time.Duration) result {
 	// The projection holds one staged copy per package at the location,
 	// however often it was staged.
 	for id := range staged {
-		var pkg struct {
-			StagedCopies []struct {
-				Location string `json:"location"`
-				Status   string `json:"status"`
-			} `json:"staged_copies"`
-		}
+		var pkg ledgerapi.PackageInfo
 		if err := s.api.Get(s.t.Context(), "/v1/packages/"+id, &pkg); err != nil {
 			s.t.Errorf("ledger package %s: %v", id, err)
 			continue

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/httpapi"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -19,8 +19,8 @@ type natsLive struct {
 	js jetstream.JetStream
 }
 
-func (l natsLive) Backlog(ctx context.Context, site string) ([]httpapi.Backlog, error) {
-	out := []httpapi.Backlog{}
+func (l natsLive) Backlog(ctx context.Context, site string) ([]ledgerapi.Backlog, error) {
+	out := []ledgerapi.Backlog{}
 	for _, p := range subject.Priorities {
 		name := subject.StagerDurable(site, p)
 		c, err := l.js.Consumer(ctx, subject.RequestsStream, name)
@@ -31,7 +31,7 @@ func (l natsLive) Backlog(ctx context.Context, site string) ([]httpapi.Backlog, 
 			return out, fmt.Errorf("consumer %s: %w", name, err)
 		}
 		info := c.CachedInfo()
-		out = append(out, httpapi.Backlog{Durable: name, Priority: p, Pending: info.NumPending, AckPending: info.NumAckPending})
+		out = append(out, ledgerapi.Backlog{Durable: name, Priority: p, Pending: info.NumPending, AckPending: info.NumAckPending})
 	}
 	return out, nil
 }

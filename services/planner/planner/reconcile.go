@@ -80,7 +80,7 @@ func (s *service) reconcile(ctx context.Context) {
 // of the job (its other packages) is not kept.
 type stale struct {
 	jobID, priority string
-	jobDest         *ledgerapi.Target
+	jobDest         ledgerapi.Place
 	pkg             ledgerapi.Package
 }
 
@@ -182,12 +182,14 @@ collect:
 	return acted, nil
 }
 
-// destination is where the package is staged: its own, or its job's.
-func (c stale) destination() *ledgerapi.Target {
-	if c.pkg.Destination != nil {
-		return c.pkg.Destination
+// destination is where the package is staged: its own, or its job's. The
+// wire format has no null destination (openapi.json): an empty site is an
+// absent one, and ok is false when neither names a site.
+func (c stale) destination() (dest ledgerapi.Place, ok bool) {
+	if c.pkg.Destination.Site != "" {
+		return c.pkg.Destination, true
 	}
-	return c.jobDest
+	return c.jobDest, c.jobDest.Site != ""
 }
 
 // outcomeOf returns what the planner recorded of the candidate's outcome:
@@ -195,7 +197,7 @@ func (c stale) destination() *ledgerapi.Target {
 // only proves the copy is staged at its destination (see outcomes.Of).
 func (s *service) outcomeOf(ctx context.Context, c stale, now time.Time) (*outcomes.Record, bool, error) {
 	loc := ""
-	if d := c.destination(); d != nil {
+	if d, ok := c.destination(); ok {
 		loc = d.Location
 	}
 	// Without a plan time no copy record can be proven to postdate the
@@ -234,7 +236,7 @@ func lastActivity(p ledgerapi.Package) time.Time {
 			t = *x
 		}
 	}
-	if p.Progress != nil && p.Progress.UpdatedAt != nil && p.Progress.UpdatedAt.After(t) {
+	if p.Progress.UpdatedAt != nil && p.Progress.UpdatedAt.After(t) {
 		t = *p.Progress.UpdatedAt
 	}
 	return t
@@ -255,8 +257,8 @@ func (s *service) queuedRequests(ctx context.Context, cands []stale) (map[string
 	}
 	want := map[string]map[string]bool{} // site -> candidate keys
 	for _, c := range cands {
-		d := c.destination()
-		if d == nil {
+		d, ok := c.destination()
+		if !ok {
 			continue // reconcilePackage reports it
 		}
 		if want[d.Site] == nil {
@@ -361,8 +363,8 @@ func (s *service) reconcilePackage(ctx context.Context, c stale, now time.Time) 
 	log := s.log.With().Str(logx.JobID, c.jobID).Str(logx.PackageID, c.pkg.PackageID).Int("generation", cur.Generation).Logger()
 	why := fmt.Sprintf("%s with no activity since %s and request %s not in the work queue",
 		c.pkg.Status, lastActivity(c.pkg).UTC().Format(time.RFC3339), id)
-	dest := c.destination()
-	if dest == nil {
+	dest, ok := c.destination()
+	if !ok {
 		return false, fmt.Errorf("job %s package %s: ledger gives no destination", c.jobID, c.pkg.PackageID)
 	}
 	if cur.Generation > s.cfg.MaxReissues && copyStaged {
@@ -371,13 +373,13 @@ func (s *service) reconcilePackage(ctx context.Context, c stale, now time.Time) 
 		s.m.reconcileSkip.WithLabelValues("copy_staged").Inc()
 		log.Info().Str(logx.EventID, r.EventID).Msg("package past its re-issues has a staged copy: re-issued, not given up")
 	} else if cur.Generation > s.cfg.MaxReissues {
-		return true, s.giveUp(ctx, c, *dest, id, rev, cur, event.ReasonStalled,
+		return true, s.giveUp(ctx, c, dest, id, rev, cur, event.ReasonStalled,
 			fmt.Sprintf("%s; gave up after %d re-issues", why, cur.Generation-1))
 	}
 	next := reissue.State{Generation: cur.Generation + 1, Why: why, At: now.UTC()}
-	req, err := s.rebuildRequest(ctx, c, *dest, next.Generation)
+	req, err := s.rebuildRequest(ctx, c, dest, next.Generation)
 	if r, ok := errors.AsType[*route.Refusal](err); ok {
-		return true, s.giveUp(ctx, c, *dest, id, rev, cur, r.Reason, r.Message)
+		return true, s.giveUp(ctx, c, dest, id, rev, cur, r.Reason, r.Message)
 	}
 	if err != nil {
 		return false, err
@@ -404,7 +406,7 @@ func (s *service) reconcilePackage(ctx context.Context, c stale, now time.Time) 
 
 // rebuildRequest routes the package again; a *route.Refusal means it can
 // no longer be staged (destination gone, no usable copy).
-func (s *service) rebuildRequest(ctx context.Context, c stale, dest ledgerapi.Target, gen int) (event.Request, error) {
+func (s *service) rebuildRequest(ctx context.Context, c stale, dest ledgerapi.Place, gen int) (event.Request, error) {
 	topo := s.topo.Load()
 	loc, err := route.Destination(topo, event.Destination{Location: dest.Location})
 	if err != nil {
@@ -435,7 +437,7 @@ func (s *service) rebuildRequest(ctx context.Context, c stale, dest ledgerapi.Ta
 // it did so the next rounds leave the package alone even while the ledger
 // has not caught up. Two planners giving up at once publish the same event
 // id, which JetStream and the ledger drop.
-func (s *service) giveUp(ctx context.Context, c stale, dest ledgerapi.Target, requestID string, rev uint64, cur reissue.State, reason, msg string) error {
+func (s *service) giveUp(ctx context.Context, c stale, dest ledgerapi.Place, requestID string, rev uint64, cur reissue.State, reason, msg string) error {
 	st := event.Stalled{JobID: c.jobID, PackageID: c.pkg.PackageID, Site: dest.Site, Location: dest.Location,
 		RequestID: requestID, Reason: reason, Message: msg, Reissues: max(cur.Generation-1, 0)}
 	env, err := event.New(Source, "stalled:"+requestID+":"+reason, c.pkg.PackageID, st)

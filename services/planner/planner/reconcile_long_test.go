@@ -102,7 +102,7 @@ func TestReconcilerQueueViewChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &service{js: js, nc: nc, log: zerolog.Nop(), m: newMetrics(obs.NewRegistry(), "bench")}
-	cands := []stale{{jobID: "lost", pkg: ledgerapi.Package{PackageID: "p", Destination: &ledgerapi.Target{Site: "us", Location: "us-proc"}}}}
+	cands := []stale{{jobID: "lost", pkg: ledgerapi.Package{PackageID: "p", Destination: ledgerapi.Place{Site: "us", Location: "us-proc"}}}}
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -49,8 +49,7 @@ func (f *fakeLedger) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var l ledgerapi.JobList
 	for _, j := range f.jobs {
 		if j.Status == r.URL.Query().Get("status") {
-			j.Packages = nil
-			l.Jobs = append(l.Jobs, j)
+			l.Jobs = append(l.Jobs, j.JobSummary)
 		}
 	}
 	_ = json.NewEncoder(w).Encode(l)
@@ -118,7 +117,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 	h.submit("s-r", event.Submit{JobID: "R", Packages: []string{"p1", "p2"}, Destination: event.Destination{Site: "us"}, RequestedBy: "me"})
 	h.event(subject.Planned, "planned:R")
 
-	dest := &ledgerapi.Target{Site: "us", Location: "us-proc"}
+	dest := ledgerapi.Place{Site: "us", Location: "us-proc"}
 	long := time.Now().Add(-time.Hour)
 	pkg := func(id, status string, attempts int) ledgerapi.Package {
 		p := ledgerapi.Package{PackageID: id, Status: status, Attempts: attempts, Destination: dest, PlannedAt: &long}
@@ -128,7 +127,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 		return p
 	}
 	setJob := func(pkgs ...ledgerapi.Package) {
-		ledger.set(ledgerapi.Job{JobID: "R", Status: event.StatusScheduled, Priority: "normal", Destination: dest, Packages: pkgs})
+		ledger.set(ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "R", Status: event.StatusScheduled, Priority: "normal", Destination: dest}, Packages: pkgs})
 	}
 	setJob(pkg("p1", event.StatusScheduled, 0), pkg("p2", event.StatusScheduled, 0))
 
@@ -301,9 +300,9 @@ func TestReconcilerTrustsRecordedOutcomes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dest := &ledgerapi.Target{Site: "us", Location: "us-proc"}
+	dest := ledgerapi.Place{Site: "us", Location: "us-proc"}
 	long := time.Now().Add(-time.Hour)
-	ledger.set(ledgerapi.Job{JobID: "D", Status: event.StatusScheduled, Priority: "normal", Destination: dest, Packages: []ledgerapi.Package{
+	ledger.set(ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "D", Status: event.StatusScheduled, Priority: "normal", Destination: dest}, Packages: []ledgerapi.Package{
 		{PackageID: "p1", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long},
 		{PackageID: "p2", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long},
 	}})
@@ -382,9 +381,9 @@ func TestReconcilerNeverGivesUpAStagedCopy(t *testing.T) {
 			}
 		})
 	}
-	dest := &ledgerapi.Target{Site: "us", Location: "us-proc"}
+	dest := ledgerapi.Place{Site: "us", Location: "us-proc"}
 	long := time.Now().Add(-time.Hour)
-	ledger.set(ledgerapi.Job{JobID: "J", Status: event.StatusScheduled, Priority: "normal", Destination: dest, Packages: []ledgerapi.Package{
+	ledger.set(ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "J", Status: event.StatusScheduled, Priority: "normal", Destination: dest}, Packages: []ledgerapi.Package{
 		{PackageID: "p1", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long}}})
 	// Another job stages p1 at us-proc after J was planned.
 	rid := planner.RequestID("K", "p1", 1)

@@ -7,32 +7,9 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 )
-
-// LoggedEvent is one entry of a job's timeline as the ledger serves it
-// (GET /v1/jobs/{id}/events).
-type LoggedEvent struct {
-	Seq       int64           `json:"seq"`
-	Source    string          `json:"source"`
-	ID        string          `json:"id"`
-	Type      string          `json:"type"`
-	Subject   string          `json:"subject"`
-	Time      time.Time       `json:"time"`
-	JobID     *string         `json:"job_id"`
-	PackageID *string         `json:"package_id"`
-	Stream    string          `json:"stream"`
-	StreamSeq int64           `json:"stream_seq"`
-	Data      json.RawMessage `json:"data"`
-}
-
-// Timeline is the answer of the events endpoint.
-type Timeline struct {
-	JobID  string        `json:"job_id"`
-	Events []LoggedEvent `json:"events"`
-}
 
 func runEvents(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet("stagectl events", e.stderr)
@@ -47,7 +24,7 @@ func runEvents(ctx context.Context, e *env, args []string) error {
 	if len(pos) != 1 {
 		return usagef("events takes exactly one job id")
 	}
-	var tl Timeline
+	var tl ledgerapi.JobEvents
 	err = e.ledger().Get(ctx, "/v1/jobs/"+url.PathEscape(pos[0])+"/events", &tl)
 	if errors.Is(err, ledgerapi.ErrNotFound) {
 		return withCode(ExitNotFound, fmt.Errorf("job %s: the ledger has no events of it", pos[0]))
@@ -80,7 +57,7 @@ func shortType(t string) string {
 }
 
 // detail picks the fields of an event's data a person scans a timeline for.
-func detail(ev LoggedEvent) string {
+func detail(ev ledgerapi.LogEntry) string {
 	var d struct {
 		Attempt    int    `json:"attempt"`
 		Reason     string `json:"reason"`

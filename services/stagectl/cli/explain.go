@@ -169,7 +169,7 @@ func deriveWith(j ledgerapi.Job, retry bus.Retry) Explanation {
 	add := func(format string, args ...any) { x.Lines = append(x.Lines, fmt.Sprintf(format, args...)) }
 	c := j.Counts
 	dest := "an unresolved destination"
-	if j.Destination != nil {
+	if j.Destination != (ledgerapi.Place{}) {
 		dest = "site " + j.Destination.Site
 		if j.Destination.Location != "" {
 			dest += " (location " + j.Destination.Location + ")"
@@ -183,7 +183,7 @@ func deriveWith(j ledgerapi.Job, retry bus.Retry) Explanation {
 		add("The planner refused the whole job: %s: %s%s.", dash(j.Reason), oneLine(j.Message, 200), hint(j.Reason))
 	case event.StatusScheduled:
 		site := "its site"
-		if j.Destination != nil {
+		if j.Destination.Site != "" {
 			site = j.Destination.Site
 		}
 		add("It is scheduled: %d package(s) wait for a stager of %s; none has started yet. If that lasts, check that a stager of %s runs (KV bucket STAGERS).", c.Scheduled, site, site)

@@ -38,21 +38,18 @@ func runJobs(ctx context.Context, e *env, args []string) error {
 	}
 	rows := [][]string{{"JOB", "STATUS", "SITE", "LOCATION", "PACKAGES", "FAILED", "BYTES", "PRIORITY", "REQUESTED_BY", "CREATED"}}
 	for _, j := range jobs {
-		site, loc := "-", "-"
-		if j.Destination != nil {
-			site, loc = dash(j.Destination.Site), dash(j.Destination.Location)
-		}
+		site, loc := dash(j.Destination.Site), dash(j.Destination.Location)
 		rows = append(rows, []string{j.JobID, j.Status, site, loc,
 			fmt.Sprintf("%d/%d", j.Counts.Completed, j.Counts.Total), fmt.Sprint(j.Counts.Failed),
-			humanBytes(j.BytesTotal), dash(j.Priority), dash(j.RequestedBy), fmtTime(j.CreatedAt)})
+			humanBytes(j.BytesTotal), dash(j.Priority), dash(j.RequestedBy), fmtTime(&j.CreatedAt)})
 	}
 	return table(e.stdout, rows)
 }
 
 // listJobs follows the ledger's cursor until limit jobs are collected. Each
 // page asks for no more than is still wanted.
-func listJobs(ctx context.Context, api *ledgerapi.Client, status, site, location string, limit int) ([]ledgerapi.Job, error) {
-	var out []ledgerapi.Job
+func listJobs(ctx context.Context, api *ledgerapi.Client, status, site, location string, limit int) ([]ledgerapi.JobSummary, error) {
+	var out []ledgerapi.JobSummary
 	cursor := ""
 	for len(out) < limit {
 		q := url.Values{}

@@ -50,8 +50,7 @@ func newFakeLedger(t *testing.T) *fakeLedger {
 			if s := r.URL.Query().Get("status"); s != "" && j.Status != s {
 				continue
 			}
-			j.Packages = nil
-			l.Jobs = append(l.Jobs, j)
+			l.Jobs = append(l.Jobs, j.JobSummary)
 		}
 		_ = json.NewEncoder(w).Encode(l)
 	})
@@ -124,10 +123,10 @@ func (f *fakeLedger) set(id string, seq ...ledgerapi.Job) {
 func job(id, status string, done, completed, failed int) ledgerapi.Job {
 	now := time.Date(2026, 11, 26, 20, 0, 0, 0, time.UTC)
 	end := now.Add(90 * time.Second)
-	j := ledgerapi.Job{JobID: id, Status: status, RequestedBy: "alice", Priority: "normal", CreatedAt: &now,
-		Destination: &ledgerapi.Target{Site: "cologne", Location: "cologne-processing"},
+	j := ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: id, Status: status, RequestedBy: "alice", Priority: "normal", CreatedAt: now,
+		Destination: ledgerapi.Place{Site: "cologne", Location: "cologne-processing"},
 		Counts:      ledgerapi.Counts{Total: 2, Completed: completed, Failed: failed, Scheduled: 2 - completed - failed},
-		BytesTotal:  2048, BytesDone: int64(done)}
+		BytesTotal:  2048, BytesDone: int64(done)}}
 	if status == "completed" || status == "failed" {
 		j.CompletedAt = &end
 	}

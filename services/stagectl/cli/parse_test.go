@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -231,8 +232,8 @@ func TestPlainProgressPrintsChanges(t *testing.T) {
 	p := &plainProgress{w: &b, id: "j"}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	job := func(status string, done int64, completed int) ledgerapi.Job {
-		return ledgerapi.Job{JobID: "j", Status: status, BytesDone: done, BytesTotal: 400,
-			Counts: ledgerapi.Counts{Total: 2, Completed: completed}}
+		return ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: status, BytesDone: done, BytesTotal: 400,
+			Counts: ledgerapi.Counts{Total: 2, Completed: completed}}}
 	}
 	p.update(job("scheduled", 0, 0), t0)
 	p.update(job("scheduled", 0, 0), t0.Add(time.Second))       // same: no line
@@ -260,28 +261,27 @@ func TestOutcomeCode(t *testing.T) {
 }
 
 func TestDerive(t *testing.T) {
-	dest := &ledgerapi.Target{Site: "cologne", Location: "cologne-processing"}
+	dest := ledgerapi.Place{Site: "cologne", Location: "cologne-processing"}
 	tests := []struct {
 		name string
 		job  ledgerapi.Job
 		want []string
 	}{
-		{"pending", ledgerapi.Job{JobID: "j", Status: "pending"}, []string{"planner has not planned it yet"}},
-		{"rejected", ledgerapi.Job{JobID: "j", Status: "rejected", Reason: "unknown_site", Message: `no site "x"`},
+		{"pending", ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "pending"}}, []string{"planner has not planned it yet"}},
+		{"rejected", ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "rejected", Reason: "unknown_site", Message: `no site "x"`}},
 			[]string{`refused the whole job: unknown_site: no site "x"`, "not in the topology file"}},
-		{"scheduled", ledgerapi.Job{JobID: "j", Status: "scheduled", Destination: dest, Counts: ledgerapi.Counts{Total: 1, Scheduled: 1}},
+		{"scheduled", ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "scheduled", Destination: dest, Counts: ledgerapi.Counts{Total: 1, Scheduled: 1}}},
 			[]string{"wait for a stager of cologne"}},
-		{"retrying", ledgerapi.Job{JobID: "j", Status: "in_progress", Destination: dest, Packages: []ledgerapi.Package{
+		{"retrying", ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "in_progress", Destination: dest}, Packages: []ledgerapi.Package{
 			{PackageID: "p1", Status: "scheduled", Reason: "io_error", Message: "disk hiccup", Attempts: 2}}},
 			[]string{"Package p1: attempt 2 failed (io_error: disk hiccup); it will be retried about 2s after the failure"}},
-		{"no space", ledgerapi.Job{JobID: "j", Status: "in_progress", Destination: dest, Packages: []ledgerapi.Package{
+		{"no space", ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "in_progress", Destination: dest}, Packages: []ledgerapi.Package{
 			{PackageID: "p1", Status: "scheduled", Reason: "no_space", Message: "full", Attempts: 1}}},
 			[]string{"attempt 1 failed (no_space: full); it will be retried about 30s after the failure"}},
-		{"failed grouped", ledgerapi.Job{JobID: "j", Status: "failed", Destination: dest, Counts: ledgerapi.Counts{Total: 3, Completed: 1, Failed: 2},
-			Packages: []ledgerapi.Package{
-				{PackageID: "p1", Status: "completed"},
-				{PackageID: "p2", Status: "failed", Reason: "checksum_mismatch", Message: "sha differs"},
-				{PackageID: "p3", Status: "failed", Reason: "checksum_mismatch"}}},
+		{"failed grouped", ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "failed", Destination: dest, Counts: ledgerapi.Counts{Total: 3, Completed: 1, Failed: 2}}, Packages: []ledgerapi.Package{
+			{PackageID: "p1", Status: "completed"},
+			{PackageID: "p2", Status: "failed", Reason: "checksum_mismatch", Message: "sha differs"},
+			{PackageID: "p3", Status: "failed", Reason: "checksum_mismatch"}}},
 			[]string{"1 of 3 package(s) completed and 2 failed", "2 package(s) failed with checksum_mismatch (p2, p3): sha differs — the archive copy's bytes differ"}},
 	}
 	for _, tc := range tests {
@@ -318,7 +318,7 @@ func TestHumanBytesAndIDs(t *testing.T) {
 func TestBarProgress(t *testing.T) {
 	var b strings.Builder
 	p := newBarProgress(&b, "j")
-	j := ledgerapi.Job{JobID: "j", Status: "in_progress", BytesTotal: 4 << 20, BytesDone: 1 << 20, Counts: ledgerapi.Counts{Total: 4, Completed: 1}}
+	j := ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "in_progress", BytesTotal: 4 << 20, BytesDone: 1 << 20, Counts: ledgerapi.Counts{Total: 4, Completed: 1}}}
 	p.update(j, time.Now())
 	j.Status, j.BytesDone, j.Counts.Completed = "completed", 4<<20, 4
 	p.update(j, time.Now())
@@ -328,5 +328,33 @@ func TestBarProgress(t *testing.T) {
 		if !strings.Contains(out, w) {
 			t.Errorf("bar output lacks %q: %q", w, out)
 		}
+	}
+}
+
+// TestPrintJobDestination: the wire format has no null destination, so an
+// unresolved one is an empty Place; a location known before its site (a
+// submit by --location, not yet planned) is still shown.
+func TestPrintJobDestination(t *testing.T) {
+	tests := []struct {
+		name string
+		dest ledgerapi.Place
+		want string
+	}{
+		{"unresolved", ledgerapi.Place{}, "-"},
+		{"site and location", ledgerapi.Place{Site: "cologne", Location: "cologne-processing"}, "cologne/cologne-processing"},
+		{"site only", ledgerapi.Place{Site: "cologne"}, "cologne/-"},
+		{"location only", ledgerapi.Place{Location: "cologne-processing"}, "/cologne-processing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			j := ledgerapi.Job{JobSummary: ledgerapi.JobSummary{JobID: "j", Status: "pending", Destination: tt.dest}}
+			if err := printJob(&b, j); err != nil {
+				t.Fatal(err)
+			}
+			if !regexp.MustCompile(`(?m)^destination: +` + regexp.QuoteMeta(tt.want) + `$`).MatchString(b.String()) {
+				t.Errorf("printJob = %q, want destination %q", b.String(), tt.want)
+			}
+		})
 	}
 }

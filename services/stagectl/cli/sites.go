@@ -7,24 +7,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 )
-
-// Site is one site as the ledger's /v1/sites shows it: the projection's
-// counts plus what NATS says about its stagers and backlog.
-type Site struct {
-	Name      string         `json:"name"`
-	Packages  map[string]int `json:"packages"`
-	StagedDay int64          `json:"bytes_staged_last_day"`
-	RateHour  float64        `json:"throughput_bytes_per_second_last_hour"`
-	Backlog   []struct {
-		Priority   string `json:"priority"`
-		Pending    uint64 `json:"pending"`
-		AckPending int    `json:"ack_pending"`
-	} `json:"backlog"`
-	Stagers   []heartbeat.Beat `json:"stagers"`
-	LiveError string           `json:"live_error"`
-}
 
 func runSites(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet("stagectl sites", e.stderr)
@@ -48,11 +32,9 @@ func runSites(ctx context.Context, e *env, args []string) error {
 		return writeJSON(e.stdout, raw)
 	}
 	// The answer is a list, or an object holding it under "sites".
-	var sites []Site
+	var sites []ledgerapi.Site
 	if err := json.Unmarshal(raw, &sites); err != nil {
-		var wrapped struct {
-			Sites []Site `json:"sites"`
-		}
+		var wrapped ledgerapi.SiteList
 		if err := json.Unmarshal(raw, &wrapped); err != nil {
 			return fmt.Errorf("ledger api: decode /v1/sites: %w", err)
 		}
@@ -75,7 +57,7 @@ func runSites(ctx context.Context, e *env, args []string) error {
 			backlog = dash(strings.Join(parts, " "))
 		}
 		rows = append(rows, []string{s.Name, stagers, busy, backlog, fmt.Sprint(s.Packages["scheduled"]), fmt.Sprint(s.Packages["in_progress"]),
-			fmt.Sprint(s.Packages["failed"]), humanBytes(s.StagedDay), humanBytes(int64(s.RateHour)) + "/s"})
+			fmt.Sprint(s.Packages["failed"]), humanBytes(s.BytesStagedDay), humanBytes(int64(s.ThroughputHourBs)) + "/s"})
 	}
 	sort.SliceStable(rows[1:], func(i, j int) bool { return rows[1+i][0] < rows[1+j][0] })
 	if err := table(e.stdout, rows); err != nil {

@@ -44,7 +44,7 @@ func getJob(ctx context.Context, e *env, id string) (ledgerapi.Job, error) {
 func printJob(w io.Writer, j ledgerapi.Job) error {
 	c := j.Counts
 	dest := "-"
-	if j.Destination != nil {
+	if j.Destination != (ledgerapi.Place{}) { // the wire format has no null destination
 		dest = j.Destination.Site + "/" + dash(j.Destination.Location)
 	}
 	head := [][]string{
@@ -56,8 +56,8 @@ func printJob(w io.Writer, j ledgerapi.Job) error {
 		{"packages", fmt.Sprintf("%d total, %d completed, %d failed, %d in progress, %d scheduled, %d pending",
 			c.Total, c.Completed, c.Failed, c.InProgress, c.Scheduled, c.Pending)},
 		{"bytes", fmt.Sprintf("%s of %s", humanBytes(j.BytesDone), humanBytes(j.BytesTotal))},
-		{"created", fmtTime(j.CreatedAt)},
-		{"updated", fmtTime(j.UpdatedAt)},
+		{"created", fmtTime(&j.CreatedAt)},
+		{"updated", fmtTime(&j.UpdatedAt)},
 		{"completed", fmtTime(j.CompletedAt)},
 	}
 	if j.Note != "" {
@@ -90,15 +90,12 @@ func packageRows(ps []ledgerapi.Package) [][]string {
 	rows := [][]string{{"PACKAGE", "STATUS", "ATTEMPTS", "SIZE", "PROGRESS", "SOURCE", "PATH", "REASON"}}
 	for _, p := range ps {
 		prog := "-"
-		if p.Progress != nil && p.Progress.BytesTotal > 0 && p.Status != "completed" {
+		if p.Progress.BytesTotal > 0 && p.Status != "completed" {
 			prog = fmt.Sprintf("%d%%", p.Progress.BytesDone*100/p.Progress.BytesTotal)
 		} else if p.Status == "completed" {
 			prog = "100%"
 		}
-		src := "-"
-		if p.Source != nil {
-			src = p.Source.Location
-		}
+		src := dash(p.Source.Location)
 		rows = append(rows, []string{p.PackageID, p.Status, fmt.Sprint(p.Attempts), humanBytes(p.SizeBytes), prog, src, dash(p.Path),
 			dash(p.Reason) + msgSuffix(p.Message)})
 	}

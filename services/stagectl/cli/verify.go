@@ -231,7 +231,7 @@ func stagedPackages(ctx context.Context, api *ledgerapi.Client, loc, job string)
 		}
 		for _, j := range jobs {
 			// A list answer may leave the location out; fetch those to see.
-			if j.Counts.Completed > 0 && (j.Destination == nil || j.Destination.Location == "" || j.Destination.Location == loc) {
+			if j.Counts.Completed > 0 && (j.Destination.Location == "" || j.Destination.Location == loc) {
 				ids = append(ids, j.JobID)
 			}
 		}
@@ -244,11 +244,8 @@ func stagedPackages(ctx context.Context, api *ledgerapi.Client, loc, job string)
 			return nil, fmt.Errorf("job %s: %w", id, err)
 		}
 		for _, p := range j.Packages {
-			at := ""
-			if j.Destination != nil {
-				at = j.Destination.Location
-			}
-			if p.Destination != nil && p.Destination.Location != "" {
+			at := j.Destination.Location
+			if p.Destination.Location != "" {
 				at = p.Destination.Location
 			}
 			if p.Status == event.StatusCompleted && at == loc && !seen[p.PackageID] {
@@ -281,12 +278,7 @@ func untrackedDirs(root string, known map[string]bool) ([]audit.Finding, error) 
 // copyStatus is the ledger's status of the package's staged copy at loc
 // ("" when it has none or cannot say).
 func copyStatus(ctx context.Context, api *ledgerapi.Client, pkg, loc string) string {
-	var p struct {
-		StagedCopies []struct {
-			Location string `json:"location"`
-			Status   string `json:"status"`
-		} `json:"staged_copies"`
-	}
+	var p ledgerapi.PackageInfo
 	if err := api.Get(ctx, "/v1/packages/"+url.PathEscape(pkg), &p); err != nil {
 		return ""
 	}
@@ -310,12 +302,7 @@ func dropReleased(ctx context.Context, api *ledgerapi.Client, loc string, drift 
 			kept = append(kept, f)
 			continue
 		}
-		var p struct {
-			StagedCopies []struct {
-				Location string `json:"location"`
-				Status   string `json:"status"`
-			} `json:"staged_copies"`
-		}
+		var p ledgerapi.PackageInfo
 		gone := false
 		if err := api.Get(ctx, "/v1/packages/"+url.PathEscape(f.PackageID), &p); err == nil {
 			for _, c := range p.StagedCopies {

@@ -140,10 +140,10 @@ func summary(w io.Writer, j ledgerapi.Job) error {
 }
 
 func took(j ledgerapi.Job) string {
-	if j.CreatedAt == nil || j.CompletedAt == nil {
+	if j.CreatedAt.IsZero() || j.CompletedAt == nil {
 		return ""
 	}
-	return ", took " + j.CompletedAt.Sub(*j.CreatedAt).Round(time.Second).String()
+	return ", took " + j.CompletedAt.Sub(j.CreatedAt).Round(time.Second).String()
 }
 
 func isTTY(w io.Writer) bool {

@@ -8,14 +8,8 @@ import (
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 )
-
-// Explanation says in plain words why a package is not done yet.
-type Explanation struct {
-	PackageID string `json:"package_id"`
-	Status    string `json:"status"`
-	Why       string `json:"why"`
-}
 
 // staleProgress is how long a running package may stay silent before the
 // explanation says so; stagers report every few seconds.
@@ -45,7 +39,7 @@ func handleJobExplain(d Deps) http.Handler {
 		// What NATS knows is fetched once per site, and its absence is an
 		// explanation in itself rather than an error.
 		type siteLive struct {
-			backlog []Backlog
+			backlog []ledgerapi.Backlog
 			beats   []heartbeat.Beat
 			err     error
 		}
@@ -73,7 +67,7 @@ func handleJobExplain(d Deps) http.Handler {
 			live[site] = l
 			return l
 		}
-		out := []Explanation{}
+		out := []ledgerapi.PackageExplanation{}
 		for _, p := range job.Packages {
 			if p.Status == "completed" || p.Status == "failed" || p.Status == "cancelled" {
 				continue
@@ -137,19 +131,14 @@ func handleJobExplain(d Deps) http.Handler {
 					why += fmt.Sprintf("; no stager heartbeat at site %s for at least %s", site, heartbeat.TTL)
 				}
 			}
-			out = append(out, Explanation{PackageID: p.PackageID, Status: p.Status, Why: why})
+			out = append(out, ledgerapi.PackageExplanation{PackageID: p.PackageID, Status: p.Status, Why: why})
 		}
 		summary := fmt.Sprintf("job %s is %s: %d of %d packages completed, %d failed", job.JobID, job.Status,
 			job.Counts.Completed, job.Counts.Total, job.Counts.Failed)
 		if job.Status == "rejected" {
 			summary = fmt.Sprintf("job %s was rejected (%s): %s", job.JobID, job.Reason, job.Message)
 		}
-		encode(w, http.StatusOK, struct {
-			JobID    string        `json:"job_id"`
-			Status   string        `json:"status"`
-			Summary  string        `json:"summary"`
-			Packages []Explanation `json:"packages"`
-		}{job.JobID, job.Status, summary, out})
+		encode(w, http.StatusOK, ledgerapi.Explanation{JobID: job.JobID, Status: job.Status, Summary: summary, Packages: out})
 	})
 }
 

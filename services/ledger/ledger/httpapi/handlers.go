@@ -12,6 +12,7 @@ import (
 
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 )
 
 var (
@@ -48,11 +49,6 @@ func parseTime(q, name string) (time.Time, error) {
 	return t, nil
 }
 
-type jobList struct {
-	Jobs       []store.JobSummary `json:"jobs"`
-	NextCursor string             `json:"next_cursor"`
-}
-
 func handleJobList(d Deps) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -86,7 +82,7 @@ func handleJobList(d Deps) http.Handler {
 		case err != nil:
 			internalError(w, r, d.Log, err)
 		default:
-			encode(w, http.StatusOK, jobList{Jobs: jobs, NextCursor: next})
+			encode(w, http.StatusOK, ledgerapi.JobList{Jobs: jobs, NextCursor: next})
 		}
 	})
 }
@@ -136,10 +132,7 @@ func handleJobEvents(d Deps) http.Handler {
 			return
 		}
 		evs, err := d.Store.JobEvents(r.Context(), id)
-		reply(w, r, d, "job", id, struct {
-			JobID  string           `json:"job_id"`
-			Events []store.LogEntry `json:"events"`
-		}{id, evs}, err)
+		reply(w, r, d, "job", id, ledgerapi.JobEvents{JobID: id, Events: evs}, err)
 	})
 }
 
@@ -155,28 +148,18 @@ func handlePackageGet(d Deps) http.Handler {
 	})
 }
 
-// Site is a site as the API shows it: the projection's view plus what NATS
-// says about its stagers.
-type Site struct {
-	store.SiteStats
-	Backlog []Backlog        `json:"backlog"`
-	Stagers []heartbeat.Beat `json:"stagers"`
-	// LiveError says why backlog and stagers are missing, when they are.
-	LiveError string `json:"live_error,omitempty"`
-}
-
 // siteCache holds the last site summary for ttl. Callers arriving while it
 // is computed wait for that result instead of computing their own.
 type siteCache struct {
 	ttl time.Duration
 	mu  sync.Mutex
 	at  time.Time
-	val []Site
+	val []ledgerapi.Site
 }
 
 // sites returns the site summaries, from the cache when fresh enough. The
 // slice is shared: callers must not modify it.
-func sites(d Deps, r *http.Request) ([]Site, error) {
+func sites(d Deps, r *http.Request) ([]ledgerapi.Site, error) {
 	c := d.sites
 	if c == nil || c.ttl < 0 {
 		return computeSites(d, r)
@@ -194,12 +177,12 @@ func sites(d Deps, r *http.Request) ([]Site, error) {
 	return v, nil
 }
 
-func computeSites(d Deps, r *http.Request) ([]Site, error) {
+func computeSites(d Deps, r *http.Request) ([]ledgerapi.Site, error) {
 	st, err := d.Store.Sites(r.Context(), d.Now())
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Site, len(st))
+	out := make([]ledgerapi.Site, len(st))
 	var beats []heartbeat.Beat
 	var liveErr error
 	if d.Live == nil {
@@ -208,7 +191,8 @@ func computeSites(d Deps, r *http.Request) ([]Site, error) {
 		beats, liveErr = d.Live.Stagers(r.Context())
 	}
 	for i, s := range st {
-		out[i] = Site{SiteStats: s, Backlog: []Backlog{}, Stagers: []heartbeat.Beat{}}
+		out[i] = s
+		out[i].Backlog, out[i].Stagers = []ledgerapi.Backlog{}, []heartbeat.Beat{}
 		for _, b := range beats {
 			if b.Site == s.Name {
 				out[i].Stagers = append(out[i].Stagers, b)
@@ -216,7 +200,7 @@ func computeSites(d Deps, r *http.Request) ([]Site, error) {
 		}
 		err := liveErr
 		if err == nil {
-			var bl []Backlog
+			var bl []ledgerapi.Backlog
 			if bl, err = d.Live.Backlog(r.Context(), s.Name); err == nil {
 				out[i].Backlog = append(out[i].Backlog, bl...)
 			}
@@ -235,9 +219,7 @@ func handleSites(d Deps) http.Handler {
 			internalError(w, r, d.Log, err)
 			return
 		}
-		encode(w, http.StatusOK, struct {
-			Sites []Site `json:"sites"`
-		}{s})
+		encode(w, http.StatusOK, ledgerapi.SiteList{Sites: s})
 	})
 }
 
@@ -275,8 +257,6 @@ func handlePoison(d Deps) http.Handler {
 			internalError(w, r, d.Log, err)
 			return
 		}
-		encode(w, http.StatusOK, struct {
-			Poison []store.PoisonEntry `json:"poison"`
-		}{p})
+		encode(w, http.StatusOK, ledgerapi.PoisonList{Poison: p})
 	})
 }

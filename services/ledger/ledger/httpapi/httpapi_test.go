@@ -21,6 +21,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/rs/zerolog"
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -29,8 +30,8 @@ import (
 // fakeLive stands in for NATS: one live stager at cologne and a backlog.
 type fakeLive struct{}
 
-func (fakeLive) Backlog(_ context.Context, site string) ([]httpapi.Backlog, error) {
-	return []httpapi.Backlog{{Durable: "stager-" + site + "-normal", Priority: "normal", Pending: 7, AckPending: 2}}, nil
+func (fakeLive) Backlog(_ context.Context, site string) ([]ledgerapi.Backlog, error) {
+	return []ledgerapi.Backlog{{Durable: "stager-" + site + "-normal", Priority: "normal", Pending: 7, AckPending: 2}}, nil
 }
 
 func (fakeLive) Stagers(context.Context) ([]heartbeat.Beat, error) {
@@ -317,7 +318,7 @@ func TestStreamSendsChangedJobs(t *testing.T) {
 		broker.Publish(res.Jobs)
 		select {
 		case data := <-got:
-			var j store.Job
+			var j ledgerapi.Job
 			if err := json.Unmarshal([]byte(data), &j); err != nil || j.JobID != "live" || j.Status != "completed" {
 				t.Errorf("stream event = %s (%v)", data, err)
 			}

@@ -16,24 +16,17 @@ import (
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
-// Backlog is the state of one stager durable consumer.
-type Backlog struct {
-	Durable    string `json:"durable"`
-	Priority   string `json:"priority"`
-	Pending    uint64 `json:"pending"`     // not yet delivered
-	AckPending int    `json:"ack_pending"` // delivered, being staged
-}
-
 // Live answers what only NATS knows: stager backlogs and live instances.
 type Live interface {
 	// Backlog returns a site's stager consumers, highest priority first;
 	// consumers that do not exist yet are left out.
-	Backlog(ctx context.Context, site string) ([]Backlog, error)
+	Backlog(ctx context.Context, site string) ([]ledgerapi.Backlog, error)
 	// Stagers returns the live stager instances of every site.
 	Stagers(ctx context.Context) ([]heartbeat.Beat, error)
 }
@@ -126,21 +119,12 @@ func encode[T any](w http.ResponseWriter, status int, v T) {
 	_ = enc.Encode(v) // the status is sent; nothing useful to do on error
 }
 
-// problem is an RFC 9457 problem detail.
-type problem struct {
-	Type     string `json:"type"`
-	Title    string `json:"title"`
-	Status   int    `json:"status"`
-	Detail   string `json:"detail,omitempty"`
-	Instance string `json:"instance,omitempty"`
-}
-
 const problemBase = "https://github.com/ccatobs/ccat-staging/blob/main/services/ledger/README.md#"
 
 func writeProblem(w http.ResponseWriter, r *http.Request, status int, slug, title, detail string) {
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(problem{Type: problemBase + slug, Title: title, Status: status, Detail: detail,
+	_ = json.NewEncoder(w).Encode(ledgerapi.Problem{Type: problemBase + slug, Title: title, Status: status, Detail: detail,
 		Instance: r.URL.Path})
 }
 

@@ -11,87 +11,13 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/uptrace/bun"
 )
 
-// Place is a site and, when resolved, a location.
-type Place struct {
-	Site     string `json:"site"`
-	Location string `json:"location"`
-}
-
-// Source is the archive copy a package is read from.
-type Source struct {
-	Location string `json:"location"`
-	Site     string `json:"site"`
-	Storage  string `json:"storage"`
-	Key      string `json:"key"`
-}
-
-// Counts are a job's packages by status.
-type Counts struct {
-	Total      int `json:"total"`
-	Pending    int `json:"pending"`
-	Scheduled  int `json:"scheduled"`
-	InProgress int `json:"in_progress"`
-	Completed  int `json:"completed"`
-	Failed     int `json:"failed"`
-	Cancelled  int `json:"cancelled"`
-}
-
-// JobSummary is a job without its packages (the list view).
-type JobSummary struct {
-	JobID       string     `json:"job_id"`
-	Status      string     `json:"status"`
-	Reason      string     `json:"reason"`
-	Message     string     `json:"message"`
-	RequestedBy string     `json:"requested_by"`
-	Priority    string     `json:"priority"`
-	Note        string     `json:"note"`
-	Destination Place      `json:"destination"`
-	CreatedAt   time.Time  `json:"created_at"`
-	UpdatedAt   time.Time  `json:"updated_at"`
-	CompletedAt *time.Time `json:"completed_at"`
-	Counts      Counts     `json:"counts"`
-	BytesTotal  int64      `json:"bytes_total"`
-	BytesDone   int64      `json:"bytes_done"`
-}
-
-// Progress is the latest progress report of a package's current attempt.
-type Progress struct {
-	BytesDone          int64      `json:"bytes_done"`
-	BytesTotal         int64      `json:"bytes_total"`
-	RateBytesPerSecond float64    `json:"rate_bytes_per_second"`
-	UpdatedAt          *time.Time `json:"updated_at"`
-}
-
-// Package is one package of a job.
-type Package struct {
-	PackageID       string     `json:"package_id"`
-	JobID           string     `json:"job_id,omitempty"`
-	Status          string     `json:"status"`
-	Reason          string     `json:"reason"`
-	Message         string     `json:"message"`
-	Attempts        int        `json:"attempts"`
-	RequestID       string     `json:"request_id"`
-	Source          Source     `json:"source"`
-	Destination     Place      `json:"destination"`
-	Path            string     `json:"path"`
-	SizeBytes       int64      `json:"size_bytes"`
-	Files           int        `json:"files"`
-	AlreadyPresent  bool       `json:"already_present"`
-	PlannedAt       *time.Time `json:"planned_at"`
-	StartedAt       *time.Time `json:"started_at"`
-	CompletedAt     *time.Time `json:"completed_at"`
-	DurationSeconds *float64   `json:"duration_seconds"`
-	Progress        Progress   `json:"progress"`
-}
-
-// Job is a job with every package.
-type Job struct {
-	JobSummary
-	Packages []Package `json:"packages"`
-}
+// The read side answers in the /v1 wire types of shared/ledgerapi, which
+// the API encodes as they are: rows are scanned into the private *Row types
+// here (they carry the column names) and converted.
 
 type jobRow struct {
 	JobID        string       `bun:"job_id"`
@@ -129,12 +55,12 @@ func nullTime(t bun.NullTime) *time.Time {
 	return &u
 }
 
-func (r jobRow) summary() JobSummary {
-	return JobSummary{
+func (r jobRow) summary() ledgerapi.JobSummary {
+	return ledgerapi.JobSummary{
 		JobID: r.JobID, Status: r.Status, Reason: r.Reason, Message: r.Message, RequestedBy: r.RequestedBy,
-		Priority: r.Priority, Note: r.Note, Destination: Place{Site: r.DestSite, Location: r.DestLocation},
+		Priority: r.Priority, Note: r.Note, Destination: ledgerapi.Place{Site: r.DestSite, Location: r.DestLocation},
 		CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(), CompletedAt: nullTime(r.CompletedAt),
-		Counts: Counts{Total: r.NTotal, Pending: r.NPending, Scheduled: r.NScheduled, InProgress: r.NInProgress,
+		Counts: ledgerapi.Counts{Total: r.NTotal, Pending: r.NPending, Scheduled: r.NScheduled, InProgress: r.NInProgress,
 			Completed: r.NCompleted, Failed: r.NFailed, Cancelled: r.NCancelled},
 		BytesTotal: r.BytesTotal, BytesDone: r.BytesDone,
 	}
@@ -173,15 +99,15 @@ const pkgCols = `job_id, package_id, status, reason, message, attempts, request_
 	src_key, dest_site, dest_location, path, size_bytes, files, already_present, planned_at, started_at, completed_at,
 	duration_seconds, progress_attempt, progress_bytes_done, progress_bytes_total, progress_rate, progress_updated_at`
 
-func (r pkgRow) pkg() Package {
-	p := Package{
+func (r pkgRow) pkg() ledgerapi.Package {
+	p := ledgerapi.Package{
 		PackageID: r.PackageID, Status: r.Status, Reason: r.Reason, Message: r.Message, Attempts: r.Attempts,
 		RequestID:   r.RequestID,
-		Source:      Source{Location: r.SrcLocation, Site: r.SrcSite, Storage: r.SrcStorage, Key: r.SrcKey},
-		Destination: Place{Site: r.DestSite, Location: r.DestLocation}, Path: r.Path, SizeBytes: r.SizeBytes,
+		Source:      ledgerapi.Source{Location: r.SrcLocation, Site: r.SrcSite, Storage: r.SrcStorage, Key: r.SrcKey},
+		Destination: ledgerapi.Place{Site: r.DestSite, Location: r.DestLocation}, Path: r.Path, SizeBytes: r.SizeBytes,
 		Files: r.Files, AlreadyPresent: r.AlreadyPresent, PlannedAt: nullTime(r.PlannedAt),
 		StartedAt: nullTime(r.StartedAt), CompletedAt: nullTime(r.CompletedAt),
-		Progress: Progress{BytesDone: r.ProgressDone, BytesTotal: r.ProgressTotal, RateBytesPerSecond: r.ProgressRate,
+		Progress: ledgerapi.Progress{BytesDone: r.ProgressDone, BytesTotal: r.ProgressTotal, RateBytesPerSecond: r.ProgressRate,
 			UpdatedAt: nullTime(r.ProgressAt)},
 	}
 	if r.DurationSeconds.Valid {
@@ -237,7 +163,7 @@ func decodeCursor(s string) (cursor, error) {
 // ListJobs returns a page of jobs, newest first, and the cursor of the next
 // page ("" when this is the last). Pagination is by keyset on (time, job_id),
 // so pages stay stable while new jobs arrive.
-func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]JobSummary, string, error) {
+func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]ledgerapi.JobSummary, string, error) {
 	col := "created_at"
 	if f.Sort == "updated" {
 		col = "updated_at"
@@ -294,7 +220,7 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]JobSummary, string
 		}
 		next = encodeCursor(t, last.JobID)
 	}
-	out := make([]JobSummary, len(rows))
+	out := make([]ledgerapi.JobSummary, len(rows))
 	for i, r := range rows {
 		out[i] = r.summary()
 	}
@@ -302,106 +228,108 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]JobSummary, string
 }
 
 // GetJob returns a job with its packages, or ErrNotFound.
-func (s *Store) GetJob(ctx context.Context, id string) (Job, error) {
+func (s *Store) GetJob(ctx context.Context, id string) (ledgerapi.Job, error) {
 	var rows []jobRow
 	if err := s.db.NewRaw("SELECT "+jobCols+" FROM jobs WHERE job_id = ?", id).Scan(ctx, &rows); err != nil {
-		return Job{}, fmt.Errorf("get job %s: %w", id, err)
+		return ledgerapi.Job{}, fmt.Errorf("get job %s: %w", id, err)
 	}
 	if len(rows) == 0 {
-		return Job{}, ErrNotFound
+		return ledgerapi.Job{}, ErrNotFound
 	}
 	var pkgs []pkgRow
 	if err := s.db.NewRaw("SELECT "+pkgCols+" FROM job_packages WHERE job_id = ? ORDER BY package_id", id).Scan(ctx, &pkgs); err != nil {
-		return Job{}, fmt.Errorf("get packages of job %s: %w", id, err)
+		return ledgerapi.Job{}, fmt.Errorf("get packages of job %s: %w", id, err)
 	}
-	j := Job{JobSummary: rows[0].summary(), Packages: make([]Package, len(pkgs))}
+	j := ledgerapi.Job{JobSummary: rows[0].summary(), Packages: make([]ledgerapi.Package, len(pkgs))}
 	for i, p := range pkgs {
 		j.Packages[i] = p.pkg()
 	}
 	return j, nil
 }
 
-// LogEntry is one event of the log.
-type LogEntry struct {
-	Seq       int64           `json:"seq" bun:"seq"`
-	Source    string          `json:"source" bun:"source"`
-	ID        string          `json:"id" bun:"id"`
-	Type      string          `json:"type" bun:"type"`
-	Subject   string          `json:"subject" bun:"subject"`
-	Time      time.Time       `json:"time" bun:"event_time"`
-	JobID     *string         `json:"job_id" bun:"job_id"`
-	PackageID *string         `json:"package_id" bun:"package_id"`
-	Stream    string          `json:"stream" bun:"stream"`
-	StreamSeq int64           `json:"stream_seq" bun:"stream_seq"`
-	Data      json.RawMessage `json:"data" bun:"data,type:jsonb"`
+// logRow is a row of event_log as ledgerapi.LogEntry (the conversion
+// fails to compile if the two drift apart).
+type logRow struct {
+	Seq       int64           `bun:"seq"`
+	Source    string          `bun:"source"`
+	ID        string          `bun:"id"`
+	Type      string          `bun:"type"`
+	Subject   string          `bun:"subject"`
+	Time      time.Time       `bun:"event_time"`
+	JobID     *string         `bun:"job_id"`
+	PackageID *string         `bun:"package_id"`
+	Stream    string          `bun:"stream"`
+	StreamSeq int64           `bun:"stream_seq"`
+	Data      json.RawMessage `bun:"data,type:jsonb"`
 }
 
 // JobEvents returns the timeline of a job, oldest first, or ErrNotFound.
-func (s *Store) JobEvents(ctx context.Context, id string) ([]LogEntry, error) {
-	var out []LogEntry
+func (s *Store) JobEvents(ctx context.Context, id string) ([]ledgerapi.LogEntry, error) {
+	var rows []logRow
 	if err := s.db.NewRaw(`SELECT seq, source, id, type, subject, event_time, job_id, package_id, stream, stream_seq, data
-		FROM event_log WHERE job_id = ? ORDER BY event_time, seq`, id).Scan(ctx, &out); err != nil {
+		FROM event_log WHERE job_id = ? ORDER BY event_time, seq`, id).Scan(ctx, &rows); err != nil {
 		return nil, fmt.Errorf("events of job %s: %w", id, err)
 	}
-	if len(out) == 0 {
+	if len(rows) == 0 {
 		return nil, ErrNotFound
 	}
-	for i := range out {
-		out[i].Time = out[i].Time.UTC()
+	out := make([]ledgerapi.LogEntry, len(rows))
+	for i, r := range rows {
+		out[i] = ledgerapi.LogEntry(r)
+		out[i].Time = r.Time.UTC()
 	}
 	return out, nil
 }
 
-// ArchiveCopy is a copy of a package in an archive location.
-type ArchiveCopy struct {
-	Location      string     `json:"location" bun:"location"`
-	Site          string     `json:"site" bun:"site"`
-	Key           string     `json:"key" bun:"key"`
-	SizeBytes     int64      `json:"size_bytes" bun:"size_bytes"`
-	Checksum      string     `json:"checksum" bun:"checksum"`
-	Format        string     `json:"format" bun:"format"`
-	Files         int        `json:"files" bun:"files"`
-	ArchivedAt    time.Time  `json:"archived_at" bun:"archived_at"`
-	Status        string     `json:"status" bun:"status"`
-	RemovedAt     *time.Time `json:"removed_at" bun:"removed_at"`
-	RemovedReason string     `json:"removed_reason" bun:"removed_reason"`
+// archiveRow is a row of archive_copies as ledgerapi.ArchiveCopy.
+type archiveRow struct {
+	Location      string     `bun:"location"`
+	Site          string     `bun:"site"`
+	Key           string     `bun:"key"`
+	SizeBytes     int64      `bun:"size_bytes"`
+	Checksum      string     `bun:"checksum"`
+	Format        string     `bun:"format"`
+	Files         int        `bun:"files"`
+	ArchivedAt    time.Time  `bun:"archived_at"`
+	Status        string     `bun:"status"`
+	RemovedAt     *time.Time `bun:"removed_at"`
+	RemovedReason string     `bun:"removed_reason"`
 }
 
-// StagedCopy is a copy of a package unpacked at a processing location.
-type StagedCopy struct {
-	Location  string    `json:"location" bun:"location"`
-	Site      string    `json:"site" bun:"site"`
-	Path      string    `json:"path" bun:"path"`
-	Status    string    `json:"status" bun:"status"`
-	JobID     string    `json:"job_id" bun:"job_id"`
-	SizeBytes int64     `json:"size_bytes" bun:"size_bytes"`
-	Files     int       `json:"files" bun:"files"`
-	StagedAt  time.Time `json:"staged_at" bun:"staged_at"`
-}
-
-// PackageInfo is everything the ledger knows about a package.
-type PackageInfo struct {
-	PackageID     string        `json:"package_id"`
-	SizeBytes     int64         `json:"size_bytes"`
-	Checksum      string        `json:"checksum"`
-	ArchiveCopies []ArchiveCopy `json:"archive_copies"`
-	StagedCopies  []StagedCopy  `json:"staged_copies"`
-	Jobs          []Package     `json:"jobs"`
+// stagedRow is a row of staged_copies as ledgerapi.StagedCopy.
+type stagedRow struct {
+	Location  string    `bun:"location"`
+	Site      string    `bun:"site"`
+	Path      string    `bun:"path"`
+	Status    string    `bun:"status"`
+	JobID     string    `bun:"job_id"`
+	SizeBytes int64     `bun:"size_bytes"`
+	Files     int       `bun:"files"`
+	StagedAt  time.Time `bun:"staged_at"`
 }
 
 // GetPackage returns a package's copies and the jobs that asked for it, or
 // ErrNotFound when the ledger has never heard of it.
-func (s *Store) GetPackage(ctx context.Context, id string) (PackageInfo, error) {
-	out := PackageInfo{PackageID: id, ArchiveCopies: []ArchiveCopy{}, StagedCopies: []StagedCopy{}, Jobs: []Package{}}
+func (s *Store) GetPackage(ctx context.Context, id string) (ledgerapi.PackageInfo, error) {
+	out := ledgerapi.PackageInfo{PackageID: id, ArchiveCopies: []ledgerapi.ArchiveCopy{}, StagedCopies: []ledgerapi.StagedCopy{},
+		Jobs: []ledgerapi.Package{}}
+	var archived []archiveRow
+	var staged []stagedRow
 	if err := s.db.NewRaw(`SELECT a.location, COALESCE(l.site, '') AS site, a.key, a.size_bytes, a.checksum, a.format, a.files, a.archived_at,
 		a.status, a.removed_at, a.removed_reason
 		FROM archive_copies a LEFT JOIN locations l ON l.name = a.location WHERE a.package_id = ? ORDER BY a.location`, id).
-		Scan(ctx, &out.ArchiveCopies); err != nil {
+		Scan(ctx, &archived); err != nil {
 		return out, fmt.Errorf("archive copies of %s: %w", id, err)
 	}
 	if err := s.db.NewRaw(`SELECT location, site, path, status, job_id, size_bytes, files, staged_at
-		FROM staged_copies WHERE package_id = ? ORDER BY location`, id).Scan(ctx, &out.StagedCopies); err != nil {
+		FROM staged_copies WHERE package_id = ? ORDER BY location`, id).Scan(ctx, &staged); err != nil {
 		return out, fmt.Errorf("staged copies of %s: %w", id, err)
+	}
+	for _, r := range archived {
+		out.ArchiveCopies = append(out.ArchiveCopies, ledgerapi.ArchiveCopy(r))
+	}
+	for _, r := range staged {
+		out.StagedCopies = append(out.StagedCopies, ledgerapi.StagedCopy(r))
 	}
 	var pkgs []pkgRow
 	if err := s.db.NewRaw("SELECT "+pkgCols+" FROM job_packages WHERE package_id = ? ORDER BY job_id", id).Scan(ctx, &pkgs); err != nil {
@@ -423,35 +351,25 @@ func (s *Store) GetPackage(ctx context.Context, id string) (PackageInfo, error) 
 	return out, nil
 }
 
-// LocationInfo is one location of a site.
-type LocationInfo struct {
-	Name     string `json:"name" bun:"name"`
-	Site     string `json:"site" bun:"site"`
-	Type     string `json:"type" bun:"type"`
-	Storage  string `json:"storage" bun:"storage"`
-	Priority int    `json:"priority" bun:"priority"`
-	Active   bool   `json:"active" bun:"active"`
+// locationRow is a row of locations as ledgerapi.Location.
+type locationRow struct {
+	Name     string `bun:"name"`
+	Site     string `bun:"site"`
+	Type     string `bun:"type"`
+	Storage  string `bun:"storage"`
+	Priority int    `bun:"priority"`
+	Active   bool   `bun:"active"`
 }
 
-// SiteStats is what the projection knows of a site.
-type SiteStats struct {
-	Name      string         `json:"name"`
-	Locations []LocationInfo `json:"locations"`
-	Packages  map[string]int `json:"packages"` // job packages headed here, by status
-	// PackagesByLocation splits Packages by destination location.
-	PackagesByLocation map[string]map[string]int `json:"packages_by_location"`
-	BytesStagedHour    int64                     `json:"bytes_staged_last_hour"`
-	BytesStagedDay     int64                     `json:"bytes_staged_last_day"`
-	ThroughputHourBs   float64                   `json:"throughput_bytes_per_second_last_hour"`
-}
-
-// Sites returns every known site (from the topology and from events).
-func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
+// Sites returns every known site (from the topology and from events) with
+// what the projection knows of it; Backlog, Stagers and LiveError are what
+// NATS knows, left for the API to fill.
+func (s *Store) Sites(ctx context.Context, now time.Time) ([]ledgerapi.Site, error) {
 	var names []string
 	if err := s.db.NewRaw("SELECT name FROM sites ORDER BY name").Scan(ctx, &names); err != nil {
 		return nil, fmt.Errorf("list sites: %w", err)
 	}
-	var locs []LocationInfo
+	var locs []locationRow
 	if err := s.db.NewRaw("SELECT name, site, type, storage, priority, active FROM locations ORDER BY site, priority, name").
 		Scan(ctx, &locs); err != nil {
 		return nil, fmt.Errorf("list locations: %w", err)
@@ -483,17 +401,17 @@ func (s *Store) Sites(ctx context.Context, now time.Time) ([]SiteStats, error) {
 		GROUP BY site`, now.Add(-time.Hour), now.Add(-24*time.Hour)).Scan(ctx, &staged); err != nil {
 		return nil, fmt.Errorf("bytes staged by site: %w", err)
 	}
-	idx := map[string]*SiteStats{}
-	out := make([]SiteStats, len(names))
+	idx := map[string]*ledgerapi.Site{}
+	out := make([]ledgerapi.Site, len(names))
 	for i, n := range names {
-		out[i] = SiteStats{Name: n, Locations: []LocationInfo{}, Packages: map[string]int{
+		out[i] = ledgerapi.Site{Name: n, Locations: []ledgerapi.Location{}, Packages: map[string]int{
 			"pending": 0, "scheduled": 0, "in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0},
 			PackagesByLocation: map[string]map[string]int{}}
 		idx[n] = &out[i]
 	}
 	for _, l := range locs {
 		if st := idx[l.Site]; st != nil {
-			st.Locations = append(st.Locations, l)
+			st.Locations = append(st.Locations, ledgerapi.Location(l))
 		}
 	}
 	for _, c := range counts {
@@ -568,25 +486,29 @@ func (s *Store) CompactSiteCounts(ctx context.Context) (int64, error) {
 // compactLockKey is the advisory lock CompactSiteCounts holds.
 const compactLockKey = 0x63636174_73697465 // "ccatsite"
 
-// PoisonEntry is a message the ledger could not apply.
-type PoisonEntry struct {
-	ID         int64     `json:"id" bun:"id"`
-	Stream     string    `json:"stream" bun:"stream"`
-	StreamSeq  int64     `json:"stream_seq" bun:"stream_seq"`
-	Subject    string    `json:"subject" bun:"subject"`
-	Reason     string    `json:"reason" bun:"reason"`
-	Message    string    `json:"message" bun:"message"`
-	EventID    string    `json:"event_id" bun:"event_id"`
-	EventType  string    `json:"event_type" bun:"event_type"`
-	ReceivedAt time.Time `json:"received_at" bun:"received_at"`
+// poisonRow is a row of poison as ledgerapi.Poison.
+type poisonRow struct {
+	ID         int64     `bun:"id"`
+	Stream     string    `bun:"stream"`
+	StreamSeq  int64     `bun:"stream_seq"`
+	Subject    string    `bun:"subject"`
+	Reason     string    `bun:"reason"`
+	Message    string    `bun:"message"`
+	EventID    string    `bun:"event_id"`
+	EventType  string    `bun:"event_type"`
+	ReceivedAt time.Time `bun:"received_at"`
 }
 
 // PoisonList returns the most recent poison messages.
-func (s *Store) PoisonList(ctx context.Context, limit int) ([]PoisonEntry, error) {
-	out := []PoisonEntry{}
+func (s *Store) PoisonList(ctx context.Context, limit int) ([]ledgerapi.Poison, error) {
+	var rows []poisonRow
 	if err := s.db.NewRaw(`SELECT id, stream, stream_seq, subject, reason, message, event_id, event_type, received_at
-		FROM poison ORDER BY id DESC LIMIT ?`, limit).Scan(ctx, &out); err != nil {
+		FROM poison ORDER BY id DESC LIMIT ?`, limit).Scan(ctx, &rows); err != nil {
 		return nil, fmt.Errorf("list poison: %w", err)
+	}
+	out := make([]ledgerapi.Poison, len(rows))
+	for i, r := range rows {
+		out[i] = ledgerapi.Poison(r)
 	}
 	return out, nil
 }
@@ -617,7 +539,7 @@ func (s *Store) LastAttempts(ctx context.Context, jobID string) (map[string]Atte
 // RecentFailures returns the most recently failed packages, newest first.
 // It walks package_failures (kept by triggers on job_packages, migration
 // package_failures) by time: a few index reads, not a sort of every failure.
-func (s *Store) RecentFailures(ctx context.Context, limit int) ([]Package, error) {
+func (s *Store) RecentFailures(ctx context.Context, limit int) ([]ledgerapi.Package, error) {
 	var rows []pkgRow
 	// The limit applies to package_failures alone, so it is read in index
 	// order whatever the statistics say; the table holds failed packages
@@ -629,7 +551,7 @@ func (s *Store) RecentFailures(ctx context.Context, limit int) ([]Package, error
 		ORDER BY f.failed_at DESC NULLS LAST, job_id, package_id`, limit).Scan(ctx, &rows); err != nil {
 		return nil, fmt.Errorf("recent failures: %w", err)
 	}
-	out := make([]Package, len(rows))
+	out := make([]ledgerapi.Package, len(rows))
 	for i, r := range rows {
 		out[i] = r.pkg()
 		out[i].JobID = r.JobID

@@ -20,6 +20,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
 
@@ -118,22 +119,22 @@ func TestJobLifecycle(t *testing.T) {
 		name       string
 		job        scenario.Job
 		wantStatus string
-		wantCounts store.Counts
+		wantCounts ledgerapi.Counts
 		wantReason string
 		wantPkgs   map[int]string // package index -> status
 	}{
 		{"all staged", scenario.Job{ID: "ok", Packages: 3, Progress: 2}, "completed",
-			store.Counts{Total: 3, Completed: 3}, "", map[int]string{0: "completed", 1: "completed", 2: "completed"}},
+			ledgerapi.Counts{Total: 3, Completed: 3}, "", map[int]string{0: "completed", 1: "completed", 2: "completed"}},
 		{"one without source", scenario.Job{ID: "nosrc", Packages: 2, NoSource: true}, "failed",
-			store.Counts{Total: 3, Completed: 2, Failed: 1}, event.ReasonNoSource, map[int]string{0: "completed", 99: "failed"}},
+			ledgerapi.Counts{Total: 3, Completed: 2, Failed: 1}, event.ReasonNoSource, map[int]string{0: "completed", 99: "failed"}},
 		{"one failing permanently", scenario.Job{ID: "perm", Packages: 1, Permanent: true}, "failed",
-			store.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonChecksumMismatch, map[int]string{0: "completed", 90: "failed"}},
+			ledgerapi.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonChecksumMismatch, map[int]string{0: "completed", 90: "failed"}},
 		{"cancelled after one package", scenario.Job{ID: "cancel", Packages: 3, Cancel: true}, "cancelled",
-			store.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
+			ledgerapi.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
 		{"cancelled, the rest withdrawn by the stager", scenario.Job{ID: "withdrawn", Packages: 3, Cancel: true, Withdraw: true}, "cancelled",
-			store.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
+			ledgerapi.Counts{Total: 3, Completed: 1, Cancelled: 2}, "cancelled", map[int]string{0: "completed", 1: "cancelled", 2: "cancelled"}},
 		{"one given up by the planner", scenario.Job{ID: "stall", Packages: 1, Stalled: true}, "failed",
-			store.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonStalled, map[int]string{0: "completed", 80: "failed"}},
+			ledgerapi.Counts{Total: 2, Completed: 1, Failed: 1}, event.ReasonStalled, map[int]string{0: "completed", 80: "failed"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,10 +149,10 @@ func TestJobLifecycle(t *testing.T) {
 			if job.CompletedAt == nil {
 				t.Errorf("completed_at is null for a finished job")
 			}
-			if job.Destination != (store.Place{Site: "cologne", Location: "cologne-proc"}) || job.RequestedBy != "alice" || job.Priority != "normal" {
+			if job.Destination != (ledgerapi.Place{Site: "cologne", Location: "cologne-proc"}) || job.RequestedBy != "alice" || job.Priority != "normal" {
 				t.Errorf("job header = %+v", job.JobSummary)
 			}
-			byID := map[string]store.Package{}
+			byID := map[string]ledgerapi.Package{}
 			for _, p := range job.Packages {
 				byID[p.PackageID] = p
 			}
@@ -310,7 +311,7 @@ func TestLateEventsDoNotMoveATerminalStatus(t *testing.T) {
 	}
 }
 
-func containsID(evs []store.LogEntry, id string) bool {
+func containsID(evs []ledgerapi.LogEntry, id string) bool {
 	for _, e := range evs {
 		if e.ID == id {
 			return true
@@ -434,7 +435,7 @@ func TestFollowersShareTheLeadersOutcomes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := (store.Counts{Total: 3, Completed: 2, Failed: 1}); job.Status != "failed" || job.Counts != want ||
+			if want := (ledgerapi.Counts{Total: 3, Completed: 2, Failed: 1}); job.Status != "failed" || job.Counts != want ||
 				job.Reason != event.ReasonChecksumMismatch {
 				t.Errorf("follower = %s %+v %q, want failed %+v checksum_mismatch", job.Status, job.Counts, job.Reason, want)
 			}
@@ -454,7 +455,7 @@ func TestFollowersShareTheLeadersOutcomes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if lead.Status != "failed" || lead.Counts != (store.Counts{Total: 3, Completed: 2, Failed: 1}) {
+			if lead.Status != "failed" || lead.Counts != (ledgerapi.Counts{Total: 3, Completed: 2, Failed: 1}) {
 				t.Errorf("leader = %s %+v", lead.Status, lead.Counts)
 			}
 		})
@@ -467,7 +468,7 @@ func TestFollowersShareTheLeadersOutcomes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if job.Status != "in_progress" || job.Counts != (store.Counts{Total: 3, Completed: 1, Scheduled: 2}) {
+		if job.Status != "in_progress" || job.Counts != (ledgerapi.Counts{Total: 3, Completed: 1, Scheduled: 2}) {
 			t.Errorf("follower of a cancelled job = %s %+v, want in_progress with 1 completed and 2 scheduled", job.Status, job.Counts)
 		}
 	})
