@@ -14,6 +14,8 @@ import (
 	"github.com/ccatobs/ccat-staging/services/stager/internal/s3test"
 	"github.com/ccatobs/ccat-staging/shared/fault"
 	"github.com/ccatobs/ccat-staging/shared/topology"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 const testBucket = "parts"
@@ -195,6 +197,14 @@ func TestS3PartRetried(t *testing.T) {
 			}
 			if retries < 1 {
 				t.Errorf("the connection was cut but no part was retried")
+			}
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(b.Collectors("s3lta")...)
+			if n := testutil.ToFloat64(b.Collectors("s3lta")[2]); n != float64(retries) {
+				t.Errorf("stager_s3_part_retries_total = %v, want %d", n, retries)
+			}
+			if _, err := reg.Gather(); err != nil {
+				t.Error(err)
 			}
 		})
 	}
