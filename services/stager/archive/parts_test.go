@@ -349,3 +349,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+func TestNewS3Parts(t *testing.T) {
+	tests := []struct {
+		name      string
+		parts     int
+		partSize  int64
+		wantParts int
+		wantSize  int64
+		wantErr   bool
+	}{
+		{"defaults", 0, 0, DefaultParts, DefaultPartSize, false},
+		{"set", 16, 4 << 20, 16, 4 << 20, false},
+		{"negative parts", -1, 0, 0, 0, true},
+		{"negative size", 0, -1, 0, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := NewS3(topology.S3{Endpoint: "127.0.0.1:1", Bucket: "b", Parts: tt.parts, PartSize: tt.partSize}, Credentials{AccessKeyID: "a", SecretAccessKey: "s"})
+			if tt.wantErr {
+				if err == nil {
+					t.Fatal("accepted")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.parts != tt.wantParts || b.partSize != tt.wantSize {
+				t.Fatalf("NewS3 = %d × %d, want %d × %d", b.parts, b.partSize, tt.wantParts, tt.wantSize)
+			}
+		})
+	}
+}
