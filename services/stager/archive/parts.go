@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/rs/zerolog"
 )
 
 // Defaults of an S3 location's parallel read (topology s3.parts and
@@ -138,6 +139,10 @@ func (r *partReader) fetch(i int, off int64, dst []byte, get getRange) error {
 			return fmt.Errorf("part %d (bytes %d-%d), attempt %d of %d: %w", i, off, off+int64(len(dst))-1, attempt, partAttempts, err)
 		}
 		r.stats.retries.Add(1)
+		// The stager puts its attempt's logger (job, package, attempt ids)
+		// in ctx; without one this logs nothing.
+		zerolog.Ctx(r.ctx).Warn().Err(err).Int("part", i).Int64("offset", off).Int("part_attempt", attempt).
+			Str("object", r.what).Msg("s3 part failed, fetching it again")
 		t := time.NewTimer(partBackoff << (attempt - 1))
 		select {
 		case <-t.C:

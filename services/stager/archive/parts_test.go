@@ -16,6 +16,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 )
 
 const testBucket = "parts"
@@ -172,7 +173,8 @@ func TestS3PartRetried(t *testing.T) {
 			p := startProxy(t, srv.Endpoint)
 			p.set(func() { p.cutAfter, p.cutsLeft = 100<<10, tt.cuts })
 			b := testS3(t, p.addr(), 2, ps)
-			r, err := b.Open(t.Context(), "pkg.tar")
+			var logs bytes.Buffer
+			r, err := b.Open(zerolog.New(&logs).WithContext(t.Context()), "pkg.tar")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -197,6 +199,9 @@ func TestS3PartRetried(t *testing.T) {
 			}
 			if retries < 1 {
 				t.Errorf("the connection was cut but no part was retried")
+			}
+			if !bytes.Contains(logs.Bytes(), []byte(`"part_attempt":1`)) {
+				t.Errorf("no retry logged with its part attempt: %s", logs.Bytes())
 			}
 			reg := prometheus.NewPedanticRegistry()
 			reg.MustRegister(b.Collectors("s3lta")...)

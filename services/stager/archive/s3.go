@@ -176,24 +176,24 @@ func (s *S3) getRange(ctx context.Context, key, k, etag string, size, off int64,
 	if err != nil {
 		r := minio.ToErrorResponse(err)
 		if r.StatusCode == http.StatusPreconditionFailed || r.Code == "PreconditionFailed" {
-			return fmt.Errorf("s3 %s: %w (ETag %s no longer matches): %w", key, ErrObjectChanged, etag, err)
+			return fmt.Errorf("%w (ETag %s no longer matches): %w", ErrObjectChanged, etag, err)
 		}
 		if r.Code == "NoSuchKey" || r.StatusCode == http.StatusNotFound {
 			// Stat'ed a moment ago: deleted mid-read, which is a change too.
-			return fmt.Errorf("s3 %s: %w (deleted): %w", key, ErrObjectChanged, err)
+			return fmt.Errorf("%w (deleted): %w", ErrObjectChanged, err)
 		}
 		return s.classify(key, err)
 	}
 	defer body.Close()
 	if got := strings.Trim(info.ETag, `"`); got != "" && got != strings.Trim(etag, `"`) {
-		return fmt.Errorf("s3 %s: %w (ETag %s, now %s)", key, ErrObjectChanged, etag, got)
+		return fmt.Errorf("%w (ETag %s, now %s)", ErrObjectChanged, etag, got)
 	}
 	want := fmt.Sprintf("bytes %d-%d/%d", off, end, size)
 	if cr := hdr.Get("Content-Range"); cr != want && !(cr == "" && off == 0 && int64(len(dst)) == size) {
-		return fmt.Errorf("s3 %s: asked for %s, the server sent Content-Range %q", key, want, cr)
+		return fmt.Errorf("asked for %s, the server sent Content-Range %q", want, cr)
 	}
 	if _, err := io.ReadFull(body, dst); err != nil {
-		return fmt.Errorf("s3 %s: reading bytes %d-%d: %w", key, off, end, err)
+		return fmt.Errorf("reading bytes %d-%d: %w", off, end, err)
 	}
 	s.stats.bytes.Add(int64(len(dst)))
 	return nil

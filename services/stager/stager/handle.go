@@ -193,7 +193,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		return event.Done{}, err
 	}
 	a.log.Info().Str("source", src.Name).Str("key", a.req.Source.Key).Int64("size_bytes", a.req.SizeBytes).Msg("staging")
-	r, err := backend.Open(ctx, a.req.Source.Key)
+	r, err := backend.Open(a.log.WithContext(ctx), a.req.Source.Key) // the backend logs with the attempt's ids
 	if err != nil {
 		return event.Done{}, err
 	}
