@@ -128,8 +128,8 @@ func runBytesS3LongLink(ctx context.Context, env harness.Env) ([]harness.Table, 
 			return sh(ctx, fmt.Sprintf("mkdir -p %[2]s && %[1]s cat benchs3:%[3]s/raw/pkg.tar | tar -xf - -C %[2]s && sync", rcPrefix, quote(out), s3Bucket))
 		}},
 		{name: fmt.Sprintf("rclone copy --multi-thread-streams %d, %d MiB chunks + tar -x + rm", longLinkStreams, longLinkPartSize>>20), missing: rcloneErr, run: func(int) (time.Duration, error) {
-			return sh(ctx, fmt.Sprintf("mkdir -p %[2]s %[3]s && %[1]s copy --multi-thread-streams %[5]d --multi-thread-chunk-size %[6]d --multi-thread-cutoff 1M benchs3:%[4]s/raw/pkg.tar %[3]s && tar -xf %[3]s/pkg.tar -C %[2]s && rm %[3]s/pkg.tar && sync",
-				rcPrefix, quote(out), quote(scratch), s3Bucket, longLinkStreams, longLinkPartSize))
+			return sh(ctx, fmt.Sprintf("mkdir -p %[2]s %[3]s && %[1]s copy --multi-thread-streams %[5]d --multi-thread-chunk-size %[6]dMi --multi-thread-cutoff 1M benchs3:%[4]s/raw/pkg.tar %[3]s && tar -xf %[3]s/pkg.tar -C %[2]s && rm %[3]s/pkg.tar && sync",
+				rcPrefix, quote(out), quote(scratch), s3Bucket, longLinkStreams, longLinkPartSize>>20))
 		}},
 		{name: fmt.Sprintf("ccat-staging stager, %d parts × %d MiB (submit → done, unpack + verify)", longLinkStreams, longLinkPartSize>>20),
 			ours: true, missing: oursErr, run: func(i int) (time.Duration, error) { return ours.Stage(ctx, i) }},
