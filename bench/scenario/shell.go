@@ -15,7 +15,7 @@ import (
 
 // All lists every scenario in the order they run by default.
 func All() []harness.Scenario {
-	return []harness.Scenario{BytesDisk(), BytesS3(), ControlPlane(), Latency(), AlreadyPresent(), Projection(), API(), Backlog(), ScaleOut()}
+	return []harness.Scenario{BytesDisk(), BytesS3(), BytesS3LongLink(), ControlPlane(), Latency(), AlreadyPresent(), Projection(), API(), Backlog(), ScaleOut()}
 }
 
 // sh runs a shell command line and returns its wall time. Baselines are

@@ -43,6 +43,10 @@ const (
 // S3 describes an optional S3 archive location.
 type S3 struct {
 	Endpoint, Bucket, AccessKey, SecretKey string
+	// Parts and PartSize set the location's parallel read; 0 keeps the
+	// stager's defaults.
+	Parts    int
+	PartSize int64
 }
 
 // Options configure a System.
@@ -175,7 +179,9 @@ func topology(lta, out string, s3 *S3) string {
           bucket: %s
           region: us-east-1
           tls: false
-`, S3LTA, s3.Endpoint, s3.Bucket)
+          parts: %d
+          part_size: %d
+`, S3LTA, s3.Endpoint, s3.Bucket, s3.Parts, s3.PartSize)
 	}
 	return t
 }

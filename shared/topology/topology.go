@@ -138,6 +138,12 @@ type S3 struct {
 	// CredentialsFile names a file with access_key_id and secret_access_key;
 	// empty means the environment (see the stager's docs).
 	CredentialsFile string `yaml:"credentials_file"`
+	// Parts is how many ranged GETs of one object the stager keeps in
+	// flight, and PartSize the bytes each asks for; a package's read buffers
+	// are bounded by Parts × PartSize. Zero means the stager's defaults (4 ×
+	// 8 MiB); a long, fat link wants more parts (see the stager README).
+	Parts    int   `yaml:"parts,omitempty"`
+	PartSize int64 `yaml:"part_size,omitempty"`
 }
 
 // Recall runs an external command to bring a file online.

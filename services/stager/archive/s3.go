@@ -19,9 +19,12 @@ import (
 // S3 reads keys as objects of one bucket of an S3-compatible server, with
 // path-style addressing (what on-premise servers support).
 type S3 struct {
-	client *minio.Client
-	bucket string
-	prefix string
+	client   *minio.Client
+	bucket   string
+	prefix   string
+	parts    int
+	partSize int64
+	stats    *partStats // shared by every read of this location, see Collectors
 }
 
 // NewS3 returns the backend of an S3 location. Credentials come from creds
@@ -44,7 +47,18 @@ func NewS3(cfg topology.S3, creds Credentials) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", cfg.Endpoint, err)
 	}
-	return &S3{client: cl, bucket: cfg.Bucket, prefix: strings.Trim(cfg.Prefix, "/")}, nil
+	parts, partSize := cfg.Parts, cfg.PartSize
+	if parts < 0 || partSize < 0 {
+		return nil, fmt.Errorf("s3 location %s: parts (%d) and part_size (%d) must not be negative", cfg.Endpoint, parts, partSize)
+	}
+	if parts == 0 {
+		parts = DefaultParts
+	}
+	if partSize == 0 {
+		partSize = DefaultPartSize
+	}
+	return &S3{client: cl, bucket: cfg.Bucket, prefix: strings.Trim(cfg.Prefix, "/"),
+		parts: parts, partSize: partSize, stats: &partStats{}}, nil
 }
 
 // ReadCredentialsFile reads "access_key_id = …" and "secret_access_key = …"
@@ -114,46 +128,73 @@ func (s *S3) Size(ctx context.Context, key string) (int64, error) {
 	return st.Size, nil
 }
 
-// Open implements Backend. The object is streamed by one GET; a read error
-// part-way is transient, and the package is read again from the start on the
-// next attempt (the one-pass hash cannot resume).
+// Open implements Backend. The object is read by parallel ranged GETs
+// (the location's parts × part_size) and handed out in order; every GET is
+// conditional on the ETag stat'ed here (If-Match), so an object replaced
+// mid-read fails with ErrObjectChanged instead of splicing two versions into
+// one stream. A part that fails is fetched again a bounded number of times;
+// after that the read fails transiently and the package is read again from
+// the start on the next attempt (the one-pass hash cannot resume).
 func (s *S3) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	k, err := s.object(key)
 	if err != nil {
 		return nil, err
 	}
-	// Stat first: GetObject is lazy and would report a missing object only
-	// on the first Read, where it looks like a broken stream.
+	// Stat first: it gives the size the parts are cut from and the ETag
+	// every part is pinned to, and a missing object is reported here rather
+	// than as a broken stream.
 	st, err := s.client.StatObject(ctx, s.bucket, k, minio.StatObjectOptions{})
 	if err != nil {
 		return nil, s.classify(key, err)
 	}
+	if st.ETag == "" {
+		return nil, transient("s3 "+key, errors.New("the server sent no ETag, so the read cannot be pinned to one version"))
+	}
+	if st.Size == 0 {
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	get := func(ctx context.Context, off int64, dst []byte) error {
+		return s.getRange(ctx, key, k, st.ETag, st.Size, off, dst)
+	}
+	return newPartReader(ctx, "s3 "+key, st.Size, s.partSize, s.parts, get, s.stats), nil
+}
+
+// getRange GETs bytes off … off+len(dst)-1 of version etag into dst. The
+// response must be the range asked for, of that version: a server that
+// ignored Range or If-Match must not hand us the wrong bytes.
+func (s *S3) getRange(ctx context.Context, key, k, etag string, size, off int64, dst []byte) error {
+	end := off + int64(len(dst)) - 1
 	opts := minio.GetObjectOptions{}
-	// Pin the version we stat'ed, so a concurrent overwrite cannot splice
-	// two objects into one stream.
-	if err := opts.SetMatchETag(st.ETag); err != nil {
-		return nil, transient("s3 "+key, err)
+	if err := opts.SetMatchETag(etag); err != nil {
+		return err
 	}
-	obj, err := s.client.GetObject(ctx, s.bucket, k, opts)
+	if err := opts.SetRange(off, end); err != nil {
+		return err
+	}
+	s.stats.gets.Add(1)
+	body, info, hdr, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, k, opts)
 	if err != nil {
-		return nil, s.classify(key, err)
+		r := minio.ToErrorResponse(err)
+		if r.StatusCode == http.StatusPreconditionFailed || r.Code == "PreconditionFailed" {
+			return fmt.Errorf("%w (ETag %s no longer matches): %w", ErrObjectChanged, etag, err)
+		}
+		if r.Code == "NoSuchKey" || r.StatusCode == http.StatusNotFound {
+			// Stat'ed a moment ago: deleted mid-read, which is a change too.
+			return fmt.Errorf("%w (deleted): %w", ErrObjectChanged, err)
+		}
+		return s.classify(key, err)
 	}
-	return &s3Reader{obj: obj, s: s, key: key}, nil
-}
-
-// s3Reader classifies read errors as they surface.
-type s3Reader struct {
-	obj *minio.Object
-	s   *S3
-	key string
-}
-
-func (r *s3Reader) Read(p []byte) (int, error) {
-	n, err := r.obj.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return n, r.s.classify(r.key, err)
+	defer body.Close()
+	if got := strings.Trim(info.ETag, `"`); got != "" && got != strings.Trim(etag, `"`) {
+		return fmt.Errorf("%w (ETag %s, now %s)", ErrObjectChanged, etag, got)
 	}
-	return n, err
+	want := fmt.Sprintf("bytes %d-%d/%d", off, end, size)
+	if cr := hdr.Get("Content-Range"); cr != want && !(cr == "" && off == 0 && int64(len(dst)) == size) {
+		return fmt.Errorf("asked for %s, the server sent Content-Range %q", want, cr)
+	}
+	if _, err := io.ReadFull(body, dst); err != nil {
+		return fmt.Errorf("reading bytes %d-%d: %w", off, end, err)
+	}
+	s.stats.bytes.Add(int64(len(dst)))
+	return nil
 }
-
-func (r *s3Reader) Close() error { return r.obj.Close() }

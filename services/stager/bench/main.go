@@ -50,6 +50,8 @@ func run() error {
 	dir := flag.String("dir", "", "work directory (default: a new temp dir, removed afterwards)")
 	rounds := flag.Int("rounds", 2, "runs of each method; the best is reported")
 	noS3 := flag.Bool("no-s3", false, "skip S3→disk (needs versitygw, installed on first use)")
+	parts := flag.Int("parts", 0, "S3 parts in flight (0: the stager's default)")
+	partSize := flag.Int64("part-size", 0, "S3 part size in bytes (0: the stager's default)")
 	flag.Parse()
 	n, err := parseSize(*size)
 	if err != nil {
@@ -120,7 +122,7 @@ func run() error {
 		}},
 	}
 	if !*noS3 {
-		stop, b, err := startS3(ctx, work, tarPath)
+		stop, b, err := startS3(ctx, work, tarPath, *parts, *partSize)
 		if err != nil {
 			return err
 		}
@@ -133,14 +135,18 @@ func run() error {
 		return err
 	}
 	best := map[string]time.Duration{}
+	peak := map[string]float64{}
 	for r := range *rounds {
 		for _, m := range methods {
 			_ = sh("sync")
 			t0 := time.Now()
-			if err := m.run(r); err != nil {
+			stopRSS := sampleRSS()
+			err := m.run(r)
+			d := time.Since(t0)
+			peak[m.name] = max(peak[m.name], stopRSS())
+			if err != nil {
 				return fmt.Errorf("%s: %w", m.name, err)
 			}
-			d := time.Since(t0)
 			if b, ok := best[m.name]; !ok || d < b {
 				best[m.name] = d
 			}
@@ -151,11 +157,12 @@ func run() error {
 	}
 	base := best["bare tar -x"]
 	fmt.Printf("\n%d MiB package, best of %d, data synced at the end of each:\n", total>>20, *rounds)
-	fmt.Printf("%-48s %10s %10s %14s\n", "method", "seconds", "MB/s", "time ÷ tar -x")
+	fmt.Printf("%-48s %10s %10s %14s %14s\n", "method", "seconds", "MB/s", "time ÷ tar -x", "bench RSS MB")
 	for _, m := range methods {
 		d := best[m.name]
-		fmt.Printf("%-48s %10.2f %10.0f %14.2f\n", m.name, d.Seconds(), float64(total)/1e6/d.Seconds(), d.Seconds()/base.Seconds())
+		fmt.Printf("%-48s %10.2f %10.0f %14.2f %14.0f\n", m.name, d.Seconds(), float64(total)/1e6/d.Seconds(), d.Seconds()/base.Seconds(), peak[m.name])
 	}
+	fmt.Println("bench RSS: the peak resident set of this process (which runs the stager's code in-process; shell methods run in children) sampled every 20 ms")
 	return nil
 }
 
@@ -238,7 +245,7 @@ func writeTar(path string, files int, each int64) (string, error) {
 }
 
 // startS3 runs versitygw on a posix dir under work and uploads the package.
-func startS3(ctx context.Context, work, tarPath string) (func(), archive.Backend, error) {
+func startS3(ctx context.Context, work, tarPath string, parts int, partSize int64) (func(), archive.Backend, error) {
 	bin, err := s3test.Binary()
 	if err != nil {
 		return nil, nil, err
@@ -281,7 +288,7 @@ func startS3(ctx context.Context, work, tarPath string) (func(), archive.Backend
 		stop()
 		return nil, nil, err
 	}
-	b, err := archive.NewS3(topology.S3{Endpoint: addr, Bucket: "lta", Region: "us-east-1"},
+	b, err := archive.NewS3(topology.S3{Endpoint: addr, Bucket: "lta", Region: "us-east-1", Parts: parts, PartSize: partSize},
 		archive.Credentials{AccessKeyID: s3test.AccessKey, SecretAccessKey: s3test.SecretKey})
 	if err != nil {
 		stop()
@@ -293,4 +300,41 @@ func startS3(ctx context.Context, work, tarPath string) (func(), archive.Backend
 		return nil, nil, err
 	}
 	return stop, b, nil
+}
+
+// sampleRSS samples this process's resident set every 20 ms until the
+// returned function is called, which returns the peak in MB (10^6 bytes).
+func sampleRSS() func() float64 {
+	stop, done := make(chan struct{}), make(chan float64)
+	go func() {
+		var peak float64
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			peak = max(peak, rssMB())
+			select {
+			case <-stop:
+				done <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() float64 { close(stop); return <-done }
+}
+
+func rssMB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for l := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			var kb float64
+			if _, err := fmt.Sscan(rest, &kb); err == nil {
+				return kb * 1024 / 1e6
+			}
+		}
+	}
+	return 0
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -195,7 +196,7 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		return event.Done{}, err
 	}
 	a.log.Info().Str("source", src.Name).Str("key", a.req.Source.Key).Int64("size_bytes", a.req.SizeBytes).Msg("staging")
-	r, err := backend.Open(ctx, a.req.Source.Key)
+	r, err := backend.Open(a.log.WithContext(ctx), a.req.Source.Key) // the backend logs with the attempt's ids
 	if err != nil {
 		return event.Done{}, err
 	}
@@ -298,6 +299,17 @@ func (s *service) backend(loc topology.Location) (archive.Backend, error) {
 	b, err := open(loc, s.cfg.S3Credentials[loc.Name])
 	if err != nil {
 		return nil, fault.Permanent(event.ReasonBadRequest, err)
+	}
+	// A backend with counters of its own (S3's parallel parts) exports them
+	// once, when it is first built.
+	if c, ok := b.(interface {
+		Collectors(location string) []prometheus.Collector
+	}); ok {
+		for _, col := range c.Collectors(loc.Name) {
+			if err := s.m.reg.Register(col); err != nil {
+				return nil, fmt.Errorf("metrics of location %s: %w", loc.Name, err)
+			}
+		}
 	}
 	s.backends[loc.Name] = b
 	return b, nil

@@ -86,7 +86,8 @@ func newWorldS3(t *testing.T, endpoint string) *world {
       - name: s3lta
         type: long_term_archive
         storage: s3
-        s3: {endpoint: %q, bucket: lta, region: us-east-1}
+        # Small parts, so a test package is read as several ranged GETs.
+        s3: {endpoint: %q, bucket: lta, region: us-east-1, parts: 3, part_size: 1048576}
 `, endpoint)
 	}
 	if err := os.WriteFile(w.topo, []byte(yaml), 0o644); err != nil {
