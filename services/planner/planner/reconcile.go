@@ -58,7 +58,7 @@ func (s *service) reconcile(ctx context.Context) {
 			return
 		case isBehind:
 			// Not a failure of the planner: the record it would judge by is
-			// not current, so it judges nothing (alert: PlannerLedgerBehind).
+			// not current, so it judges nothing (alert: CcatStagingReconcilerRecordBehind).
 			s.m.reconcileRounds.WithLabelValues("behind").Inc()
 			s.m.ledgerBehind.WithLabelValues(behind.durable).Set(1)
 			s.m.ledgerLag.WithLabelValues(behind.durable).Set(float64(behind.lag()))
