@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/deploy/provision"
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"

@@ -23,6 +23,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
@@ -32,7 +33,6 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/logx"
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"

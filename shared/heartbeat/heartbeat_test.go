@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/nats-io/nats.go/jetstream"
 )

@@ -28,9 +28,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/s3test"
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
 	"github.com/ccatobs/ccat-staging/services/stager/dest"
-	"github.com/ccatobs/ccat-staging/services/stager/internal/s3test"
 	"github.com/ccatobs/ccat-staging/services/stager/unpack"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/minio/minio-go/v7"

@@ -14,12 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/httpapi"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/db"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/rs/zerolog"

@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/db"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )

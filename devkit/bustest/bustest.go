@@ -6,7 +6,7 @@ package bustest
 import (
 	"testing"
 
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
+	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
