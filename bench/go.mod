@@ -3,14 +3,16 @@ module github.com/ccatobs/ccat-staging/bench
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgx/v5 v5.13.0
 	github.com/nats-io/nats-server/v2 v2.15.3
-	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nats.go v1.56.0
 	github.com/rs/zerolog v1.35.1
+	golang.org/x/sync v0.24.0
 )
 
 require (
@@ -57,7 +59,6 @@ require (
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
-	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
@@ -72,3 +73,5 @@ replace (
 	github.com/ccatobs/ccat-staging/services/stager => ../services/stager
 	github.com/ccatobs/ccat-staging/shared => ../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../devkit

@@ -3,10 +3,11 @@ module github.com/ccatobs/ccat-staging/deploy
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/tests v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.3
-	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nats.go v1.56.0
 	github.com/rs/zerolog v1.35.1
 	golang.org/x/crypto v0.58.0
 )
@@ -75,3 +76,5 @@ replace (
 	github.com/ccatobs/ccat-staging/shared => ../shared
 	github.com/ccatobs/ccat-staging/tests => ../tests
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../devkit

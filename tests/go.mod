@@ -3,13 +3,14 @@ module github.com/ccatobs/ccat-staging/tests
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/stagectl v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.3
-	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nats.go v1.56.0
 	github.com/rs/zerolog v1.35.1
 )
 
@@ -78,3 +79,5 @@ replace (
 	github.com/ccatobs/ccat-staging/services/stager => ../services/stager
 	github.com/ccatobs/ccat-staging/shared => ../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../devkit

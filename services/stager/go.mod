@@ -3,9 +3,10 @@ module github.com/ccatobs/ccat-staging/services/stager
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/minio/minio-go/v7 v7.4.1
-	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nats.go v1.56.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/rs/zerolog v1.35.1
 	golang.org/x/sys v0.50.0
@@ -54,3 +55,5 @@ replace (
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../../devkit

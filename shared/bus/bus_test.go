@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/rs/zerolog"
 )
 
@@ -23,7 +23,7 @@ func TestConnectWaitsForTheServer(t *testing.T) {
 	dir := t.TempDir()
 	go func() {
 		time.Sleep(700 * time.Millisecond)
-		ns, err := natsembed.Start(natsembed.Options{StoreDir: dir, Port: port})
+		ns, err := jstest.Start(dir, port)
 		if err != nil {
 			t.Error(err)
 			return
