@@ -19,8 +19,8 @@ import (
 
 	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/event"

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/httpapi"
+	"github.com/ccatobs/ccat-staging/services/ledger/httpapi"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"

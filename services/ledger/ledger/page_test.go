@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/chromedp/chromedp"
 )

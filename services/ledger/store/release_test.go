@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/consume"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )

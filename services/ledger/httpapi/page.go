@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 )
 
 // The status page is server-rendered and reloads itself every two seconds:

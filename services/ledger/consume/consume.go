@@ -19,7 +19,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/logx"

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
+	"github.com/ccatobs/ccat-staging/services/ledger/consume"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )

@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 )

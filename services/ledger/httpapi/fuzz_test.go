@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/ccatobs/ccat-staging/devkit/dbtest"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/httpapi"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/httpapi"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/rs/zerolog"

@@ -13,7 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/obs"
 	"github.com/prometheus/client_golang/prometheus"

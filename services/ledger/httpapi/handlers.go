@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 )
 

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 )
 
 // Broker fans the ids of jobs changed by each committed batch out to SSE

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 )
 
 // BenchmarkApply measures the projection's throughput: batches of 500

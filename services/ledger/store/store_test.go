@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/devkit/dbtest"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/consume"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
