@@ -3,7 +3,7 @@
 // the API in-process and sends a fixed rate of requests, then reports the
 // p50/p99 latency per endpoint. It is a benchmark, not a test.
 //
-//	go run ./services/ledger/cmd/ledgerbench -jobs 1000000 -rate 500 -duration 30s
+//	go run ./bench/cmd/ledgerbench -jobs 1000000 -rate 500 -duration 30s
 package main
 
 import (

@@ -6,7 +6,7 @@
 // as the stager does, rather than the whole file system, which on a shared
 // machine would also wait for other processes' writes.
 //
-//	go run ./services/stager/bench -size 1GiB -dir /scratch/bench
+//	go run ./bench/cmd/stagerbench -size 1GiB -dir /scratch/bench
 //
 // It is a benchmark, not a test: it prints figures and asserts nothing.
 package main
