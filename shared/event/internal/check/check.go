@@ -1,4 +1,4 @@
-package event
+package check
 
 import (
 	"bytes"
