@@ -1,3 +1,7 @@
+// Package check is shared/event's hot-path validator: every event type's
+// JSON Schema compiled for one pass over the data's tokens. It lives behind
+// internal/ so that shared/event's surface is the contract (types, envelope,
+// validation) and not this machinery; event.ValidateData is its only caller.
 package check
 
 import (
@@ -89,6 +93,25 @@ var annotations = map[string]bool{"$schema": true, "$id": true, "$defs": true, "
 var errUnsupported = errors.New("unsupported schema keyword")
 
 var checks = sync.OnceValue(compileChecks)
+
+// Data validates raw as the data of event type typ with typ's compiled
+// check. has is false when typ has no check (a schema with a keyword the
+// compiler does not understand): the caller then relies on the general
+// validator alone.
+func Data(typ string, raw []byte) (has bool, err error) {
+	c := checks()[typ]
+	if c == nil {
+		return false, nil
+	}
+	return true, c.validate(raw)
+}
+
+// Compile compiles one schema document, for tests that a schema is (or is
+// not) understood.
+func Compile(doc []byte) error {
+	_, err := compileCheck(doc)
+	return err
+}
 
 // compileChecks compiles a check for every schema it can; a schema it cannot
 // compile simply has none.
