@@ -14,6 +14,7 @@ import (
 
 	"github.com/ccatobs/ccat-staging/deploy/provision"
 	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
@@ -106,7 +107,7 @@ func startPipeline(t *testing.T) *pipeline {
 		}
 	}
 	_, ajs := connect(t, c, "admin")
-	eventually(t, 20*time.Second, func() error {
+	poll.Until(t, 20*time.Second, "the streams provisioned", func() error {
 		return provision.Provision(t.Context(), ajs, sites, streams, zerolog.Nop())
 	})
 	_, p.ujs = connect(t, c, "upstream")
