@@ -1,12 +1,18 @@
 // Package inproc runs ccat-staging's three services inside the calling
 // process the way a deployment runs them: each from its ConfigFromEnv and
-// Run, with its own environment. The end-to-end, hostile-input and cluster
-// tests start the whole pipeline with it against their own JetStream server
-// and database.
+// Run, with its own environment. It is the one launcher of the pipeline: the
+// demo (services/demo), the benchmarks (bench/system) and every system test
+// (tests, tests/hostile, deploy/nats) start the services with it against
+// their own JetStream server and database.
+//
+// Start runs the whole pipeline at once; New and the Start* methods run the
+// services one by one, for a benchmark that fills a stream before the ledger
+// starts or keeps the stagers stopped.
 package inproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -26,105 +32,76 @@ import (
 type Options struct {
 	// Env returns the environment of one service: "ledger", "planner" or
 	// "stager-<site>". STAGER_SITE is set for a stager whatever it says.
+	// The services see nothing else: never the caller's own environment.
 	Env func(service string) map[string]string
-	// Sites gets one stager each.
+	// Sites gets one stager each from Start.
 	Sites []string
 	Log   zerolog.Logger
-	// Within bounds how long Start waits for the HTTP listeners (0: 60 s).
+	// Within bounds how long a start waits for a service's HTTP listener
+	// (0: 60 s).
 	Within time.Duration
 }
 
 // Pipeline is the running services.
 type Pipeline struct {
 	// LedgerURL and PlannerURL are their HTTP base URLs ("" when the
-	// service serves no HTTP).
+	// service serves no HTTP or has not started).
 	LedgerURL, PlannerURL string
 	// Errors receives the error of a service that stopped on its own.
 	Errors <-chan error
 
+	o        Options
+	errc     chan error
+	mu       sync.Mutex
+	services map[string]*running
+}
+
+// running is one started service.
+type running struct {
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	done   chan struct{} // closed when Run has returned
+	err    error         // Run's result, once done is closed
+}
+
+// New returns a pipeline with nothing running yet.
+func New(o Options) *Pipeline {
+	if o.Within <= 0 {
+		o.Within = 60 * time.Second
+	}
+	if o.Env == nil {
+		o.Env = func(string) map[string]string { return nil }
+	}
+	// Buffered so that a failing service never blocks on a reader; more
+	// failures than that are in Failed.
+	errc := make(chan error, 16)
+	return &Pipeline{o: o, errc: errc, Errors: errc, services: map[string]*running{}}
 }
 
 // Start starts the ledger, the planner and a stager per site, and returns
 // once the ledger's and the planner's HTTP listeners are bound (when they
 // serve HTTP). Stop ends them.
 func Start(o Options) (*Pipeline, error) {
-	if o.Within <= 0 {
-		o.Within = 60 * time.Second
-	}
-	errc := make(chan error, 2+len(o.Sites))
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pipeline{Errors: errc, cancel: cancel}
-	start := func(name string, run func(context.Context) error) {
-		p.wg.Go(func() {
-			if err := run(ctx); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		})
-	}
-	getenv := func(service string, set map[string]string) func(string) string {
-		env := o.Env(service)
-		return func(k string) string {
-			if v, ok := set[k]; ok {
-				return v
-			}
-			return env[k]
-		}
-	}
+	p := New(o)
 	fail := func(err error) (*Pipeline, error) {
 		p.Stop()
 		return nil, err
 	}
-
+	// Every service starts before any listener is awaited, so the ledger's
+	// migrations and the planner's start-up overlap as in a deployment.
 	var waits []func() error
-	listener := func(name string, dst *string) func(net.Addr) {
-		addr := make(chan net.Addr, 1)
-		waits = append(waits, func() error {
-			select {
-			case a := <-addr:
-				*dst = "http://" + a.String()
-				return nil
-			case err := <-errc:
-				return err
-			case <-time.After(o.Within):
-				return fmt.Errorf("%s: HTTP listener not bound within %s", name, o.Within)
-			}
-		})
-		return func(a net.Addr) { addr <- a }
-	}
-
-	lcfg, err := ledger.ConfigFromEnv(getenv("ledger", nil))
+	lwait, err := p.startLedger()
 	if err != nil {
-		return fail(fmt.Errorf("ledger: %w", err))
+		return fail(err)
 	}
-	if lcfg.HTTPAddr != "" {
-		lcfg.Listening = listener("ledger", &p.LedgerURL)
-	}
-	start("ledger", func(ctx context.Context) error {
-		return ledger.Run(ctx, lcfg, o.Log.With().Str(logx.Service, "ledger").Logger())
-	})
-
-	pcfg, err := planner.ConfigFromEnv(getenv("planner", nil))
+	pwait, err := p.startPlanner()
 	if err != nil {
-		return fail(fmt.Errorf("planner: %w", err))
+		return fail(err)
 	}
-	if pcfg.HTTPAddr != "" {
-		pcfg.OnHTTP = listener("planner", &p.PlannerURL)
-	}
-	start("planner", func(ctx context.Context) error {
-		return planner.Run(ctx, pcfg, o.Log.With().Str(logx.Service, "planner").Logger())
-	})
-
+	waits = append(waits, lwait, pwait)
 	for _, site := range o.Sites {
-		name := "stager-" + site
-		scfg, err := stager.ConfigFromEnv(getenv(name, map[string]string{stager.EnvSite: site}))
-		if err != nil {
-			return fail(fmt.Errorf("%s: %w", name, err))
+		if err := p.StartStager(site, ""); err != nil {
+			return fail(err)
 		}
-		start(name, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, o.Log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger())
-		})
 	}
 	for _, w := range waits {
 		if err := w(); err != nil {
@@ -134,10 +111,202 @@ func Start(o Options) (*Pipeline, error) {
 	return p, nil
 }
 
-// Stop ends every service and waits for them.
+// StartLedger starts the ledger and waits for its HTTP listener (when it
+// serves HTTP); LedgerURL is set then.
+func (p *Pipeline) StartLedger() error {
+	wait, err := p.startLedger()
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// StartPlanner starts the planner and waits for its HTTP listener (when it
+// serves HTTP); PlannerURL is set then.
+func (p *Pipeline) StartPlanner() error {
+	wait, err := p.startPlanner()
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// StartStager starts a stager of site, named "stager-<site>" or, with an
+// instance, "stager-<site>-<instance>" with STAGER_INSTANCE set to instance.
+// Its environment is Env("stager-<site>").
+func (p *Pipeline) StartStager(site, instance string) error {
+	name := "stager-" + site
+	set := map[string]string{stager.EnvSite: site}
+	if instance != "" {
+		set["STAGER_INSTANCE"] = instance
+		name += "-" + instance
+	}
+	cfg, err := stager.ConfigFromEnv(p.getenv("stager-"+site, set))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	log := p.o.Log.With().Str(logx.Service, "stager").Str(logx.Site, site).Logger()
+	return p.run(name, func(ctx context.Context) error { return stager.Run(ctx, cfg, log) })
+}
+
+func (p *Pipeline) startLedger() (wait func() error, err error) {
+	cfg, err := ledger.ConfigFromEnv(p.getenv("ledger", nil))
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	wait = func() error { return nil }
+	if cfg.HTTPAddr != "" {
+		var bound func(net.Addr)
+		bound, wait = p.listener("ledger", &p.LedgerURL)
+		cfg.Listening = bound
+	}
+	log := p.o.Log.With().Str(logx.Service, "ledger").Logger()
+	if err := p.run("ledger", func(ctx context.Context) error { return ledger.Run(ctx, cfg, log) }); err != nil {
+		return nil, err
+	}
+	return wait, nil
+}
+
+func (p *Pipeline) startPlanner() (wait func() error, err error) {
+	cfg, err := planner.ConfigFromEnv(p.getenv("planner", nil))
+	if err != nil {
+		return nil, fmt.Errorf("planner: %w", err)
+	}
+	wait = func() error { return nil }
+	if cfg.HTTPAddr != "" {
+		var bound func(net.Addr)
+		bound, wait = p.listener("planner", &p.PlannerURL)
+		cfg.OnHTTP = bound
+	}
+	log := p.o.Log.With().Str(logx.Service, "planner").Logger()
+	if err := p.run("planner", func(ctx context.Context) error { return planner.Run(ctx, cfg, log) }); err != nil {
+		return nil, err
+	}
+	return wait, nil
+}
+
+// getenv layers set over the service's Env.
+func (p *Pipeline) getenv(service string, set map[string]string) func(string) string {
+	env := p.o.Env(service)
+	return func(k string) string {
+		if v, ok := set[k]; ok {
+			return v
+		}
+		return env[k]
+	}
+}
+
+// listener returns the callback a service calls with its bound address,
+// and a wait that sets *dst from it, or fails when the service stops first
+// or does not bind within Options.Within.
+func (p *Pipeline) listener(name string, dst *string) (bound func(net.Addr), wait func() error) {
+	addr := make(chan net.Addr, 1)
+	bound = func(a net.Addr) { addr <- a }
+	wait = func() error {
+		p.mu.Lock()
+		r := p.services[name]
+		p.mu.Unlock()
+		select {
+		case a := <-addr:
+			*dst = "http://" + a.String()
+			return nil
+		case <-r.done:
+			return fmt.Errorf("%s stopped at start-up: %w", name, r.err)
+		case <-time.After(p.o.Within):
+			return fmt.Errorf("%s: HTTP listener not bound within %s", name, p.o.Within)
+		}
+	}
+	return bound, wait
+}
+
+// run starts a service under name.
+func (p *Pipeline) run(name string, run func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	p.mu.Lock()
+	if _, ok := p.services[name]; ok {
+		p.mu.Unlock()
+		cancel()
+		return fmt.Errorf("%s is already running", name)
+	}
+	p.services[name] = r
+	p.mu.Unlock()
+	go func() {
+		r.err = run(ctx)
+		close(r.done)
+		if r.err != nil && ctx.Err() == nil {
+			select {
+			case p.errc <- fmt.Errorf("%s: %w", name, r.err):
+			default: // nobody reads Errors; Failed still reports it
+			}
+		}
+	}()
+	return nil
+}
+
+// StopService cancels one service and waits (up to Within) for its Run to
+// return, returning Run's error.
+func (p *Pipeline) StopService(name string) error {
+	p.mu.Lock()
+	r, ok := p.services[name]
+	delete(p.services, name)
+	p.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	r.cancel()
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(p.o.Within):
+		return fmt.Errorf("%s did not stop within %s", name, p.o.Within)
+	}
+}
+
+// Failed reports the services whose Run returned while they should be
+// running.
+func (p *Pipeline) Failed() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for name, r := range p.services {
+		select {
+		case <-r.done:
+			errs = append(errs, fmt.Errorf("%s stopped: %v", name, r.err))
+		default:
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stop ends every service and waits for them; it returns what they
+// returned (a service stopped by its context returns nil).
 func (p *Pipeline) Stop() {
-	p.cancel()
-	p.wg.Wait()
+	_ = p.StopAll()
+}
+
+// StopAll is Stop with the services' errors.
+func (p *Pipeline) StopAll() error {
+	p.mu.Lock()
+	names := make([]string, 0, len(p.services))
+	for n := range p.services {
+		names = append(names, n)
+	}
+	p.mu.Unlock()
+	// Cancel every service first: they stop together, as a deployment's
+	// processes do on shutdown, rather than one after the other.
+	p.mu.Lock()
+	for _, r := range p.services {
+		r.cancel()
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, n := range names {
+		if err := p.StopService(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // StartTest starts the pipeline for a test: it fails the test when a
