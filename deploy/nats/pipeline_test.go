@@ -25,32 +25,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-const pipelineTopology = `sites:
-  - name: cologne
-    locations:
-      - name: cologne-lta
-        type: long_term_archive
-        storage: disk
-        priority: 1
-        path: %[1]s/cologne/lta
-      - name: cologne-processing
-        type: processing
-        storage: disk
-        priority: 1
-        path: %[1]s/cologne/processing
-  - name: us
-    locations:
-      - name: us-lta
-        type: long_term_archive
-        storage: disk
-        priority: 1
-        path: %[1]s/us/lta
-      - name: us-processing
-        type: processing
-        storage: disk
-        priority: 1
-        path: %[1]s/us/processing
-`
 
 // logBuffer collects the services' warnings, where a refused permission
 // shows up ("nats async error … Permissions Violation").
@@ -95,8 +69,8 @@ func startPipeline(t *testing.T) *pipeline {
 	p.c = c
 	p.base = t.TempDir()
 	base, sites := p.base, p.sites
-	topo := filepath.Join(base, "topology.yaml")
-	if err := os.WriteFile(topo, fmt.Appendf(nil, pipelineTopology, base), 0o644); err != nil {
+	topo, err := inproc.WriteTopology(base, inproc.TestTopology)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, site := range sites {

@@ -113,13 +113,8 @@ type system struct {
 func startSystem(t *testing.T) *system {
 	t.Helper()
 	s := &system{t: t, base: t.TempDir(), completed: map[string]bool{}, lta: map[string]bool{}}
-	for _, d := range roots {
-		if err := os.MkdirAll(filepath.Join(s.base, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	topo := filepath.Join(s.base, "topology.yaml")
-	if err := os.WriteFile(topo, fmt.Appendf(nil, topologyYAML, s.base), 0o644); err != nil {
+	topo, err := inproc.WriteTopology(s.base, topologyYAML)
+	if err != nil {
 		t.Fatal(err)
 	}
 	ns, err := server.NewServer(&server.Options{
