@@ -25,7 +25,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-
 // logBuffer collects the services' warnings, where a refused permission
 // shows up ("nats async error … Permissions Violation").
 type logBuffer struct {
