@@ -279,24 +279,21 @@ func (p *Pipeline) Failed() error {
 	return errors.Join(errs...)
 }
 
-// Stop ends every service and waits for them; it returns what they
-// returned (a service stopped by its context returns nil).
+// Stop ends every service and waits for them (a test's cleanup; StopAll
+// says what they returned).
 func (p *Pipeline) Stop() {
 	_ = p.StopAll()
 }
 
-// StopAll is Stop with the services' errors.
+// StopAll is Stop with the services' errors (a service stopped by its
+// context returns nil).
 func (p *Pipeline) StopAll() error {
-	p.mu.Lock()
-	names := make([]string, 0, len(p.services))
-	for n := range p.services {
-		names = append(names, n)
-	}
-	p.mu.Unlock()
 	// Cancel every service first: they stop together, as a deployment's
 	// processes do on shutdown, rather than one after the other.
 	p.mu.Lock()
-	for _, r := range p.services {
+	names := make([]string, 0, len(p.services))
+	for n, r := range p.services {
+		names = append(names, n)
 		r.cancel()
 	}
 	p.mu.Unlock()
