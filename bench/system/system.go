@@ -198,18 +198,16 @@ func (s *System) TopologyFile() string { return s.env["TOPOLOGY_FILE"] }
 
 // StartLedger starts the ledger and waits until its API answers.
 func (s *System) StartLedger(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := s.pl.StartLedger(); err != nil {
+	if err := s.pl.StartLedger(ctx); err != nil {
 		return err
 	}
 	s.API = ledgerapi.Client{BaseURL: s.pl.LedgerURL}
 	return nil
 }
 
-// StartPlanner starts the planner.
-func (s *System) StartPlanner() error { return s.pl.StartPlanner() }
+// StartPlanner starts the planner (which serves no HTTP here, so nothing
+// is awaited).
+func (s *System) StartPlanner() error { return s.pl.StartPlanner(context.Background()) }
 
 // StartStager starts one stager instance of the bench site.
 func (s *System) StartStager(instance string) error { return s.pl.StartStager(Site, instance) }

@@ -79,8 +79,9 @@ func New(o Options) *Pipeline {
 
 // Start starts the ledger, the planner and a stager per site, and returns
 // once the ledger's and the planner's HTTP listeners are bound (when they
-// serve HTTP). Stop ends them.
-func Start(o Options) (*Pipeline, error) {
+// serve HTTP). ctx bounds only that wait (a Ctrl-C during the demo's
+// start-up); the services run until Stop.
+func Start(ctx context.Context, o Options) (*Pipeline, error) {
 	p := New(o)
 	fail := func(err error) (*Pipeline, error) {
 		p.Stop()
@@ -89,11 +90,11 @@ func Start(o Options) (*Pipeline, error) {
 	// Every service starts before any listener is awaited, so the ledger's
 	// migrations and the planner's start-up overlap as in a deployment.
 	var waits []func() error
-	lwait, err := p.startLedger()
+	lwait, err := p.startLedger(ctx)
 	if err != nil {
 		return fail(err)
 	}
-	pwait, err := p.startPlanner()
+	pwait, err := p.startPlanner(ctx)
 	if err != nil {
 		return fail(err)
 	}
@@ -112,9 +113,9 @@ func Start(o Options) (*Pipeline, error) {
 }
 
 // StartLedger starts the ledger and waits for its HTTP listener (when it
-// serves HTTP); LedgerURL is set then.
-func (p *Pipeline) StartLedger() error {
-	wait, err := p.startLedger()
+// serves HTTP, and at most until ctx ends); LedgerURL is set then.
+func (p *Pipeline) StartLedger(ctx context.Context) error {
+	wait, err := p.startLedger(ctx)
 	if err != nil {
 		return err
 	}
@@ -122,9 +123,9 @@ func (p *Pipeline) StartLedger() error {
 }
 
 // StartPlanner starts the planner and waits for its HTTP listener (when it
-// serves HTTP); PlannerURL is set then.
-func (p *Pipeline) StartPlanner() error {
-	wait, err := p.startPlanner()
+// serves HTTP, and at most until ctx ends); PlannerURL is set then.
+func (p *Pipeline) StartPlanner(ctx context.Context) error {
+	wait, err := p.startPlanner(ctx)
 	if err != nil {
 		return err
 	}
@@ -149,7 +150,7 @@ func (p *Pipeline) StartStager(site, instance string) error {
 	return p.run(name, func(ctx context.Context) error { return stager.Run(ctx, cfg, log) })
 }
 
-func (p *Pipeline) startLedger() (wait func() error, err error) {
+func (p *Pipeline) startLedger(ctx context.Context) (wait func() error, err error) {
 	cfg, err := ledger.ConfigFromEnv(p.getenv("ledger", nil))
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
@@ -157,7 +158,7 @@ func (p *Pipeline) startLedger() (wait func() error, err error) {
 	wait = func() error { return nil }
 	if cfg.HTTPAddr != "" {
 		var bound func(net.Addr)
-		bound, wait = p.listener("ledger", &p.LedgerURL)
+		bound, wait = p.listener(ctx, "ledger", &p.LedgerURL)
 		cfg.Listening = bound
 	}
 	log := p.o.Log.With().Str(logx.Service, "ledger").Logger()
@@ -167,7 +168,7 @@ func (p *Pipeline) startLedger() (wait func() error, err error) {
 	return wait, nil
 }
 
-func (p *Pipeline) startPlanner() (wait func() error, err error) {
+func (p *Pipeline) startPlanner(ctx context.Context) (wait func() error, err error) {
 	cfg, err := planner.ConfigFromEnv(p.getenv("planner", nil))
 	if err != nil {
 		return nil, fmt.Errorf("planner: %w", err)
@@ -175,7 +176,7 @@ func (p *Pipeline) startPlanner() (wait func() error, err error) {
 	wait = func() error { return nil }
 	if cfg.HTTPAddr != "" {
 		var bound func(net.Addr)
-		bound, wait = p.listener("planner", &p.PlannerURL)
+		bound, wait = p.listener(ctx, "planner", &p.PlannerURL)
 		cfg.OnHTTP = bound
 	}
 	log := p.o.Log.With().Str(logx.Service, "planner").Logger()
@@ -197,9 +198,9 @@ func (p *Pipeline) getenv(service string, set map[string]string) func(string) st
 }
 
 // listener returns the callback a service calls with its bound address,
-// and a wait that sets *dst from it, or fails when the service stops first
-// or does not bind within Options.Within.
-func (p *Pipeline) listener(name string, dst *string) (bound func(net.Addr), wait func() error) {
+// and a wait that sets *dst from it, or fails when the service stops first,
+// does not bind within Options.Within, or ctx ends.
+func (p *Pipeline) listener(ctx context.Context, name string, dst *string) (bound func(net.Addr), wait func() error) {
 	addr := make(chan net.Addr, 1)
 	bound = func(a net.Addr) { addr <- a }
 	wait = func() error {
@@ -214,6 +215,8 @@ func (p *Pipeline) listener(name string, dst *string) (bound func(net.Addr), wai
 			return fmt.Errorf("%s stopped at start-up: %w", name, r.err)
 		case <-time.After(p.o.Within):
 			return fmt.Errorf("%s: HTTP listener not bound within %s", name, p.o.Within)
+		case <-ctx.Done():
+			return fmt.Errorf("%s: start-up: %w", name, ctx.Err())
 		}
 	}
 	return bound, wait
@@ -312,7 +315,7 @@ func (p *Pipeline) StopAll() error {
 // service that stops on its own as a test error.
 func StartTest(t testing.TB, o Options) *Pipeline {
 	t.Helper()
-	p, err := Start(o)
+	p, err := Start(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func testLog(t *testing.T) zerolog.Logger {
 func TestServicesStartAndStopOneByOne(t *testing.T) {
 	p := inproc.New(inproc.Options{Env: inproc.SameEnv(env(t), ""), Log: testLog(t)})
 	t.Cleanup(p.Stop)
-	if err := p.StartLedger(); err != nil {
+	if err := p.StartLedger(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get(p.LedgerURL + "/healthz")
@@ -50,7 +50,7 @@ func TestServicesStartAndStopOneByOne(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("ledger /healthz: %s", resp.Status)
 	}
-	if err := p.StartPlanner(); err != nil {
+	if err := p.StartPlanner(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	for _, instance := range []string{"a", "b"} {
@@ -75,7 +75,7 @@ func TestServicesStartAndStopOneByOne(t *testing.T) {
 // A stager of a site the topology does not know is refused at start, with
 // the service's name, before it runs.
 func TestStartRefusesABadConfig(t *testing.T) {
-	_, err := inproc.Start(inproc.Options{Env: inproc.SameEnv(env(t), "t-"), Sites: []string{"atlantis"},
+	_, err := inproc.Start(t.Context(), inproc.Options{Env: inproc.SameEnv(env(t), "t-"), Sites: []string{"atlantis"},
 		Log: testLog(t), Within: 30 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "stager-atlantis") {
 		t.Fatalf("Start with an unknown site: %v, want an error naming stager-atlantis", err)

@@ -114,13 +114,16 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 
 	// Start the services (the same launcher the system tests and the
 	// benchmarks use); each stops when the demo returns.
-	pl, err := inproc.Start(inproc.Options{
+	pl, err := inproc.Start(ctx, inproc.Options{
 		Sites:  []string{"cologne", "us"},
 		Env:    inproc.SameEnv(env, "demo-"),
 		Log:    logx.Unnamed(stderr, s.logLevel, "auto"),
 		Within: 30 * time.Second,
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted during start-up: not a failure
+		}
 		return err
 	}
 	defer pl.Stop()
