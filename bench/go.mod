@@ -4,11 +4,13 @@ go 1.26.0
 
 require (
 	github.com/Shopify/toxiproxy/v2 v2.5.0
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/devkit/inproc v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
-	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgx/v5 v5.13.0
+	github.com/minio/minio-go/v7 v7.4.1
 	github.com/nats-io/nats-server/v2 v2.15.3
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
@@ -20,6 +22,7 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.9.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/ccatobs/ccat-staging/schemas v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/go-json-experiment/json v1.27.2 // indirect
@@ -38,7 +41,6 @@ require (
 	github.com/minio/crc64nvme v1.1.1 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/minio/md5-simd v1.1.2 // indirect
-	github.com/minio/minio-go/v7 v7.4.1 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.3 // indirect
 	github.com/nats-io/nkeys v0.4.17 // indirect
@@ -75,3 +77,7 @@ replace (
 	github.com/ccatobs/ccat-staging/services/stager => ../services/stager
 	github.com/ccatobs/ccat-staging/shared => ../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../devkit
+
+replace github.com/ccatobs/ccat-staging/devkit/inproc => ../devkit/inproc

@@ -3,8 +3,9 @@ module github.com/ccatobs/ccat-staging/deploy
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/devkit/inproc v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
-	github.com/ccatobs/ccat-staging/tests v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.3
 	github.com/nats-io/nats.go v1.55.0
 	github.com/rs/zerolog v1.35.1
@@ -73,5 +74,8 @@ replace (
 	github.com/ccatobs/ccat-staging/services/stagectl => ../services/stagectl
 	github.com/ccatobs/ccat-staging/services/stager => ../services/stager
 	github.com/ccatobs/ccat-staging/shared => ../shared
-	github.com/ccatobs/ccat-staging/tests => ../tests
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../devkit
+
+replace github.com/ccatobs/ccat-staging/devkit/inproc => ../devkit/inproc

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
 )
 
 // TestDemoOnce runs the README's demo command the way CI and users do, with

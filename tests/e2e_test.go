@@ -5,6 +5,7 @@ package tests
 
 import (
 	"archive/tar"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
@@ -279,14 +281,12 @@ func waitQuiet(t *testing.T, s *system, stream string) {
 // waitDrained waits until a work-queue stream is empty.
 func waitDrained(t *testing.T, s *system, stream string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if streamInfo(t, s.bus.JS, stream).State.Msgs == 0 {
-			return
+	poll.Until(t, 30*time.Second, "stream "+stream+" drained", func() error {
+		if n := streamInfo(t, s.bus.JS, stream).State.Msgs; n != 0 {
+			return fmt.Errorf("%d messages", n)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("stream %s not drained", stream)
+		return nil
+	})
 }
 
 func types(evs []event.Envelope) []string {

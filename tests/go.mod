@@ -3,7 +3,8 @@ module github.com/ccatobs/ccat-staging/tests
 go 1.26.0
 
 require (
-	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/devkit/inproc v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/stagectl v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
@@ -17,6 +18,7 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.9.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/ccatobs/ccat-staging/schemas v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/go-json-experiment/json v1.27.2 // indirect
@@ -78,3 +80,7 @@ replace (
 	github.com/ccatobs/ccat-staging/services/stager => ../services/stager
 	github.com/ccatobs/ccat-staging/shared => ../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../devkit
+
+replace github.com/ccatobs/ccat-staging/devkit/inproc => ../devkit/inproc

@@ -16,15 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/devkit/inproc"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
-	"github.com/ccatobs/ccat-staging/shared/topology"
-	"github.com/ccatobs/ccat-staging/tests/inproc"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -40,37 +39,8 @@ type system struct {
 	api      ledgerapi.Client
 }
 
-const testTopology = `sites:
-  - name: cologne
-    locations:
-      - name: cologne-lta
-        type: long_term_archive
-        storage: disk
-        priority: 1
-        path: %[1]s/cologne/lta
-      - name: cologne-processing
-        type: processing
-        storage: disk
-        priority: 1
-        path: %[1]s/cologne/processing
-      - name: cologne-old
-        type: processing
-        storage: disk
-        priority: 2
-        path: %[1]s/cologne/old
-  - name: us
-    locations:
-      - name: us-lta
-        type: long_term_archive
-        storage: disk
-        priority: 1
-        path: %[1]s/us/lta
-      - name: us-processing
-        type: processing
-        storage: disk
-        priority: 1
-        path: %[1]s/us/processing
-`
+// testTopology is the system tests' topology (see inproc.TestTopology).
+const testTopology = inproc.TestTopology
 
 // startSystem runs ledger, planner and one stager per site until the test ends.
 func startSystem(t *testing.T) *system {
@@ -84,23 +54,9 @@ func startSystem(t *testing.T) *system {
 func startSystemWith(t *testing.T, topologyTemplate string, extraEnv map[string]string) *system {
 	t.Helper()
 	s := &system{t: t, base: t.TempDir()}
-	yaml := fmt.Sprintf(topologyTemplate, s.base)
-	topo, err := topology.Parse([]byte(yaml))
-	if err != nil {
+	var err error
+	if s.topology, err = inproc.WriteTopology(s.base, topologyTemplate); err != nil {
 		t.Fatalf("test topology: %v", err)
-	}
-	for _, site := range topo.Sites {
-		for _, l := range site.Locations {
-			if l.Path != "" {
-				if err := os.MkdirAll(l.Path, 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
-	s.topology = filepath.Join(s.base, "topology.yaml")
-	if err := os.WriteFile(s.topology, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
 	}
 	s.bus = bustest.New(t)
 	s.dbURL = dbtest.New(t)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
@@ -97,7 +98,7 @@ func TestLaggingLedgerKeepsStagedCopy(t *testing.T) {
 	}
 	info := s.archive("lag-p", tarpkg.Tree(6, 2, 64<<10), "us-lta")
 	s.submit("submit-lag", event.Submit{JobID: "lag-j", Packages: []string{"lag-p"}, Destination: event.Destination{Site: "us"}, RequestedBy: "lag-test"})
-	waitFor(t, 30*time.Second, func() error {
+	poll.Until(t, 30*time.Second, "the ledger to see the job", func() error {
 		j, err := s.api.Job(ctx, "lag-j")
 		if err != nil {
 			return err
@@ -114,7 +115,7 @@ func TestLaggingLedgerKeepsStagedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(s.base, "us", "processing", "lag-p")
-	waitFor(t, 30*time.Second, func() error {
+	poll.Until(t, 30*time.Second, "one staging.done", func() error {
 		if n := len(ofType(s.events(subject.EventsStream), event.TypeDone)); n != 1 {
 			return fmt.Errorf("%d staging.done events", n)
 		}
@@ -128,7 +129,7 @@ func TestLaggingLedgerKeepsStagedCopy(t *testing.T) {
 	quietSince := time.Now()
 	rounds := func() float64 { return sumMetric(metrics(), "planner_reconcile_rounds_total") }
 	start := rounds()
-	waitFor(t, 60*time.Second, func() error {
+	poll.Until(t, 60*time.Second, "the reconciler to look at the job round after round", func() error {
 		if n := rounds() - start; n < 15 || time.Since(quietSince) < 6*stallAfter {
 			return fmt.Errorf("%v rounds in %v", n, time.Since(quietSince))
 		}
@@ -172,7 +173,7 @@ func TestLaggingLedgerKeepsStagedCopy(t *testing.T) {
 	if j := s.waitJob("lag-j", 30*time.Second); j.Status != event.StatusCompleted || j.Packages[0].Status != event.StatusCompleted {
 		t.Fatalf("job after the ledger caught up: %s", mustJSON(j))
 	}
-	waitFor(t, 10*time.Second, func() error {
+	poll.Until(t, 10*time.Second, "the reconciler to be caught up", func() error {
 		if n := sumMetric(metrics(), `planner_reconcile_record_behind{durable="ledger-events"}`); n != 0 {
 			return fmt.Errorf("still behind: %v", n)
 		}
@@ -180,20 +181,4 @@ func TestLaggingLedgerKeepsStagedCopy(t *testing.T) {
 	})
 	checkStaged(t, dir, info)
 	s.waitCopy("lag-p", "us-processing", "staged")
-}
-
-// waitFor polls f until it returns nil, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }

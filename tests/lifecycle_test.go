@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
@@ -99,7 +100,7 @@ func TestLifecycleCancelWithdrawsBacklog(t *testing.T) {
 		t.Fatalf("can-job never scheduled: %v", err)
 	}
 	s.publish(subject.Cancel, "cancel:can-job", event.Cancel{JobID: "can-job", Reason: "wrong packages", RequestedBy: "carol"})
-	waitUntil(t, 30*time.Second, func() error {
+	poll.Until(t, 30*time.Second, "the job in the cancelled bucket", func() error {
 		kv, err := s.bus.JS.KeyValue(ctx, subject.CancelledBucket)
 		if err != nil {
 			return err
@@ -122,7 +123,7 @@ func TestLifecycleCancelWithdrawsBacklog(t *testing.T) {
 		t.Fatalf("keep-job = %s: %s", keep.Status, mustJSON(keep))
 	}
 	withdrawn := map[string]bool{}
-	waitUntil(t, 30*time.Second, func() error {
+	poll.Until(t, 30*time.Second, "every withdrawn package's staging.failed", func() error {
 		for _, e := range ofType(s.events(subject.EventsStream), event.TypeFailed) {
 			if f := dataOf[event.Failed](t, e); f.JobID == "can-job" && f.Reason == event.ReasonCancelled && f.Permanent {
 				withdrawn[f.PackageID] = true
@@ -156,7 +157,7 @@ func TestLifecycleCancelWithdrawsBacklog(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "keep-p0")); err != nil {
 		t.Errorf("keep-p0: %v", err)
 	}
-	waitUntil(t, 10*time.Second, func() error {
+	poll.Until(t, 10*time.Second, "the us stager's consumer settled", func() error {
 		c, err := s.bus.JS.Consumer(ctx, subject.RequestsStream, subject.StagerDurable("us", "normal"))
 		if err != nil {
 			return err
@@ -170,22 +171,6 @@ func TestLifecycleCancelWithdrawsBacklog(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// waitUntil polls f until it returns nil or the deadline passes.
-func waitUntil(t *testing.T, within time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", within, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // A package the planner's reconciler gives up on (staging.stalled, which

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -53,17 +54,13 @@ func (s *system) copyStatus(pkg, location string) (string, error) {
 // waitCopy polls the ledger until the copy has the status.
 func (s *system) waitCopy(pkg, location, status string) {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Until(s.t, 30*time.Second, fmt.Sprintf("the copy of %s at %s %s", pkg, location, status), func() error {
 		got, err := s.copyStatus(pkg, location)
-		if err == nil && got == status {
-			return
+		if err == nil && got != status {
+			err = fmt.Errorf("status %q", got)
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("copy of %s at %s: %q (%v), want %s", pkg, location, got, err, status)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // Two jobs share a staged copy at a location with retention 0s: releasing
@@ -148,17 +145,15 @@ func TestReleaseDeletesOnlyUnreferencedCopies(t *testing.T) {
 // waitReleaseConsumed waits until the planner has handled every release.
 func waitReleaseConsumed(t *testing.T, s *system) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, "planner-release settled", func() error {
 		c, err := s.bus.JS.Consumer(t.Context(), subject.EventsStream, subject.PlannerRelease)
-		if err == nil {
-			if info, err := c.Info(t.Context()); err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("planner-release did not settle: %v", err)
+		info, err := c.Info(t.Context())
+		if err == nil && (info.NumPending != 0 || info.NumAckPending != 0) {
+			err = fmt.Errorf("%d pending, %d unacked", info.NumPending, info.NumAckPending)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 }

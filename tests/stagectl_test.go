@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/stagectl/cli"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
@@ -179,17 +181,13 @@ func TestStagectlEndToEnd(t *testing.T) {
 		t.Errorf("cancel/release events missing from %s", subject.EventsStream)
 	}
 	// The ledger takes both into the job's timeline (and is not stuck on them).
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Until(t, 30*time.Second, "the cancel and release events in the ledger's timeline of ctl-ok", func() error {
 		r = s.stagectl("events", "ctl-ok")
 		if r.code == 0 && strings.Contains(r.stdout, "cancel:ctl-ok") && strings.Contains(r.stdout, "release:ctl-ok") {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the ledger's timeline of ctl-ok lacks the cancel and release events:\n%s%s", r.stdout, r.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	})
 	// Terminal states never change: a completed job stays completed.
 	s.stagectl("status", "ctl-ok").must(t, 0, "completed")
 	for _, e := range s.events(subject.ArchiveStream) {

@@ -55,10 +55,12 @@ func fsFloor(ctx context.Context, dir string, workers, n int) (float64, error) {
 		return syncPath(dir)
 	}
 	start := time.Now()
-	g, ctx := errgroup.WithContext(ctx)
+	// gctx ends when a worker fails and, once Wait returns, always: only the
+	// caller's ctx says whether the run was cut short.
+	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
 	for i := range n {
-		if ctx.Err() != nil {
+		if gctx.Err() != nil {
 			break
 		}
 		g.Go(func() error { return one(i) })

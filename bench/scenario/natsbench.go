@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
+	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 )
 
 // toolsDir finds the repository's tools module (where `go tool nats` is

@@ -1,29 +1,24 @@
-// Package system runs the whole pipeline inside the benchmark process, the
-// way tests/harness_test.go does: its own embedded JetStream server with its
-// store under the scenario's work dir, its own PostgreSQL database (created
-// here, dropped on Close), and the services started and stopped one by one
-// through their importable Run functions, so a scenario can fill a stream
-// before the ledger starts or keep the stagers stopped.
+// Package system runs the whole pipeline inside the benchmark process with
+// the launcher the system tests use (devkit/inproc): its own embedded
+// JetStream server with its store under the scenario's work dir, its own
+// PostgreSQL database (created here, dropped on Close), and the services
+// started one by one, so a scenario can fill a stream before the ledger
+// starts or keep the stagers stopped.
 package system
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"maps"
 	"os"
 	"path/filepath"
-	"sync"
-	"time"
 
 	"github.com/ccatobs/ccat-staging/bench/pg"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/planner/planner"
-	"github.com/ccatobs/ccat-staging/services/stager/stager"
+	"github.com/ccatobs/ccat-staging/devkit/inproc"
+	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
-	"github.com/ccatobs/ccat-staging/shared/logx"
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,21 +65,15 @@ type System struct {
 	// LTA and Out are the disk archive root and the processing root.
 	LTA, Out string
 
-	opts     Options
-	env      map[string]string
-	dbName   string
-	mu       sync.Mutex
-	services map[string]*running
-}
-
-type running struct {
-	cancel context.CancelFunc
-	done   chan error
+	opts   Options
+	env    map[string]string
+	dbName string
+	pl     *inproc.Pipeline
 }
 
 // New starts the bus and creates the database; no service runs yet.
 func New(ctx context.Context, o Options) (*System, error) {
-	s := &System{opts: o, services: map[string]*running{},
+	s := &System{opts: o,
 		LTA: filepath.Join(o.WorkDir, "lta"), Out: filepath.Join(o.WorkDir, "processing")}
 	for _, d := range []string{s.LTA, s.Out, filepath.Join(o.WorkDir, "nats")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -138,6 +127,15 @@ func New(ctx context.Context, o Options) (*System, error) {
 	for k, v := range o.Env {
 		s.env[k] = v
 	}
+	s.pl = inproc.New(inproc.Options{Log: o.Log, Env: func(string) map[string]string {
+		e := maps.Clone(s.env)
+		// In this process no service serves HTTP but the ledger: an empty
+		// address means the default port, which a second system (or
+		// anything else on the machine) may hold. Environ keeps "" for the
+		// child processes of the backlog scenario.
+		e["PLANNER_HTTP_ADDR"], e["STAGER_HTTP_ADDR"] = "off", "off"
+		return e
+	}})
 	return s, nil
 }
 
@@ -204,122 +202,34 @@ func (s *System) Environ(extra map[string]string) []string {
 // TopologyFile is the path of the system's topology.
 func (s *System) TopologyFile() string { return s.env["TOPOLOGY_FILE"] }
 
-func (s *System) getenv(extra map[string]string) func(string) string {
-	return func(k string) string {
-		if v, ok := extra[k]; ok {
-			return v
-		}
-		return s.env[k]
-	}
-}
-
-func (s *System) start(name string, run func(ctx context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1)}
-	s.mu.Lock()
-	s.services[name] = r
-	s.mu.Unlock()
-	go func() { r.done <- run(ctx) }()
-}
-
-func (s *System) log(service string) zerolog.Logger {
-	return s.opts.Log.With().Str(logx.Service, service).Logger()
-}
-
 // StartLedger starts the ledger and waits until its API answers.
 func (s *System) StartLedger(ctx context.Context) error {
-	cfg, err := ledger.ConfigFromEnv(s.getenv(nil))
-	if err != nil {
-		return fmt.Errorf("ledger config: %w", err)
+	if err := s.pl.StartLedger(ctx); err != nil {
+		return err
 	}
-	addr := make(chan net.Addr, 1)
-	cfg.Listening = func(a net.Addr) { addr <- a }
-	s.start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, cfg, s.log("ledger")) })
-	select {
-	case a := <-addr:
-		s.API = ledgerapi.Client{BaseURL: "http://" + a.String()}
-		return nil
-	case err := <-s.services["ledger"].done:
-		return fmt.Errorf("ledger stopped at start-up: %w", err)
-	case <-time.After(60 * time.Second):
-		return errors.New("ledger API did not come up within 60s")
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// StartPlanner starts the planner.
-func (s *System) StartPlanner() error {
-	cfg, err := planner.ConfigFromEnv(s.getenv(nil))
-	if err != nil {
-		return fmt.Errorf("planner config: %w", err)
-	}
-	// An empty PLANNER_HTTP_ADDR means the default port, which a second
-	// system (or anything else on the machine) may hold: serve nothing.
-	cfg.HTTPAddr = ""
-	s.start("planner", func(ctx context.Context) error { return planner.Run(ctx, cfg, s.log("planner")) })
+	s.API = ledgerapi.Client{BaseURL: s.pl.LedgerURL}
 	return nil
 }
+
+// StartPlanner starts the planner (which serves no HTTP here, so nothing
+// is awaited).
+func (s *System) StartPlanner() error { return s.pl.StartPlanner(context.Background()) }
 
 // StartStager starts one stager instance of the bench site.
-func (s *System) StartStager(instance string) error {
-	cfg, err := stager.ConfigFromEnv(s.getenv(map[string]string{"STAGER_INSTANCE": instance}))
-	if err != nil {
-		return fmt.Errorf("stager config: %w", err)
-	}
-	cfg.HTTPAddr = "" // see StartPlanner
-	s.start("stager-"+instance, func(ctx context.Context) error {
-		return stager.Run(ctx, cfg, s.log("stager").With().Str(logx.Site, Site).Logger())
-	})
-	return nil
-}
+func (s *System) StartStager(instance string) error { return s.pl.StartStager(Site, instance) }
 
-// Stop cancels one service and waits for its Run to return.
-func (s *System) Stop(name string) error {
-	s.mu.Lock()
-	r, ok := s.services[name]
-	delete(s.services, name)
-	s.mu.Unlock()
-	if !ok {
-		return nil
-	}
-	r.cancel()
-	select {
-	case err := <-r.done:
-		return err
-	case <-time.After(60 * time.Second):
-		return fmt.Errorf("%s did not stop within 60s", name)
-	}
-}
+// Stop cancels one service ("ledger", "planner", "stager-bench-<instance>")
+// and waits for its Run to return.
+func (s *System) Stop(name string) error { return s.pl.StopService(name) }
 
 // Failed reports a service whose Run returned while it should be running.
-func (s *System) Failed() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for name, r := range s.services {
-		select {
-		case err := <-r.done:
-			r.done <- err
-			return fmt.Errorf("%s stopped: %v", name, err)
-		default:
-		}
-	}
-	return nil
-}
+func (s *System) Failed() error { return s.pl.Failed() }
 
 // Close stops every service, the bus, and drops the database.
 func (s *System) Close() error {
 	var errs []error
-	s.mu.Lock()
-	names := make([]string, 0, len(s.services))
-	for n := range s.services {
-		names = append(names, n)
-	}
-	s.mu.Unlock()
-	for _, n := range names {
-		if err := s.Stop(n); err != nil {
-			errs = append(errs, err)
-		}
+	if s.pl != nil {
+		errs = append(errs, s.pl.StopAll())
 	}
 	if s.NC != nil {
 		s.NC.Close()

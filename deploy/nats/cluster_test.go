@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/deploy/provision"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
@@ -240,29 +241,13 @@ func tryCluster(t *testing.T, conf string) (*cluster, error) {
 	t.Cleanup(stop)
 	nc, js := connect(t, c, "admin")
 	defer nc.Close()
-	eventually(t, 20*time.Second, func() error {
+	poll.Until(t, 20*time.Second, "JetStream on the admin connection", func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		defer cancel()
 		_, err := js.AccountInfo(ctx)
 		return err
 	})
 	return c, nil
-}
-
-// eventually polls f until it returns nil or the deadline passes.
-func eventually(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %s: %v", d, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func connect(t *testing.T, c *cluster, user string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
@@ -580,7 +565,7 @@ func setup(t *testing.T, c *cluster) fixture {
 	anc, ajs := connect(t, c, "admin")
 	defer anc.Close()
 	// R3 placement can fail until every node has joined the meta group.
-	eventually(t, 20*time.Second, func() error {
+	poll.Until(t, 20*time.Second, "the streams provisioned", func() error {
 		return provision.Provision(ctx, ajs, []string{"cologne", "us"}, streams, zerolog.Nop())
 	})
 	// Short AckWait for the failover (see testAckWait).

@@ -13,43 +13,17 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/deploy/provision"
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/devkit/inproc"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
-	"github.com/ccatobs/ccat-staging/tests/inproc"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
-
-const pipelineTopology = `sites:
-  - name: cologne
-    locations:
-      - name: cologne-lta
-        type: long_term_archive
-        storage: disk
-        priority: 1
-        path: %[1]s/cologne/lta
-      - name: cologne-processing
-        type: processing
-        storage: disk
-        priority: 1
-        path: %[1]s/cologne/processing
-  - name: us
-    locations:
-      - name: us-lta
-        type: long_term_archive
-        storage: disk
-        priority: 1
-        path: %[1]s/us/lta
-      - name: us-processing
-        type: processing
-        storage: disk
-        priority: 1
-        path: %[1]s/us/processing
-`
 
 // logBuffer collects the services' warnings, where a refused permission
 // shows up ("nats async error … Permissions Violation").
@@ -94,8 +68,8 @@ func startPipeline(t *testing.T) *pipeline {
 	p.c = c
 	p.base = t.TempDir()
 	base, sites := p.base, p.sites
-	topo := filepath.Join(base, "topology.yaml")
-	if err := os.WriteFile(topo, fmt.Appendf(nil, pipelineTopology, base), 0o644); err != nil {
+	topo, err := inproc.WriteTopology(base, inproc.TestTopology)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, site := range sites {
@@ -106,7 +80,7 @@ func startPipeline(t *testing.T) *pipeline {
 		}
 	}
 	_, ajs := connect(t, c, "admin")
-	eventually(t, 20*time.Second, func() error {
+	poll.Until(t, 20*time.Second, "the streams provisioned", func() error {
 		return provision.Provision(t.Context(), ajs, sites, streams, zerolog.Nop())
 	})
 	_, p.ujs = connect(t, c, "upstream")

@@ -3,18 +3,19 @@ module github.com/ccatobs/ccat-staging/services/demo
 go 1.26.0
 
 require (
-	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000
-	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000
-	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
+	github.com/ccatobs/ccat-staging/devkit/inproc v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
-	github.com/rs/zerolog v1.35.1
 )
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.9.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/ccatobs/ccat-staging/schemas v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/ledger v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/planner v0.0.0-00010101000000-000000000000 // indirect
+	github.com/ccatobs/ccat-staging/services/stager v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/go-json-experiment/json v1.27.2 // indirect
@@ -46,6 +47,7 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/puzpuzpuz/xsync/v3 v3.5.1 // indirect
 	github.com/rs/xid v1.6.0 // indirect
+	github.com/rs/zerolog v1.35.1 // indirect
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.3 // indirect
 	github.com/tinylib/msgp v1.6.4 // indirect
 	github.com/tmthrgd/go-hex v0.0.0-20190904060850-447a3041c3bc // indirect
@@ -72,3 +74,7 @@ replace (
 	github.com/ccatobs/ccat-staging/services/stager => ../stager
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../../devkit
+
+replace github.com/ccatobs/ccat-staging/devkit/inproc => ../../devkit/inproc

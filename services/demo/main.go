@@ -13,30 +13,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/planner/planner"
-	"github.com/ccatobs/ccat-staging/services/stager/stager"
+	"github.com/ccatobs/ccat-staging/devkit/inproc"
+	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/logx"
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 )
 
 func main() {
@@ -84,7 +79,6 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		return err
 	}
 	log := logx.New(stderr, s.logLevel, "auto", "demo")
-	svcLog := func(name string) zerolog.Logger { return logx.New(stderr, s.logLevel, "auto", name) }
 
 	dir := s.dir
 	if dir == "" {
@@ -118,52 +112,23 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		"STAGER_WORKERS":    "2",
 	}
 
-	// Start the services; each stops when ctx is cancelled.
-	svcCtx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	errc := make(chan error, 8)
-	apiAddr := make(chan net.Addr, 1)
-	start := func(name string, fn func(context.Context) error) {
-		wg.Go(func() {
-			if err := fn(svcCtx); err != nil && svcCtx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		})
-	}
-	defer func() { cancel(); wg.Wait() }()
-
-	lcfg, err := ledger.ConfigFromEnv(lookup(env, nil))
+	// Start the services (the same launcher the system tests and the
+	// benchmarks use); each stops when the demo returns.
+	pl, err := inproc.Start(ctx, inproc.Options{
+		Sites:  []string{"cologne", "us"},
+		Env:    inproc.SameEnv(env, "demo-"),
+		Log:    logx.Unnamed(stderr, s.logLevel, "auto"),
+		Within: 30 * time.Second,
+	})
 	if err != nil {
-		return err
-	}
-	lcfg.Listening = func(a net.Addr) { apiAddr <- a }
-	start("ledger", func(ctx context.Context) error { return ledger.Run(ctx, lcfg, svcLog("ledger")) })
-	pcfg, err := planner.ConfigFromEnv(lookup(env, nil))
-	if err != nil {
-		return err
-	}
-	start("planner", func(ctx context.Context) error { return planner.Run(ctx, pcfg, svcLog("planner")) })
-	for _, site := range []string{"cologne", "us"} {
-		scfg, err := stager.ConfigFromEnv(lookup(env, map[string]string{"STAGER_SITE": site, "STAGER_INSTANCE": "demo-" + site}))
-		if err != nil {
-			return err
+		if ctx.Err() != nil {
+			return nil // interrupted during start-up: not a failure
 		}
-		start("stager "+site, func(ctx context.Context) error {
-			return stager.Run(ctx, scfg, svcLog("stager"))
-		})
-	}
-
-	var api ledgerapi.Client
-	select {
-	case a := <-apiAddr:
-		api.BaseURL = "http://" + a.String()
-	case err := <-errc:
 		return err
-	case <-time.After(30 * time.Second):
-		return errors.New("ledger API did not start within 30s")
-	case <-ctx.Done():
-		return nil
 	}
+	defer pl.Stop()
+	errc := pl.Errors
+	api := ledgerapi.Client{BaseURL: pl.LedgerURL}
 	fmt.Fprintf(stdout, "  ledger API %s\n\n", api.BaseURL)
 
 	nc, err := nats.Connect(natsURL, nats.Name("demo"))
@@ -272,17 +237,6 @@ and the ledger API:
 		return nil
 	case err := <-errc:
 		return err
-	}
-}
-
-// lookup layers extra over base over nothing: the services see only the
-// demo's settings, never the caller's environment by accident.
-func lookup(base, extra map[string]string) func(string) string {
-	return func(k string) string {
-		if v, ok := extra[k]; ok {
-			return v
-		}
-		return base[k]
 	}
 }
 

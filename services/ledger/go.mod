@@ -3,6 +3,7 @@ module github.com/ccatobs/ccat-staging/services/ledger
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/chromedp/chromedp v0.23.0
 	github.com/jackc/pgx/v5 v5.13.0
@@ -26,7 +27,7 @@ require (
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/jinzhu/inflection v1.0.0 // indirect
 	github.com/klauspost/compress v1.20.4 // indirect
-	github.com/mattn/go-colorable v0.1.14 // indirect
+	github.com/mattn/go-colorable v0.1.15 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
@@ -55,3 +56,5 @@ replace (
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../../devkit

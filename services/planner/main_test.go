@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
 
@@ -34,16 +35,10 @@ func TestRun(t *testing.T) {
 		go func() {
 			done <- run(ctx, []string{"planner"}, func(k string) string { return env[k] }, &bytes.Buffer{}, &stderr)
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if _, err := srv.JS.Consumer(t.Context(), subject.EventsStream, subject.PlannerSubmit); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("planner-submit never provisioned")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		poll.Until(t, 10*time.Second, "planner-submit provisioned", func() error {
+			_, err := srv.JS.Consumer(t.Context(), subject.EventsStream, subject.PlannerSubmit)
+			return err
+		})
 		cancel()
 		select {
 		case err := <-done:

@@ -3,6 +3,7 @@ module github.com/ccatobs/ccat-staging/services/stagectl
 go 1.26.0
 
 require (
+	github.com/ccatobs/ccat-staging/devkit v0.0.0-00010101000000-000000000000
 	github.com/ccatobs/ccat-staging/shared v0.0.0-00010101000000-000000000000
 	github.com/mattn/go-isatty v0.0.24
 	github.com/nats-io/nats.go v1.55.0
@@ -77,3 +78,5 @@ replace (
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )
+
+replace github.com/ccatobs/ccat-staging/devkit => ../../devkit

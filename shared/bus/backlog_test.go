@@ -6,14 +6,14 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestBacklogReportsWhatWaits(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	ctx := t.Context()
 	if err := bus.Provision(ctx, srv.JS, bus.StreamConfig{}); err != nil {
 		t.Fatal(err)

@@ -10,8 +10,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/rs/zerolog"
 )
 
@@ -26,7 +25,7 @@ func TestConnectWaitsForTheServer(t *testing.T) {
 	dir := t.TempDir()
 	go func() {
 		time.Sleep(700 * time.Millisecond)
-		ns, err := natsembed.Start(natsembed.Options{StoreDir: dir, Port: port})
+		ns, err := jstest.Start(dir, port)
 		if err != nil {
 			t.Error(err)
 			return
@@ -54,8 +53,8 @@ func TestConnectGivesUpWithTheContext(t *testing.T) {
 // found by the pings, logged with the server's name, and re-established
 // once traffic passes again.
 func TestConnectFindsAHalfOpenLink(t *testing.T) {
-	srv := bustest.New(t)
-	proxy := bustest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	srv := jstest.New(t)
+	proxy := jstest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
 	var mu sync.Mutex
 	var logs strings.Builder
 	log := zerolog.New(lockedBuilder{&mu, &logs})
@@ -66,10 +65,10 @@ func TestConnectFindsAHalfOpenLink(t *testing.T) {
 	}
 	defer nc.Close()
 	proxy.Block()
-	waitFor(t, 10*time.Second, "stale connection noticed", func() bool { return !nc.IsConnected() })
+	jstest.Until(t, 10*time.Second, "stale connection noticed", func() bool { return !nc.IsConnected() })
 	proxy.Unblock()
-	waitFor(t, 20*time.Second, "reconnected", func() bool { return nc.IsConnected() })
-	waitFor(t, 5*time.Second, "logged", func() bool {
+	jstest.Until(t, 20*time.Second, "reconnected", func() bool { return nc.IsConnected() })
+	jstest.Until(t, 5*time.Second, "logged", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		out := logs.String()
@@ -87,15 +86,4 @@ func (w lockedBuilder) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

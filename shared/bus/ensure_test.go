@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -27,7 +27,7 @@ func (c *countingJS) UpdateStream(ctx context.Context, sc jetstream.StreamConfig
 }
 
 func TestEnsureStreamChangesOnlyWhatDiffers(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	base := bus.Streams(bus.StreamConfig{})
 	longer := bus.Streams(bus.StreamConfig{EventsMaxAge: 400 * 24 * time.Hour})
 	for _, tc := range []struct {

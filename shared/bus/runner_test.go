@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -83,17 +83,6 @@ func startRunner(t *testing.T, r *Runner) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func recordingHandler(s *seen) Handler {
 	return func(ctx context.Context, m jetstream.Msg) error {
 		env, err := event.Decode(m.Data())
@@ -118,7 +107,7 @@ func provision(t *testing.T, js jetstream.JetStream, d Durable) {
 // A durable deleted under a running runner is provisioned again and its
 // messages are still handled; the runner never stops.
 func TestRunnerReprovisionsADeletedDurable(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	d := testDurable("heal")
 	provision(t, srv.JS, d)
 	var s seen
@@ -126,13 +115,13 @@ func TestRunnerReprovisionsADeletedDurable(t *testing.T) {
 	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Handler: recordingHandler(&s), Health: h,
 		PollInterval: 100 * time.Millisecond, Log: zerolog.Nop()})
 	publishEvents(t, srv.JS, "a", 3)
-	eventually(t, 10*time.Second, "first events handled", func() bool { return s.distinct() == 3 })
+	jstest.Until(t, 10*time.Second, "first events handled", func() bool { return s.distinct() == 3 })
 
 	if err := srv.JS.DeleteConsumer(t.Context(), "T", "heal"); err != nil {
 		t.Fatal(err)
 	}
 	publishEvents(t, srv.JS, "b", 3)
-	eventually(t, 10*time.Second, "events after the deletion handled", func() bool { return s.distinct() == 6 })
+	jstest.Until(t, 10*time.Second, "events after the deletion handled", func() bool { return s.distinct() == 6 })
 	if _, err := srv.JS.Consumer(t.Context(), "T", "heal"); err != nil {
 		t.Fatalf("durable not provisioned again: %v", err)
 	}
@@ -145,14 +134,14 @@ func TestRunnerReprovisionsADeletedDurable(t *testing.T) {
 // the runner provisions the durable on the new stream and handles what is
 // published there.
 func TestRunnerHealsAStreamDeletedAndRecreated(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	d := testDurable("heal-stream")
 	provision(t, srv.JS, d)
 	var s seen
 	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Handler: recordingHandler(&s),
 		PollInterval: 100 * time.Millisecond, Log: zerolog.New(zerolog.NewTestWriter(t))})
 	publishEvents(t, srv.JS, "a", 2)
-	eventually(t, 10*time.Second, "first events handled", func() bool { return s.distinct() == 2 })
+	jstest.Until(t, 10*time.Second, "first events handled", func() bool { return s.distinct() == 2 })
 
 	if err := srv.JS.DeleteStream(t.Context(), "T"); err != nil {
 		t.Fatal(err)
@@ -161,25 +150,25 @@ func TestRunnerHealsAStreamDeletedAndRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishEvents(t, srv.JS, "b", 2)
-	eventually(t, 10*time.Second, "events on the new stream handled", func() bool { return s.count("b-0") == 1 && s.count("b-1") == 1 })
+	jstest.Until(t, 10*time.Second, "events on the new stream handled", func() bool { return s.count("b-0") == 1 && s.count("b-1") == 1 })
 
 	// Deleted and not recreated by anyone: the runner creates it itself
 	// (after streamGrace).
 	if err := srv.JS.DeleteStream(t.Context(), "T"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "stream provisioned again by the runner", func() bool {
+	jstest.Until(t, 10*time.Second, "stream provisioned again by the runner", func() bool {
 		_, err := srv.JS.Consumer(t.Context(), "T", "heal-stream")
 		return err == nil
 	})
 	publishEvents(t, srv.JS, "c", 1)
-	eventually(t, 10*time.Second, "events on the runner's stream handled", func() bool { return s.count("c-0") == 1 })
+	jstest.Until(t, 10*time.Second, "events on the runner's stream handled", func() bool { return s.count("c-0") == 1 })
 }
 
 // A message that is not a CloudEvent is terminated once, with its reason,
 // logged and counted; the handler never sees it and it is not redelivered.
 func TestRunnerTerminatesUndecodableOnce(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	d := testDurable("decode")
 	provision(t, srv.JS, d)
 	var s seen
@@ -192,15 +181,15 @@ func TestRunnerTerminatesUndecodableOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishEvents(t, srv.JS, "ok", 1)
-	eventually(t, 10*time.Second, "valid event handled", func() bool { return s.count("ok-0") == 1 })
-	eventually(t, 10*time.Second, "invalid one terminated", func() bool {
+	jstest.Until(t, 10*time.Second, "valid event handled", func() bool { return s.count("ok-0") == 1 })
+	jstest.Until(t, 10*time.Second, "invalid one terminated", func() bool {
 		return testutil.ToFloat64(h.m.undecodable.WithLabelValues("decode", event.ReasonInvalidEnvelope)) == 1
 	})
 	if got := testutil.ToFloat64(h.m.settled.WithLabelValues("decode", "term", event.ReasonInvalidEnvelope)); got != 1 {
 		t.Errorf("settled{term,invalid_envelope} = %v, want 1", got)
 	}
 	var ci *jetstream.ConsumerInfo
-	eventually(t, 10*time.Second, "both settled", func() bool {
+	jstest.Until(t, 10*time.Second, "both settled", func() bool {
 		c, err := srv.JS.Consumer(t.Context(), "T", "decode")
 		if err != nil {
 			return false
@@ -253,7 +242,7 @@ func TestRunnerSettlesByErrorKind(t *testing.T) {
 		{name: "plain", err: errors.New("blip"), verdict: "nak", deliveries: 2},
 		{name: "self-settled", err: errors.New("blip"), selfSettle: true, verdict: "nak", deliveries: 2},
 	}
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			d := testDurable("kind-" + tc.name)
@@ -281,10 +270,10 @@ func TestRunnerSettlesByErrorKind(t *testing.T) {
 			if _, err := srv.JS.Publish(t.Context(), "t."+tc.name, []byte("{}")); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, 10*time.Second, "first verdict recorded", func() bool {
+			jstest.Until(t, 10*time.Second, "first verdict recorded", func() bool {
 				return testutil.ToFloat64(h.m.settled.WithLabelValues(d.Name(), tc.verdict, tc.reason)) == 1
 			})
-			eventually(t, 10*time.Second, "message settled for good", func() bool {
+			jstest.Until(t, 10*time.Second, "message settled for good", func() bool {
 				c, err := srv.JS.Consumer(t.Context(), "T", d.Name())
 				return err == nil && c.CachedInfo().NumAckPending == 0 && c.CachedInfo().NumPending == 0 &&
 					c.CachedInfo().AckFloor.Stream == c.CachedInfo().Delivered.Stream
@@ -309,10 +298,10 @@ func TestRunnerSettlesByErrorKind(t *testing.T) {
 // /readyz fails naming the durable with pending work; when traffic flows
 // again, the messages are handled and it is ready by itself.
 func TestRunnerReadinessDuringAStall(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	d := testDurable("stall")
 	provision(t, srv.JS, d)
-	proxy := bustest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	proxy := jstest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
 	// Long pings: the connection looks alive for the whole test.
 	nc, err := nats.Connect(proxy.URL, nats.PingInterval(time.Hour))
 	if err != nil {
@@ -328,7 +317,7 @@ func TestRunnerReadinessDuringAStall(t *testing.T) {
 	startRunner(t, &Runner{JS: js, Durables: []Durable{d}, Handler: recordingHandler(&s), Health: h,
 		PollInterval: 100 * time.Millisecond, ResetAfter: 300 * time.Millisecond, Log: zerolog.Nop()})
 	publishEvents(t, srv.JS, "a", 1)
-	eventually(t, 10*time.Second, "flowing before the stall", func() bool { return s.count("a-0") == 1 })
+	jstest.Until(t, 10*time.Second, "flowing before the stall", func() bool { return s.count("a-0") == 1 })
 	if err := h.Check(t.Context()); err != nil {
 		t.Fatalf("unready before the stall: %v", err)
 	}
@@ -338,13 +327,13 @@ func TestRunnerReadinessDuringAStall(t *testing.T) {
 	publishEvents(t, srv.JS, "b", 3) // straight to the server
 	// No consumer info answers while blocked: readiness fails by the
 	// info age. Show the pending-work rule too by letting one poll pass.
-	eventually(t, 10*time.Second, "unready naming the durable", func() bool {
+	jstest.Until(t, 10*time.Second, "unready naming the durable", func() bool {
 		err := h.Check(t.Context())
 		return err != nil && strings.Contains(err.Error(), "durable stall")
 	})
 	proxy.Unblock()
-	eventually(t, 20*time.Second, "messages handled after the stall", func() bool { return s.distinct() == 4 })
-	eventually(t, 10*time.Second, "ready again", func() bool { return h.Check(t.Context()) == nil })
+	jstest.Until(t, 20*time.Second, "messages handled after the stall", func() bool { return s.distinct() == 4 })
+	jstest.Until(t, 10*time.Second, "ready again", func() bool { return h.Check(t.Context()) == nil })
 }
 
 // The pending-work rule of readiness: counted from the first poll that
@@ -431,7 +420,7 @@ func (d *deafIter) Drain() { d.Stop() }
 // A subscription that receives nothing while consumer info says messages
 // wait is reset, and the messages are handled.
 func TestRunnerResetsASilentSubscription(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	d := testDurable("silent")
 	provision(t, srv.JS, d)
 	var s seen
@@ -439,7 +428,7 @@ func TestRunnerResetsASilentSubscription(t *testing.T) {
 	startRunner(t, &Runner{JS: &deafJS{JetStream: srv.JS}, Durables: []Durable{d}, Handler: recordingHandler(&s), Health: h,
 		PollInterval: 100 * time.Millisecond, ResetAfter: 300 * time.Millisecond, Log: zerolog.Nop()})
 	publishEvents(t, srv.JS, "a", 3)
-	eventually(t, 10*time.Second, "events handled after the reset", func() bool { return s.distinct() == 3 })
+	jstest.Until(t, 10*time.Second, "events handled after the reset", func() bool { return s.distinct() == 3 })
 	if got := testutil.ToFloat64(h.m.resets.WithLabelValues("silent")); got < 1 {
 		t.Errorf("resets_total = %v, want >= 1", got)
 	}
@@ -449,7 +438,7 @@ func TestRunnerResetsASilentSubscription(t *testing.T) {
 // every durable of the group: high waiting behind busy workers is not a
 // stall. Then the first free worker takes high before normal.
 func TestPriorityWorkersBusyAreNotAStall(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	high, normal := testDurable("prio-high"), testDurable("prio-normal")
 	high.Consumer.FilterSubject, normal.Consumer.FilterSubject = "t.high", "t.normal"
 	provision(t, srv.JS, high)
@@ -473,7 +462,7 @@ func TestPriorityWorkersBusyAreNotAStall(t *testing.T) {
 	if _, err := srv.JS.Publish(t.Context(), "t.normal", []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the worker busy", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 1 })
+	jstest.Until(t, 10*time.Second, "the worker busy", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 1 })
 	for _, subj := range []string{"t.normal", "t.high"} {
 		if _, err := srv.JS.Publish(t.Context(), subj, []byte("{}")); err != nil {
 			t.Fatal(err)
@@ -484,7 +473,7 @@ func TestPriorityWorkersBusyAreNotAStall(t *testing.T) {
 		t.Errorf("unready while the only worker is busy: %v", err)
 	}
 	close(release)
-	eventually(t, 10*time.Second, "all handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 3 })
+	jstest.Until(t, 10*time.Second, "all handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 3 })
 	mu.Lock()
 	defer mu.Unlock()
 	if order[1] != "t.high" {
@@ -496,7 +485,7 @@ func TestPriorityWorkersBusyAreNotAStall(t *testing.T) {
 // data is not a valid T is terminated with invalid_data, and one that is
 // not a CloudEvent with invalid_envelope, without reaching the handler.
 func TestTypedHandler(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	d := testDurable("typed")
 	provision(t, srv.JS, d)
 	var s seen
@@ -521,8 +510,8 @@ func TestTypedHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishEvents(t, srv.JS, "good", 1)
-	eventually(t, 10*time.Second, "valid one handled", func() bool { return s.count("good-0") == 1 })
-	eventually(t, 10*time.Second, "invalid ones terminated", func() bool {
+	jstest.Until(t, 10*time.Second, "valid one handled", func() bool { return s.count("good-0") == 1 })
+	jstest.Until(t, 10*time.Second, "invalid ones terminated", func() bool {
 		return testutil.ToFloat64(h.m.settled.WithLabelValues("typed", "term", event.ReasonInvalidData)) == 1 &&
 			testutil.ToFloat64(h.m.settled.WithLabelValues("typed", "term", event.ReasonInvalidEnvelope)) == 1
 	})

@@ -328,3 +328,14 @@ func New[T Data](source, id, subject string, data T) (Envelope, error) {
 		Data:            raw,
 	}, nil
 }
+
+// unquote returns a JSON string token's contents, sharing raw's memory when
+// it has no escapes (the common case for attribute names). The schema
+// checker in internal/check has its own copy: envelope decoding should not
+// depend on the checker.
+func unquote(raw []byte) ([]byte, error) {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw[1 : len(raw)-1], nil
+	}
+	return jsontext.AppendUnquote(nil, raw)
+}

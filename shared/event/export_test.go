@@ -3,16 +3,13 @@ package event
 import (
 	"bytes"
 
+	"github.com/ccatobs/ccat-staging/shared/event/internal/check"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
 // CheckData runs only the compiled check of typ (false when it has none).
 func CheckData(typ string, raw []byte) (bool, error) {
-	c := checks()[typ]
-	if c == nil {
-		return false, nil
-	}
-	return true, c.validate(raw)
+	return check.Data(typ, raw)
 }
 
 // ReferenceData runs only the general validator.
@@ -30,6 +27,5 @@ func ReferenceData(typ string, raw []byte) error {
 
 // CompileCheck compiles one schema document into a check.
 func CompileCheck(doc []byte) error {
-	_, err := compileCheck(doc)
-	return err
+	return check.Compile(doc)
 }

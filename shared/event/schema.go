@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/ccatobs/ccat-staging/schemas"
+	"github.com/ccatobs/ccat-staging/shared/event/internal/check"
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -75,12 +76,9 @@ func ValidateData(typ string, raw []byte) error {
 	if !ok {
 		return invalid(ReasonUnknownType, "unknown event type %q", typ)
 	}
-	c := checks()[typ]
-	var refused error
-	if c != nil {
-		if refused = c.validate(raw); refused == nil {
-			return nil
-		}
+	has, refused := check.Data(typ, raw)
+	if has && refused == nil {
+		return nil
 	}
 	// Refused by the check (or no check): the general validator explains
 	// why, in its words, or decides alone.

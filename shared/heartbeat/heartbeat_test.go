@@ -4,8 +4,8 @@ import (
 	"context"
 	"testing"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -23,7 +23,7 @@ func (c *countingJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.K
 // A stager whose NATS user may not change streams calls Bucket at every
 // start: it must only look when the bucket is already as wanted.
 func TestBucketChangesOnlyWhatDiffers(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	js := &countingJS{JetStream: srv.JS}
 	for _, tc := range []struct {
 		name    string

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,7 +16,7 @@ import (
 
 // holderConn is one lease holder with a connection of its own, so a test
 // can make it die (close the connection) without touching the others.
-func holderConn(t *testing.T, srv *bustest.Server, ttl time.Duration) (*lease.Store, *nats.Conn) {
+func holderConn(t *testing.T, srv *jstest.Server, ttl time.Duration) (*lease.Store, *nats.Conn) {
 	t.Helper()
 	nc, err := nats.Connect(srv.URL)
 	if err != nil {
@@ -51,7 +51,7 @@ func TestKey(t *testing.T) {
 // holds it and gets it once it is released; a release by a holder whose
 // lease was taken over does not free the new holder's lease.
 func TestContention(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	a, _ := holderConn(t, srv, 5*time.Second)
 	b, _ := holderConn(t, srv, 5*time.Second)
 	ctx := t.Context()
@@ -113,7 +113,7 @@ func TestContention(t *testing.T) {
 
 // Many holders hammer one key: at no time do two of them hold it.
 func TestMutualExclusion(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	key := lease.Key("s", "proc", "hot")
 	var inside, maxInside, total atomic.Int32
 	var wg sync.WaitGroup
@@ -151,7 +151,7 @@ func TestMutualExclusion(t *testing.T) {
 // A held lease is renewed: it outlives its TTL several times over and
 // nobody else gets it meanwhile; Confirm succeeds while it is held.
 func TestRenewal(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	a, _ := holderConn(t, srv, time.Second)
 	b, _ := holderConn(t, srv, time.Second)
 	key := lease.Key("s", "proc", "long")
@@ -187,7 +187,7 @@ func TestRenewal(t *testing.T) {
 // lease reports itself lost, and its Confirm fails instead of letting it
 // act on a copy somebody else now owns.
 func TestExpiryWhenHolderDies(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	a, anc := holderConn(t, srv, time.Second)
 	b, _ := holderConn(t, srv, time.Second)
 	key := lease.Key("s", "proc", "orphan")
@@ -228,7 +228,7 @@ func TestExpiryWhenHolderDies(t *testing.T) {
 
 // Waiting respects ctx.
 func TestAcquireRespectsContext(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	a, _ := holderConn(t, srv, 5*time.Second)
 	key := lease.Key("s", "proc", "busy")
 	la, _, err := a.TryAcquire(t.Context(), key, lease.Holder{Instance: "a"})
@@ -247,7 +247,7 @@ func TestAcquireRespectsContext(t *testing.T) {
 // dead predecessor held, rather than waiting for the TTL; another instance
 // still waits.
 func TestRestartedInstanceTakesOverItsOwn(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	open := func(instance string) *lease.Store {
 		st, err := lease.Open(t.Context(), srv.JS, lease.Options{Instance: instance, TTL: time.Minute})
 		if err != nil {
@@ -279,7 +279,7 @@ func TestRestartedInstanceTakesOverItsOwn(t *testing.T) {
 // holds only leases in use, however many copies were ever leased; and a
 // lease taken after a release's marker expired is no takeover.
 func TestBucketHoldsOnlyLeasesInUse(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	a, anc := holderConn(t, srv, time.Second)
 	b, _ := holderConn(t, srv, time.Second)
 	released, _, err := a.TryAcquire(t.Context(), lease.Key("s", "proc", "released"), lease.Holder{Instance: "a"})

@@ -29,6 +29,12 @@ const (
 // anything else means info). format "console" gives human-readable lines;
 // "auto" picks console when w is a terminal.
 func New(w io.Writer, level, format, service string) zerolog.Logger {
+	return Unnamed(w, level, format).With().Str(Service, service).Logger()
+}
+
+// Unnamed is New without the service field, for a process that runs several
+// services and names each one's logger itself (the in-process launcher).
+func Unnamed(w io.Writer, level, format string) zerolog.Logger {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil || level == "" {
 		lvl = zerolog.InfoLevel
@@ -36,7 +42,7 @@ func New(w io.Writer, level, format, service string) zerolog.Logger {
 	if format == "console" || (format == "auto" && isTerminal(w)) {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Str(Service, service).Logger()
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }
 
 func isTerminal(w io.Writer) bool {

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/manifest"
 )
 
@@ -18,7 +18,7 @@ import (
 // It reports the manifest's size and the time to store it (the rest of
 // ns/op is the fetch with its verification and parse).
 func BenchmarkStoreFetch1M(b *testing.B) {
-	srv := bustest.New(b)
+	srv := jstest.New(b)
 	if err := bus.Provision(b.Context(), srv.JS, bus.StreamConfig{}); err != nil {
 		b.Fatal(err)
 	}

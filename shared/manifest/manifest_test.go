@@ -9,9 +9,9 @@ import (
 	"testing"
 
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/manifest"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -61,7 +61,7 @@ func equal(a, b []event.File) bool {
 }
 
 func TestStoreFetchRoundTripAndTamper(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	ctx := t.Context()
 	if err := bus.Provision(ctx, srv.JS, bus.StreamConfig{}); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func putBytes(t *testing.T, obs jetstream.ObjectStore, name string, b []byte) {
 }
 
 func TestTooManyFilesFitNeitherForm(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	if err := bus.Provision(t.Context(), srv.JS, bus.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}

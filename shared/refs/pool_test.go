@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
@@ -86,7 +86,7 @@ func TestAddWorkerPool(t *testing.T) {
 		{name: "caller cancels", parallel: 2, refs: good(200), cancelAt: 20, wantErr: context.Canceled, wantFresh: -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := bustest.New(t)
+			srv := jstest.New(t)
 			if _, err := refs.Open(t.Context(), srv.JS, 1); err != nil {
 				t.Fatal(err)
 			}

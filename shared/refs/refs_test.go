@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -16,7 +16,7 @@ import (
 // records when and who held it, concurrent adds from several writers are all
 // kept, and a compare-and-set at a stale revision reports ErrChanged.
 func TestReferences(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	ctx := t.Context()
 	tbl, err := refs.Open(ctx, srv.JS, 1)
 	if err != nil {

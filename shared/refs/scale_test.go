@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
+	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -76,7 +76,7 @@ func (l *countingLister) Keys() <-chan string {
 // sweep reads only copies nobody holds, and references of a job never
 // released lapse after the retention. Asserted on keys read, not time.
 func TestReleaseCostsItsPackages(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	ctx := t.Context()
 	if _, err := refs.Open(ctx, srv.JS, 1); err != nil {
 		t.Fatal(err)
@@ -177,7 +177,7 @@ func TestReleaseCostsItsPackages(t *testing.T) {
 // A bucket written before the indexes (entries only) is indexed when a
 // planner opens it: releases and the sweep then find its entries.
 func TestOpenIndexesAnOldBucket(t *testing.T) {
-	srv := bustest.New(t)
+	srv := jstest.New(t)
 	ctx := t.Context()
 	kv, err := srv.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "PLANNER_REFS", History: 1})
 	if err != nil {

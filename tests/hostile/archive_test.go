@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
@@ -407,16 +408,11 @@ func (s *system) announce(t *testing.T, a event.PackageArchived, raw map[string]
 		if err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			if _, err := kv.Get(t.Context(), a.PackageID); err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("catalog did not record %s within 30s", a.PackageID)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		poll.Until(t, 30*time.Second, "the catalog to record "+a.PackageID, func() error {
+			_, err := kv.Get(t.Context(), a.PackageID)
+			return err
+		})
+		return
 	}
 	s.waitConsumerIdle(t, subject.ArchiveStream, subject.PlannerCatalog)
 }
@@ -424,17 +420,17 @@ func (s *system) announce(t *testing.T, a event.PackageArchived, raw map[string]
 // waitConsumerIdle waits until a durable has nothing pending or unacked.
 func (s *system) waitConsumerIdle(t *testing.T, stream, durable string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	poll.Until(t, 30*time.Second, "consumer "+durable+" on "+stream+" idle", func() error {
 		c, err := s.js.Consumer(t.Context(), stream, durable)
-		if err == nil {
-			if ci, err := c.Info(t.Context()); err == nil && ci.NumPending == 0 && ci.NumAckPending == 0 {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("consumer %s on %s still busy after 30s", durable, stream)
+		ci, err := c.Info(t.Context())
+		if err == nil && (ci.NumPending != 0 || ci.NumAckPending != 0) {
+			err = fmt.Errorf("%d pending, %d unacked", ci.NumPending, ci.NumAckPending)
+		}
+		return err
+	})
 }
 
 // rawArchived is an announcement whose JSON has some fields replaced as

@@ -23,13 +23,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/devkit/inproc"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"
-	"github.com/ccatobs/ccat-staging/tests/inproc"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -113,13 +113,8 @@ type system struct {
 func startSystem(t *testing.T) *system {
 	t.Helper()
 	s := &system{t: t, base: t.TempDir(), completed: map[string]bool{}, lta: map[string]bool{}}
-	for _, d := range roots {
-		if err := os.MkdirAll(filepath.Join(s.base, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	topo := filepath.Join(s.base, "topology.yaml")
-	if err := os.WriteFile(topo, fmt.Appendf(nil, topologyYAML, s.base), 0o644); err != nil {
+	topo, err := inproc.WriteTopology(s.base, topologyYAML)
+	if err != nil {
 		t.Fatal(err)
 	}
 	ns, err := server.NewServer(&server.Options{

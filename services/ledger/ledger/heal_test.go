@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"io"
 	"net/http"
 	"regexp"
@@ -10,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 )
@@ -79,7 +80,7 @@ func TestExplainRetryTimeFollowsTheStagersPolicy(t *testing.T) {
 	}
 	e.publish(part...)
 	want := failedAt.Add(45 * time.Second).UTC().Format(time.RFC3339)
-	eventually(t, "explain the no_space retry", func() error {
+	poll.Until(t, 20*time.Second, "explain the no_space retry", func() error {
 		var ex struct {
 			Packages []struct{ PackageID, Status, Why string } `json:"packages"`
 		}
@@ -130,7 +131,7 @@ func TestLedgerReadinessDuringAStall(t *testing.T) {
 	t1 := time.Now()
 	proxy.Block()
 	e.publish(jobEvents(t, scenario.Job{ID: "during", Packages: 1})...) // straight to the broker
-	eventually(t, "unready naming the durable", func() error {
+	poll.Until(t, 20*time.Second, "unready naming the durable", func() error {
 		if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "durable ledger-") {
 			return fmt.Errorf("readyz = %d %s", code, body)
 		}
@@ -141,7 +142,7 @@ func TestLedgerReadinessDuringAStall(t *testing.T) {
 	proxy.Unblock()
 	e.waitJob("during", "completed")
 	t.Logf("projected %s after the link came back", time.Since(t0))
-	eventually(t, "ready again", func() error {
+	poll.Until(t, 20*time.Second, "ready again", func() error {
 		if code, body := readyz(); code != http.StatusOK {
 			return fmt.Errorf("readyz = %d %s", code, body)
 		}

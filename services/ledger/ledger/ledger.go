@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/httpapi"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/consume"
+	"github.com/ccatobs/ccat-staging/services/ledger/httpapi"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/config"
 	"github.com/ccatobs/ccat-staging/shared/db"

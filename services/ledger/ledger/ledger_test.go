@@ -17,12 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/dbtest"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/services/ledger/ledger"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/db"
-	"github.com/ccatobs/ccat-staging/shared/db/dbtest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go"
@@ -147,26 +148,10 @@ func (e *env) get(path string, out any, hdr ...string) (int, http.Header) {
 	return resp.StatusCode, resp.Header
 }
 
-// eventually polls cond until it returns nil or the deadline passes.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func (e *env) waitJob(id, status string) map[string]any {
 	e.t.Helper()
 	var job map[string]any
-	eventually(e.t, "job "+id+" "+status, func() error {
+	poll.Until(e.t, 20*time.Second, "job "+id+" "+status, func() error {
 		job = nil
 		code, _ := e.get("/v1/jobs/"+id, &job)
 		if code != 200 || job["status"] != status {
@@ -181,7 +166,7 @@ func (e *env) waitJob(id, status string) map[string]any {
 // everything published so far.
 func (e *env) drained() {
 	e.t.Helper()
-	eventually(e.t, "consumers drained", func() error {
+	poll.Until(e.t, 20*time.Second, "consumers drained", func() error {
 		for _, c := range []struct{ stream, durable string }{
 			{subject.EventsStream, subject.LedgerEvents}, {subject.ArchiveStream, subject.LedgerArchive},
 		} {
@@ -312,7 +297,7 @@ func TestPoisonIsRecordedAndTheConsumerGoesOn(t *testing.T) {
 	var p struct {
 		Poison []map[string]any `json:"poison"`
 	}
-	eventually(t, "poison recorded", func() error {
+	poll.Until(t, 20*time.Second, "poison recorded", func() error {
 		e.get("/v1/poison", &p)
 		if len(p.Poison) != 6 {
 			return fmt.Errorf("poison = %v", p.Poison)
@@ -350,7 +335,7 @@ func TestLateStartedAfterDoneThroughJetStream(t *testing.T) {
 	var evs struct {
 		Events []map[string]any `json:"events"`
 	}
-	eventually(t, "late event logged", func() error {
+	poll.Until(t, 20*time.Second, "late event logged", func() error {
 		e.get("/v1/jobs/late/events", &evs)
 		for _, x := range evs.Events {
 			if x["id"] == late.ID {
@@ -375,7 +360,7 @@ func TestAPIErrorsPaginationAndAuth(t *testing.T) {
 			Base: time.Date(2026, 11, 26, 10+i, 0, 0, 0, time.UTC)})...)
 	}
 	e.publish(all...)
-	eventually(t, "5 jobs completed", func() error {
+	poll.Until(t, 20*time.Second, "5 jobs completed", func() error {
 		var l struct{ Jobs []map[string]any }
 		e.get("/v1/jobs?status=completed", &l, auth...)
 		if len(l.Jobs) != 5 {
@@ -481,7 +466,7 @@ func TestExplainAndStatusPage(t *testing.T) {
 	wants := []string{"in progress at site cologne at 50%", "attempt 1 failed at site cologne with io_error", "waiting in the queue at site cologne"}
 	// The events may still be on their way: wait for the explanation to
 	// settle on what they say.
-	eventually(t, "explain three packages", func() error {
+	poll.Until(t, 20*time.Second, "explain three packages", func() error {
 		e.get("/v1/jobs/slow/explain", &ex)
 		if len(ex.Packages) != 3 {
 			return fmt.Errorf("explain = %+v", ex)
@@ -529,7 +514,7 @@ func TestRebuildEndsIdenticalToTheLiveProjection(t *testing.T) {
 	e.publishRaw(subject.Done, []byte("garbage"))
 	e.waitJob("r1", "failed")
 	e.waitJob("r2", "failed")
-	eventually(t, "poison recorded", func() error {
+	poll.Until(t, 20*time.Second, "poison recorded", func() error {
 		var p struct{ Poison []any }
 		e.get("/v1/poison", &p)
 		if len(p.Poison) != 1 {

@@ -2,12 +2,14 @@ package ledger_test
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/internal/scenario"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
+	"github.com/ccatobs/ccat-staging/services/ledger/internal/scenario"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/chromedp/chromedp"
 )
@@ -63,17 +65,15 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	waitFor := func(what string, ok func(row) bool) row {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			r, found := look()
-			if found && ok(r) {
-				return r
+		var r row
+		poll.Until(t, 30*time.Second, "the status page to show "+what, func() error {
+			var found bool
+			if r, found = look(); found && ok(r) {
+				return nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("status page never showed %s (last: %+v, found %v)", what, r, found)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return fmt.Errorf("last: %+v, found %v", r, found)
+		})
+		return r
 	}
 	if r, found := look(); found {
 		t.Fatalf("the job is on the page before any event: %+v", r)

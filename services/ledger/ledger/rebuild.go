@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/consume"
-	"github.com/ccatobs/ccat-staging/services/ledger/ledger/store"
+	"github.com/ccatobs/ccat-staging/services/ledger/consume"
+	"github.com/ccatobs/ccat-staging/services/ledger/store"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/db"
 	"github.com/ccatobs/ccat-staging/shared/subject"

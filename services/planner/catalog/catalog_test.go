@@ -7,11 +7,11 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/natsembed"
 	"github.com/ccatobs/ccat-staging/services/planner/catalog"
 	"github.com/ccatobs/ccat-staging/services/planner/route"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
-	"github.com/ccatobs/ccat-staging/shared/natsembed"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )

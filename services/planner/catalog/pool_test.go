@@ -7,9 +7,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/services/planner/catalog"
 	"github.com/ccatobs/ccat-staging/services/planner/route"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 

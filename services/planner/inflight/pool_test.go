@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/services/planner/inflight"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 

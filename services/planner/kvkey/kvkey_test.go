@@ -3,8 +3,8 @@ package kvkey_test
 import (
 	"testing"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/services/planner/kvkey"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/services/planner/outcomes"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 )
 
 // A job's own final outcome settles its package; a copy staged at the

@@ -2,6 +2,7 @@ package planner_test
 
 import (
 	"fmt"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"io"
 	"net/http"
 	"strings"
@@ -32,7 +33,7 @@ func TestPlannerHealsDeletedDurables(t *testing.T) {
 	h.archived("p2", "us-lta")
 	h.submit("s2", event.Submit{JobID: "j2", Packages: []string{"p2"}, Destination: event.Destination{Site: "us"}, RequestedBy: "me"})
 	h.event(subject.Planned, "planned:j2")
-	waitFor(t, 10*time.Second, func() error {
+	poll.Until(t, 10*time.Second, "the planner ready again", func() error {
 		resp, err := http.Get("http://" + h.httpAddr + "/readyz")
 		if err != nil {
 			return err

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go"
@@ -114,22 +115,6 @@ func (h *harness) run(mod func(*planner.Config)) string {
 	return ""
 }
 
-// waitFor polls f until it returns nil or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func (h *harness) publish(subj string, ev event.Envelope) {
 	h.t.Helper()
 	if _, err := bus.Publish(h.t.Context(), h.js, subj, ev); err != nil {
@@ -224,7 +209,7 @@ func match(filter, subj string) bool {
 func (h *harness) event(subj, id string) event.Envelope {
 	h.t.Helper()
 	var got event.Envelope
-	waitFor(h.t, 10*time.Second, func() error {
+	poll.Until(h.t, 10*time.Second, "the event", func() error {
 		for _, m := range h.messages(subject.EventsStream, subj) {
 			if m.Env.ID == id {
 				got = m.Env
@@ -245,7 +230,7 @@ func (h *harness) event(subj, id string) event.Envelope {
 func (h *harness) settled(stream, durable string) (redelivered int) {
 	h.t.Helper()
 	ctx := h.t.Context()
-	waitFor(h.t, 10*time.Second, func() error {
+	poll.Until(h.t, 10*time.Second, "the consumer settled", func() error {
 		c, err := h.js.Consumer(ctx, stream, durable)
 		if err != nil {
 			return err

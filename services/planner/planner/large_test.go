@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/catalog"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/services/planner/route"
@@ -61,7 +62,7 @@ func TestTenThousandPackageJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() error {
+	poll.Until(t, 60*time.Second, "every request of the large job queued", func() error {
 		info, err := reqs.Info(t.Context())
 		if err != nil {
 			return err

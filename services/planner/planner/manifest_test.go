@@ -2,6 +2,7 @@ package planner_test
 
 import (
 	"fmt"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"slices"
 	"testing"
 	"time"
@@ -50,7 +51,7 @@ func TestLargeInlineListTravelsByReference(t *testing.T) {
 	h.submit("sub-ref", event.Submit{JobID: "job-ref", Packages: []string{"big", "small", "byref"},
 		Destination: event.Destination{Site: "us"}, RequestedBy: "test"})
 	var reqs []event.Request
-	waitFor(t, 10*time.Second, func() error {
+	poll.Until(t, 10*time.Second, "the request published", func() error {
 		reqs = reqs[:0]
 		for _, m := range h.messages(subject.RequestsStream, "staging.request.us.>") {
 			if err := event.ValidateData(m.Env.Type, m.Env.Data); err != nil {

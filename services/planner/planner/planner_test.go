@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
@@ -387,7 +388,7 @@ func TestTwoPlannersAtOnce(t *testing.T) {
 		h.submit(fmt.Sprintf("a-%d", i), s)
 		h.submit(fmt.Sprintf("b-%d", i), s) // a client retrying with a fresh id
 	}
-	waitFor(t, 20*time.Second, func() error {
+	poll.Until(t, 20*time.Second, "every job planned", func() error {
 		if n := len(h.messages(subject.EventsStream, subject.Planned)); n != jobs {
 			return fmt.Errorf("%d plans", n)
 		}
@@ -434,7 +435,7 @@ func TestHighPriorityDoesNotQueueBehindABacklog(t *testing.T) {
 	}
 	// The requests follow the plan's event, and the server counts a
 	// consumer's pending messages after acknowledging them: wait.
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "the high and normal requests pending", func() error {
 		if hi, no := pending("high"), pending("normal"); hi != 1 || no != 50 {
 			return fmt.Errorf("pending high %d, normal %d; want 1 and 50", hi, no)
 		}

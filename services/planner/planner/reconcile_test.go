@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/ledgerapi"
@@ -153,7 +154,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 		return counter(t, h.metrics(), "planner_requests_reissued_total") + counter(t, h.metricsOf(second), "planner_requests_reissued_total")
 	}
 	// Quiet for an hour but both requests wait in the queue: left alone.
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "five reconcile rounds", func() error {
 		if n := counter(t, h.metrics(), `planner_reconcile_rounds_total{outcome="ok"}`); n < 5 {
 			return fmt.Errorf("%v rounds", n)
 		}
@@ -167,7 +168,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 	if err := reqs.DeleteMsg(t.Context(), queued()[planner.RequestID("R", "p1", 1)]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "R/p1 re-issued as generation 2", func() error {
 		if _, ok := queued()[planner.RequestID("R", "p1", 2)]; !ok {
 			return fmt.Errorf("queue %v", queued())
 		}
@@ -193,7 +194,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 		}
 	}
 	setJob(pkg("p1", event.StatusScheduled, 0), pkg("p2", event.StatusInProgress, 1))
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "R/p2 re-issued as generation 2", func() error {
 		if _, ok := queued()[planner.RequestID("R", "p2", 2)]; !ok {
 			return fmt.Errorf("queue %v", queued())
 		}
@@ -215,7 +216,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 	// p1 keeps getting lost: generation 3, then the planner gives up.
 	for gen := 2; gen <= 3; gen++ {
 		id := planner.RequestID("R", "p1", gen)
-		waitFor(t, 5*time.Second, func() error {
+		poll.Until(t, 5*time.Second, "the request queued", func() error {
 			if _, ok := queued()[id]; !ok {
 				return fmt.Errorf("%s not queued: %v", id, queued())
 			}
@@ -235,7 +236,7 @@ func TestReconcilerRecoversLostRequests(t *testing.T) {
 	// Given up once, whatever the ledger still says: later rounds publish
 	// nothing more for p1.
 	rounds := counter(t, h.metrics(), `planner_reconcile_rounds_total{outcome="ok"}`)
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "five more reconcile rounds", func() error {
 		if n := counter(t, h.metrics(), `planner_reconcile_rounds_total{outcome="ok"}`); n < rounds+5 {
 			return fmt.Errorf("%v rounds", n)
 		}
@@ -306,7 +307,7 @@ func TestReconcilerTrustsRecordedOutcomes(t *testing.T) {
 		{PackageID: "p1", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long},
 		{PackageID: "p2", Status: event.StatusScheduled, Destination: dest, PlannedAt: &long},
 	}})
-	waitFor(t, 10*time.Second, func() error {
+	poll.Until(t, 10*time.Second, "ten reconcile rounds", func() error {
 		if n := counter(t, h.metrics(), `planner_reconcile_rounds_total{outcome="ok"}`); n < 10 {
 			return fmt.Errorf("%v rounds", n)
 		}
@@ -368,7 +369,7 @@ func TestReconcilerNeverGivesUpAStagedCopy(t *testing.T) {
 	lose := func(gen int) {
 		t.Helper()
 		id := planner.RequestID("J", "p1", gen)
-		waitFor(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, "the request of this generation queued", func() error {
 			for seq := uint64(1); ; {
 				m, err := reqs.GetMsg(t.Context(), seq, jetstream.WithGetMsgSubject(subject.RequestsAll))
 				if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/refs"
@@ -79,7 +80,7 @@ func TestReleaseCountsReferences(t *testing.T) {
 	h.release("A")
 	h.release("C")
 	h.settled(subject.EventsStream, subject.PlannerRelease)
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "p1's references to B only", func() error {
 		it, err := h.refsOf("us", "us-proc", "p1")
 		if err != nil || !slices.Equal(it.Jobs, []string{"B"}) {
 			return fmt.Errorf("refs of p1 = %+v, %v; want B only", it.Entry, err)
@@ -98,7 +99,7 @@ func TestReleaseCountsReferences(t *testing.T) {
 
 	h.release("B")
 	var item event.Cleanup
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "one deletion item", func() error {
 		cs := h.cleanups()
 		if len(cs) != 1 {
 			return fmt.Errorf("%d deletion items, want 1", len(cs))
@@ -153,7 +154,7 @@ func TestCancelDropsReferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.publish(subject.Cancel, cancel)
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "one deletion item, for p1", func() error {
 		cs := h.cleanups()
 		if len(cs) != 1 || cs[0].PackageID != "p1" {
 			b, _ := json.Marshal(cs)
@@ -180,7 +181,7 @@ func TestFailedPackageDropsItsReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.publish(subject.Failed, failed)
-	waitFor(t, 5*time.Second, func() error {
+	poll.Until(t, 5*time.Second, "one deletion item, for p1", func() error {
 		cs := h.cleanups()
 		if len(cs) != 1 || cs[0].PackageID != "p1" {
 			return fmt.Errorf("deletion items %+v, want one for p1", cs)

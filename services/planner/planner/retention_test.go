@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
@@ -76,7 +77,7 @@ func TestJobStateExpires(t *testing.T) {
 			t.Fatalf("%s holds nothing right after the job", b)
 		}
 	}
-	waitFor(t, 15*time.Second, func() error {
+	poll.Until(t, 15*time.Second, "the retained buckets emptied", func() error {
 		for _, b := range []string{subject.PlannerJobsBucket, subject.CancelledBucket, subject.PlannerOutcomesBucket} {
 			if n := count(b); n != 0 {
 				return fmt.Errorf("%s still holds %d keys", b, n)

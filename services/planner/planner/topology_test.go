@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/planner/planner"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,7 +54,7 @@ func TestTopologyReload(t *testing.T) {
 			if tt.trigger {
 				reload <- struct{}{}
 			}
-			waitFor(t, 5*time.Second, func() error {
+			poll.Until(t, 5*time.Second, "a failed topology reload", func() error {
 				if m := h.metrics(); !strings.Contains(m, `planner_topology_reloads_total{outcome="failed"}`) {
 					return errors.New("no failed reload yet")
 				}
@@ -70,7 +71,7 @@ func TestTopologyReload(t *testing.T) {
 			}
 			// The consumers are provisioned just before the new topology is
 			// swapped in; the reload counter says the swap is done.
-			waitFor(t, 5*time.Second, func() error {
+			poll.Until(t, 5*time.Second, "a successful topology reload", func() error {
 				if m := h.metrics(); !strings.Contains(m, `planner_topology_reloads_total{outcome="reloaded"}`) {
 					return errors.New("no successful reload yet")
 				}

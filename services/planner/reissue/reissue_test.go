@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/services/planner/reissue"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 )
 
 func TestClaimIsCompareAndSet(t *testing.T) {

@@ -12,8 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/ccatobs/ccat-staging/shared/tarpkg"

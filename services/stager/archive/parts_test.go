@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -11,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ccatobs/ccat-staging/services/stager/internal/s3test"
+	"github.com/ccatobs/ccat-staging/devkit/s3test"
 	"github.com/ccatobs/ccat-staging/shared/fault"
 	"github.com/ccatobs/ccat-staging/shared/topology"
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,7 +107,7 @@ func TestS3PartsBoundedAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	waitFor(t, func() bool { return b.stats.bytes.Load() == parts*ps })
+	poll.Until(t, 20*time.Second, "every part fetched into its buffer", poll.True(func() bool { return b.stats.bytes.Load() == parts*ps }))
 	time.Sleep(200 * time.Millisecond) // room to overrun, were there no bound
 	if g, n := b.stats.gets.Load(), b.stats.buffers.Load(); g != parts || n != parts {
 		t.Fatalf("nothing consumed: %d GETs and %d buffers, want %d each", g, n, parts)
@@ -115,7 +116,7 @@ func TestS3PartsBoundedAhead(t *testing.T) {
 	if _, err := io.ReadFull(r, make([]byte, ps+1)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return b.stats.gets.Load() == parts+1 })
+	poll.Until(t, 20*time.Second, "one more GET after one part was read", poll.True(func() bool { return b.stats.gets.Load() == parts+1 }))
 	time.Sleep(200 * time.Millisecond)
 	if g, n := b.stats.gets.Load(), b.stats.buffers.Load(); g != parts+1 || n != parts {
 		t.Fatalf("one part consumed: %d GETs and %d buffers, want %d and %d", g, n, parts+1, parts)
@@ -230,7 +231,7 @@ func TestS3CancelStopsEveryPart(t *testing.T) {
 	defer p.set(func() { p.stalled = false })
 	done := make(chan error, 1)
 	go func() { _, err := io.ReadAll(r); done <- err }()
-	waitFor(t, func() bool { return b.stats.gets.Load() == parts })
+	poll.Until(t, 20*time.Second, "one GET per worker, no more", poll.True(func() bool { return b.stats.gets.Load() == parts }))
 	if w := b.stats.workers.Load(); w > parts {
 		t.Fatalf("%d workers for %d parts in flight", w, parts)
 	}
@@ -344,15 +345,6 @@ func commonPrefix(a, b []byte) int {
 		n++
 	}
 	return n
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 20s")
-		}
-	}
 }
 
 func TestNewS3Parts(t *testing.T) {

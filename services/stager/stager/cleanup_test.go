@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -80,14 +81,14 @@ func (r *cleanupRig) raw(msgID string, data []byte) {
 // settled waits until every deletion item is acknowledged or terminated.
 func (r *cleanupRig) settled() {
 	r.w.t.Helper()
-	eventually(r.w.t, 10*time.Second, "empty cleanup queue", func() bool {
+	poll.Until(r.w.t, 10*time.Second, "empty cleanup queue", poll.True(func() bool {
 		s, err := r.w.srv.JS.Stream(r.w.t.Context(), subject.CleanupStream)
 		if err != nil {
 			return false
 		}
 		info, err := s.Info(r.w.t.Context())
 		return err == nil && info.State.Msgs == 0
-	})
+	}))
 }
 
 // A deletion item deletes the copy only while its refs entry is where the
@@ -206,10 +207,10 @@ func TestCleanupKeepsACopyReferencedAfterTheClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	rig.item("cleanup:1", subject.Cleanup(site), event.Cleanup{PackageID: "pkg-1", Site: site, Location: "proc", RefsKey: key, RefsRevision: rev, EmptiedAt: time.Now().UTC()})
-	eventually(t, 10*time.Second, "the deletion held after its claim", func() bool {
+	poll.Until(t, 10*time.Second, "the deletion held after its claim", poll.True(func() bool {
 		_, err := os.Stat(point + ".held")
 		return err == nil
-	})
+	}))
 	if err := rig.table.Add(t.Context(), "job-2", []refs.Ref{{Key: key, Site: site, Location: "proc", PackageID: "pkg-1"}}, 1); err != nil {
 		t.Fatal(err)
 	}

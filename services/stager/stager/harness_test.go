@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/bustest"
+	"github.com/ccatobs/ccat-staging/devkit/poll"
+	"github.com/ccatobs/ccat-staging/devkit/s3test"
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
-	"github.com/ccatobs/ccat-staging/services/stager/internal/s3test"
 	"github.com/ccatobs/ccat-staging/services/stager/internal/tartest"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/bus"
-	"github.com/ccatobs/ccat-staging/shared/bus/bustest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
@@ -247,28 +248,16 @@ func (r *recorder) ofType(typ, prefix string) []event.Envelope {
 func waitID[T event.Data](t *testing.T, r *recorder, id string) T {
 	t.Helper()
 	var e event.Envelope
-	eventually(t, 20*time.Second, "event "+id, func() bool {
+	poll.Until(t, 20*time.Second, "event "+id, poll.True(func() bool {
 		var ok bool
 		e, ok = r.byID(id)
 		return ok
-	})
+	}))
 	d, err := event.DataAs[T](e)
 	if err != nil {
 		t.Fatalf("event %s: %v", id, err)
 	}
 	return d
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // queued returns the number of messages left in the work queue.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/refs"
@@ -91,11 +92,11 @@ func TestTwoInstancesNeverCompleteOnACopyBeingDeleted(t *testing.T) {
 		PackageID: p.id, Site: site, Location: "proc", RefsKey: key, RefsRevision: rev, Jobs: []string{"job-0"}, EmptiedAt: time.Now().UTC(),
 	})
 	var deleter string
-	eventually(t, 20*time.Second, "the deletion held by the hook", func() bool {
+	poll.Until(t, 20*time.Second, "the deletion held by the hook", poll.True(func() bool {
 		b, err := os.ReadFile(point + ".held")
 		deleter = string(b)
 		return err == nil && deleter != ""
-	})
+	}))
 	other := map[string]string{"a": "b", "b": "a"}[deleter]
 	if other == "" {
 		t.Fatalf("deletion held by unknown instance %q", deleter)
@@ -118,10 +119,10 @@ func TestTwoInstancesNeverCompleteOnACopyBeingDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := w.submit(request("job-1", p))
-	eventually(t, 20*time.Second, "job-1 answered or waiting for the copy's lease", func() bool {
+	poll.Until(t, 20*time.Second, "job-1 answered or waiting for the copy's lease", poll.True(func() bool {
 		_, done := w.rec.byID("done:" + id)
 		return done || metric(addrs[other], `stager_lease_waits_total{purpose="stage"}`) >= 1
-	})
+	}))
 
 	// Keep it waiting past its AckWait (4 s): InProgress must keep the
 	// request with this attempt rather than have it redelivered.
@@ -168,10 +169,10 @@ func TestLeaseOfAKilledInstanceIsTakenOver(t *testing.T) {
 	a := w.startProcess("STAGER_INSTANCE=a", "STAGER_READ_RATE=4000000", stager.EnvLeaseTTL+"=5s") // about 4 s for this package
 	id := w.submit(request("job-orphan", p))
 	waitID[event.Started](t, w.rec, "started:"+id+":1")
-	eventually(t, 10*time.Second, "bytes in a temp dir", func() bool {
+	poll.Until(t, 10*time.Second, "bytes in a temp dir", poll.True(func() bool {
 		m, _ := filepath.Glob(filepath.Join(w.proc, ".staging-a-orphaned-*", "big.dat"))
 		return len(m) > 0
-	})
+	}))
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

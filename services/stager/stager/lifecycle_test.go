@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/stager/internal/tartest"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -129,7 +130,7 @@ func TestGracefulShutdown(t *testing.T) {
 			stop := w.start(stager.WithBackend(cfg, src))
 			id := w.submit(request("job-sd", p))
 			waitID[event.Started](t, w.rec, "started:"+id+":1")
-			eventually(t, 5*time.Second, "a temp dir", func() bool { return len(w.procEntries()) == 1 })
+			poll.Until(t, 5*time.Second, "a temp dir", poll.True(func() bool { return len(w.procEntries()) == 1 }))
 			stop()
 			if tt.wantDoneBy1 {
 				d := waitID[event.Done](t, w.rec, "done:"+id)
@@ -170,10 +171,10 @@ func TestStartupSweep(t *testing.T) {
 		}
 	}
 	w.start(w.config())
-	eventually(t, 5*time.Second, "sweep", func() bool {
+	poll.Until(t, 5*time.Second, "sweep", poll.True(func() bool {
 		_, err := os.Stat(mine)
 		return errors.Is(err, os.ErrNotExist)
-	})
+	}))
 	if _, err := os.Stat(theirs); err != nil {
 		t.Errorf("another instance's temp dir was removed: %v", err)
 	}

@@ -1,6 +1,7 @@
 package stager_test
 
 import (
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"strings"
 	"testing"
 	"time"
@@ -90,7 +91,7 @@ func TestManifestByReference(t *testing.T) {
 			t.Errorf("%s: failed = %+v, want permanent %s mentioning %q", name, f, event.ReasonBadManifest, want)
 		}
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 	for _, name := range []string{"tampered", "missing"} {
 		if _, ok := w.rec.byID("failed:" + ids[name] + ":2"); ok {
 			t.Errorf("%s was retried", name)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/shared/event"
 )
 
@@ -105,14 +106,14 @@ func TestKill9MidPackage(t *testing.T) {
 	a := w.startProcess("STAGER_READ_RATE=4000000") // about 4 s for this package
 	id := w.submit(request("job-kill", p))
 	waitID[event.Started](t, w.rec, "started:"+id+":1")
-	eventually(t, 10*time.Second, "bytes in a temp dir", func() bool {
+	poll.Until(t, 10*time.Second, "bytes in a temp dir", poll.True(func() bool {
 		m, _ := filepath.Glob(filepath.Join(w.proc, ".staging-t1-killed-*", "big.dat"))
 		if len(m) == 0 {
 			return false
 		}
 		st, err := os.Stat(m[0])
 		return err == nil && st.Size() > 1<<20
-	})
+	}))
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -241,10 +242,10 @@ func TestBoundedMemory(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	eventually(t, 5*time.Minute, "done", func() bool {
+	poll.Until(t, 5*time.Minute, "done", poll.True(func() bool {
 		_, ok := w.rec.byID("done:" + id)
 		return ok
-	})
+	}))
 	d := waitID[event.Done](t, w.rec, "done:"+id)
 	elapsed := time.Since(start)
 	hwm := rss(a.cmd.Process.Pid, "VmHWM")

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ccatobs/ccat-staging/services/stager/internal/s3test"
+	"github.com/ccatobs/ccat-staging/devkit/s3test"
 	"github.com/ccatobs/ccat-staging/services/stager/internal/tartest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 )

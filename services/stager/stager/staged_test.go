@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
 	"github.com/ccatobs/ccat-staging/services/stager/internal/tartest"
 	"github.com/ccatobs/ccat-staging/services/stager/stager"
@@ -235,7 +236,7 @@ func TestNameConflictFailsOnce(t *testing.T) {
 	if f.Reason != event.ReasonUnsafeArchive || !f.Permanent {
 		t.Fatalf("failed = %+v, want permanent unsafe_archive", f)
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 	// A redelivery would come after RetryBase (50 ms): give it ten times that.
 	time.Sleep(500 * time.Millisecond)
 	if _, again := w.rec.byID("started:" + id + ":2"); again {

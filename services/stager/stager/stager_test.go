@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ccatobs/ccat-staging/devkit/poll"
 	"github.com/ccatobs/ccat-staging/services/stager/internal/tartest"
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
@@ -59,7 +60,7 @@ func TestStageDiskEndToEnd(t *testing.T) {
 	if got := w.procEntries(); !slices.Equal(got, []string{"pkg-1"}) {
 		t.Errorf("processing root holds %v, want only the package", got)
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 	if f := w.rec.ofType(event.TypeFailed, ""); len(f) != 0 {
 		t.Errorf("unexpected failures: %v", f)
 	}
@@ -151,7 +152,7 @@ func TestPermanentFailures(t *testing.T) {
 			}
 		})
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 	if got := w.procEntries(); len(got) != 0 {
 		t.Errorf("processing root holds %v after failures, want nothing", got)
 	}
@@ -213,7 +214,7 @@ func TestRetriesExhausted(t *testing.T) {
 	if got := len(w.rec.ofType(event.TypeFailed, "failed:"+id+":")); got != 4 {
 		t.Errorf("%d failed events, want 3 attempts + exhausted", got)
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 	ds, err := w.srv.JS.Stream(t.Context(), subject.DeadStream)
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +275,7 @@ func TestInvalidRequests(t *testing.T) {
 	if f.Reason != event.ReasonBadRequest || !f.Permanent {
 		t.Errorf("failed = %+v", f)
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 }
 
 func TestHeartbeat(t *testing.T) {
@@ -285,10 +286,10 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatal(err)
 	}
 	var b heartbeat.Beat
-	eventually(t, 5*time.Second, "heartbeat", func() bool {
+	poll.Until(t, 5*time.Second, "heartbeat", poll.True(func() bool {
 		e, err := kv.Get(t.Context(), heartbeat.Key(site, "t1"))
 		return err == nil && json.Unmarshal(e.Value(), &b) == nil
-	})
+	}))
 	if b.Site != site || b.Instance != "t1" || b.Workers != 2 || b.Version != "test" || b.FreeBytes <= 0 {
 		t.Errorf("beat = %+v", b)
 	}
@@ -340,7 +341,7 @@ func TestChecksumReread(t *testing.T) {
 	if !second.Permanent || second.Reason != event.ReasonChecksumMismatch {
 		t.Errorf("second = %+v, want permanent checksum_mismatch", second)
 	}
-	eventually(t, 5*time.Second, "empty work queue", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "empty work queue", poll.True(func() bool { return w.queued() == 0 }))
 	if got := w.procEntries(); len(got) != 0 {
 		t.Errorf("left behind: %v", got)
 	}
@@ -374,7 +375,7 @@ func TestCancelledJobIsWithdrawn(t *testing.T) {
 	if got := w.procEntries(); !slices.Equal(got, []string{"pkg-kept"}) {
 		t.Errorf("processing root holds %v, want only the other job's package", got)
 	}
-	eventually(t, 5*time.Second, "work queue empty", func() bool { return w.queued() == 0 })
+	poll.Until(t, 5*time.Second, "work queue empty", poll.True(func() bool { return w.queued() == 0 }))
 	for _, e := range w.rec.snapshot() {
 		raw, _ := json.Marshal(e)
 		if _, err := event.Validate(raw); err != nil {
