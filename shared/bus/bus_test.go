@@ -73,7 +73,7 @@ func TestConnectFindsAHalfOpenLink(t *testing.T) {
 		defer mu.Unlock()
 		out := logs.String()
 		return strings.Contains(out, `"message":"nats disconnected"`) && strings.Contains(out, `"message":"nats reconnected"`) &&
-			strings.Count(out, `"server":"test"`) >= 2
+			strings.Count(out, `"server":"shared-test"`) >= 2
 	})
 }
 
