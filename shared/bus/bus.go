@@ -154,10 +154,12 @@ func Msg(subj string, ev event.Envelope) (*nats.Msg, error) {
 }
 
 // Settle sends exactly one reply for a handler's verdict on m: DoubleAck on
-// success, Term on a permanent error, NakWithDelay otherwise, the delay
-// from the Retry policy of the Runner that delivered m (DefaultRetry
-// otherwise). It uses its own deadline so that a reply still goes out while
-// shutdown cancels ctx.
+// success, Term (with the error's reason) on a permanent error, NakWithDelay
+// otherwise, the delay from the Retry policy of the Runner that delivered m
+// (DefaultRetry otherwise) — none once m has had its durable's last
+// delivery, so MAX_DELIVERIES fires at once. It is the one settle: a Runner
+// settles what its handler left unsettled through it too. It uses its own
+// deadline so that a reply still goes out while shutdown cancels ctx.
 func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -165,15 +167,17 @@ func Settle(ctx context.Context, m jetstream.Msg, err error, log zerolog.Logger)
 	case err == nil:
 		err = m.DoubleAck(ctx)
 	case fault.IsPermanent(err):
-		log.Error().Err(err).Str("reason", fault.Reason(err, "")).Msg("giving up on message")
-		err = m.TermWithReason(fault.Reason(err, "permanent"))
+		reason := fault.Reason(err, "permanent")
+		log.Error().Err(err).Str("reason", reason).Msg("giving up on message")
+		err = m.TermWithReason(reason)
 	default:
-		d := Backoff(m, fault.Reason(err, ""))
-		log.Warn().Err(err).Dur("retry_in", d).Msg("will retry message")
+		reason := fault.Reason(err, "")
+		d := Backoff(m, reason)
+		log.Warn().Err(err).Str("reason", reason).Dur("retry_in", d).Msg("will retry message")
 		err = m.NakWithDelay(d)
 	}
 	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-		log.Error().Err(err).Msg("ack reply lost; the server redelivers after AckWait")
+		log.Error().Err(err).Msg("settle reply lost; the server redelivers after AckWait")
 	}
 }
 
@@ -184,6 +188,9 @@ func Backoff(m jetstream.Msg, reason string) time.Duration {
 	n := uint64(1)
 	if md, err := m.Metadata(); err == nil {
 		n = md.NumDelivered
+	}
+	if d, ok := m.(*delivery); ok && d.maxDeliver > 0 && int(n) >= d.maxDeliver {
+		return 0 // nothing left to wait for: let MAX_DELIVERIES fire now
 	}
 	return retryOf(m).Delay(int(n), reason)
 }

@@ -18,7 +18,8 @@ import (
 // policy to Settle.
 type delivery struct {
 	jetstream.Msg
-	retry Retry
+	retry      Retry
+	maxDeliver int // the durable's MaxDeliver (0: unlimited)
 
 	mu      sync.Mutex
 	replied string // ack, nak, term

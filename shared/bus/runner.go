@@ -509,7 +509,7 @@ func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 	if n > 1 {
 		r.Health.m.redelivered.WithLabelValues(name).Inc()
 	}
-	dm := &delivery{Msg: m, retry: r.Retry}
+	dm := &delivery{Msg: m, retry: r.Retry, maxDeliver: d.Consumer.MaxDeliver}
 	if r.Decode {
 		if _, err := event.Decode(m.Data()); err != nil {
 			reason := event.ReasonInvalidEnvelope
@@ -518,7 +518,7 @@ func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 			}
 			r.Health.m.undecodable.WithLabelValues(name, reason).Inc()
 			log.Error().Err(err).Str("reason", reason).Msg("not a valid event; terminating it")
-			r.settle(ctx, dm, fault.Permanent(reason, err), n, d.Consumer.MaxDeliver, log)
+			r.settle(ctx, dm, fault.Permanent(reason, err), log)
 			r.record(name, dm)
 			return
 		}
@@ -538,7 +538,7 @@ func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 	}
 	err := r.call(hctx, dm, log)
 	cancel()
-	r.settle(ctx, dm, err, n, d.Consumer.MaxDeliver, log)
+	r.settle(ctx, dm, err, log)
 	r.record(name, dm)
 }
 
@@ -581,34 +581,13 @@ func keepAlive(ctx context.Context, m jetstream.Msg, every time.Duration) {
 	}
 }
 
-// settle replies once for the handler's verdict, unless the handler has
-// already replied itself.
-func (r *Runner) settle(ctx context.Context, m *delivery, err error, n, maxDeliver int, log zerolog.Logger) {
+// settle settles what the handler left unsettled, through the one Settle
+// every handler that settles itself uses too.
+func (r *Runner) settle(ctx context.Context, m *delivery, err error, log zerolog.Logger) {
 	if v, _ := m.verdict(); v != "" {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	var rerr error
-	switch {
-	case err == nil:
-		rerr = m.DoubleAck(sctx)
-	case fault.IsPermanent(err):
-		reason := fault.Reason(err, "permanent")
-		log.Error().Err(err).Str("reason", reason).Msg("giving up on message")
-		rerr = m.TermWithReason(reason)
-	default:
-		reason := fault.Reason(err, "")
-		d := r.Retry.Delay(n, reason)
-		if maxDeliver > 0 && n >= maxDeliver {
-			d = 0 // nothing left to wait for: let MAX_DELIVERIES fire now
-		}
-		log.Warn().Err(err).Str("reason", reason).Dur("retry_in", d).Msg("will retry message")
-		rerr = m.NakWithDelay(d)
-	}
-	if rerr != nil && !errors.Is(rerr, jetstream.ErrMsgAlreadyAckd) {
-		log.Error().Err(rerr).Msg("settle reply lost; the server redelivers after AckWait")
-	}
+	Settle(ctx, m, err, log)
 }
 
 func (r *Runner) record(durable string, m *delivery) {
