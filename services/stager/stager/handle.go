@@ -160,15 +160,23 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		return event.Done{}, err
 	}
 	a.dest = d
+	// The pure control plane: a verified copy that nobody is deleting is
+	// answered from one read of its lease (presentUnleased, lease.go), with
+	// no staging.started (the ledger records a done without one: the done
+	// carries its own attempt and time) and no lease taken or released.
+	if done, ok := s.presentUnleased(ctx, a); ok {
+		return done, nil
+	}
 	if err := s.publish(ctx, subject.Started, "started:"+a.reqID+":"+strconv.Itoa(a.n), a.req.PackageID, event.Started{Outcome: a.outcome(s)}); err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
 	// One owner of the copy at a time: this instance's workers queue on the
-	// in-process lock, every instance of the site on the copy's lease. There
-	// is no fast path around them: another instance may be deleting the
-	// copy (claimed, not yet removed), and a copy reported present must
-	// still be there. Both are held until the outcome is published (handle
-	// lets go of them).
+	// in-process lock, every instance of the site on the copy's lease.
+	// Another instance may be deleting the copy (claimed, not yet removed),
+	// and a copy reported present must still be there: the only way around
+	// them is presentUnleased's, which found the copy present with nobody
+	// holding its lease. Both are held until the outcome is published
+	// (handle lets go of them).
 	a.unlock, err = s.lock(ctx, d.Name+"/"+a.req.PackageID)
 	if err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)

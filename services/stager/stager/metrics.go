@@ -21,6 +21,9 @@ type metrics struct {
 	leaseWait  *prometheus.HistogramVec
 	takeovers  *prometheus.CounterVec
 	leaseLost  *prometheus.CounterVec
+	// presentChecks counts the unleased already_present checks by what
+	// they found (present, absent, held, read_failed, gone).
+	presentChecks *prometheus.CounterVec
 	// quarantined counts final paths that held something other than the
 	// package's verified copy, moved aside instead of deleted.
 	quarantined *prometheus.CounterVec
@@ -83,11 +86,15 @@ func newMetrics() *metrics {
 		Name: "stager_leases_lost_total",
 		Help: "Leases found lost right before an irreversible step (commit, removal), which was then not taken, by purpose.",
 	}, []string{"purpose"})
+	m.presentChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_present_checks_total",
+		Help: "Requests checked for a verified copy from one read of its lease, without taking it, by result: present (answered already_present), absent (no copy, the lease not read), held (somebody holds the lease), read_failed, gone (the copy went while the lease was read); all but present go on under the lease.",
+	}, []string{"result"})
 	m.quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_quarantined_total",
 		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
 	}, []string{"location"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.quarantined, m.manifests)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.quarantined, m.manifests)
 	return m
 }
