@@ -49,6 +49,8 @@ type service struct {
 	locks    map[string]chan struct{} // one extraction per package and location at a time
 	busy     int
 	started  time.Time
+	// cancels is the watched copy of the CANCELLED bucket (cancelview.go).
+	cancels *cancelView
 	// cancelKV is the CANCELLED bucket once the planner has created it.
 	cancelKV atomic.Pointer[jetstream.KeyValue]
 	// refsKV is the planner's PLANNER_REFS bucket once it exists.
@@ -105,6 +107,7 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 		backends: map[string]archive.Backend{},
 		reserved: map[string]int64{},
 		locks:    map[string]chan struct{}{},
+		cancels:  newCancelView(),
 		started:  time.Now().UTC(),
 		ready:    ready,
 	}
@@ -228,6 +231,7 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 
 	log.Info().Int("workers", cfg.Workers).Str("version", cfg.Version).Msg("stager started")
 	bg.Go(func() { s.beat(ctx, kv) })
+	bg.Go(func() { s.watchCancelled(ctx, log) })
 	bg.Go(func() { _ = deadRunner.Run(ctx) })
 	var workers sync.WaitGroup
 	workers.Go(func() { _ = cleanRunner.Run(ctx) })
