@@ -46,9 +46,9 @@ func TestCancelView(t *testing.T) {
 			want: []want{{"j1", true, true}, {"j2", true, true}, {"j3", false, true}}, size: 2},
 		{name: "delete and purge", updates: []jetstream.KeyValueEntry{put("j1", 0), put("j2", 0), nil, del("j1", jetstream.KeyValueDelete), del("j2", jetstream.KeyValuePurge)},
 			want: []want{{"j1", false, true}, {"j2", false, true}}, size: 0},
-		{name: "past the age limit", ttl: time.Hour, updates: []jetstream.KeyValueEntry{put("old", 2 * time.Hour), put("new", time.Minute), nil},
+		{name: "past the age limit", ttl: time.Hour, updates: []jetstream.KeyValueEntry{put("old", 2*time.Hour), put("new", time.Minute), nil},
 			want: []want{{"old", false, true}, {"new", true, true}}, size: 2},
-		{name: "pruned", ttl: time.Hour, updates: []jetstream.KeyValueEntry{put("old", 2 * time.Hour), put("new", time.Minute), nil}, prune: true,
+		{name: "pruned", ttl: time.Hour, updates: []jetstream.KeyValueEntry{put("old", 2*time.Hour), put("new", time.Minute), nil}, prune: true,
 			want: []want{{"old", false, true}, {"new", true, true}}, size: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

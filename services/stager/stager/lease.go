@@ -61,12 +61,12 @@ import (
 // worker or instance needs no lease here either: a copy is Present only
 // after its commit (an atomic rename of a verified tree and record).
 //
-// A first Present check, before the read, only spares a new package the
-// round trip; it decides nothing (a deletion may remove the copy between
-// it and the read), the check after the read does.
+// A first look for the copy's record, before the read, only spares a new
+// package the round trip; it decides nothing (a deletion may remove the
+// copy between it and the read), the Present check after the read does.
 func (s *service) presentUnleased(ctx context.Context, a *attempt) (event.Done, bool) {
 	d := a.dest
-	if _, ok := d.Present(a.req.PackageID, a.req.Checksum); !ok {
+	if !d.HasRecord(a.req.PackageID) {
 		s.m.presentChecks.WithLabelValues("absent").Inc()
 		return event.Done{}, false
 	}

@@ -91,7 +91,7 @@ func newMetrics() *metrics {
 	}, []string{"purpose"})
 	m.presentChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_present_checks_total",
-		Help: "Requests checked for a verified copy from one read of its lease, without taking it, by result: present (answered already_present), absent (no copy, the lease not read), held (somebody holds the lease), read_failed, gone (the copy went while the lease was read); all but present go on under the lease.",
+		Help: "Requests checked for a verified copy from one read of its lease, without taking it, by result: present (answered already_present), absent (no record, the lease not read), held (somebody holds the lease), read_failed, gone (the copy went while the lease was read); all but present go on under the lease.",
 	}, []string{"result"})
 	m.cancelLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_cancel_lookups_total",
