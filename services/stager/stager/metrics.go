@@ -27,6 +27,9 @@ type metrics struct {
 	// cancelLookups counts withdrawn checks by where they were answered
 	// (view, bucket).
 	cancelLookups *prometheus.CounterVec
+	// outbox counts answers settled off the worker, by result (acked,
+	// nak).
+	outbox *prometheus.CounterVec
 	// quarantined counts final paths that held something other than the
 	// package's verified copy, moved aside instead of deleted.
 	quarantined *prometheus.CounterVec
@@ -97,11 +100,15 @@ func newMetrics() *metrics {
 		Name: "stager_cancel_lookups_total",
 		Help: "Checks whether a request's job is cancelled, by where they were answered: view (the watched copy of CANCELLED) or bucket (a KV get, while the view is not loaded).",
 	}, []string{"source"})
+	m.outbox = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_outbox_settled_total",
+		Help: "Already-present answers published asynchronously and settled off the worker, by result: acked (after the done's PubAck) or nak (no PubAck: the request goes back).",
+	}, []string{"result"})
 	m.quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_quarantined_total",
 		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
 	}, []string{"location"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.quarantined, m.manifests)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.outbox, m.quarantined, m.manifests)
 	return m
 }

@@ -34,10 +34,16 @@ func leaseWrites(w *world) uint64 {
 // STAGER_LEASES) and publishes no staging.started, only its done. On the
 // code before the unleased check, it took and released the lease (two
 // writes) and published a started first.
+//
+// The answer is settled off the worker (the outbox): acked only after the
+// done's PubAck, so the request leaves the work queue after one delivery.
 func TestAlreadyPresentTakesNoLeaseAndStartsNothing(t *testing.T) {
 	w := newWorld(t)
 	p := w.put(w.archive, "pkg-p", samplePackage(t))
-	w.start(w.config())
+	cfg := w.config()
+	addr := freeAddr(t)
+	cfg.HTTPAddr = addr
+	w.start(cfg)
 	first := w.submit(request("job-a", p))
 	waitID[event.Done](t, w.rec, "done:"+first)
 	if n := len(w.rec.ofType(event.TypeStarted, "started:"+first+":")); n != 1 {
@@ -57,6 +63,13 @@ func TestAlreadyPresentTakesNoLeaseAndStartsNothing(t *testing.T) {
 	}
 	if after := leaseWrites(w); after != before {
 		t.Errorf("STAGER_LEASES went from %d to %d messages: already-present answers took the lease", before, after)
+	}
+	eventually(t, 5*time.Second, "the answered requests acked", func() bool { return w.queued() == 0 })
+	if n := metric(addr, `stager_outbox_settled_total{result="acked"}`); n != 2 {
+		t.Errorf("%v answers acked through the outbox, want 2", n)
+	}
+	if n := len(w.rec.ofType(event.TypeDone, "")); n != 3 {
+		t.Errorf("%d done events, want 3 (one per request, no redelivery)", n)
 	}
 }
 

@@ -49,6 +49,8 @@ type service struct {
 	locks    map[string]chan struct{} // one extraction per package and location at a time
 	busy     int
 	started  time.Time
+	// outbox settles the answers that hold nothing (outbox.go).
+	outbox *outbox
 	// cancels is the watched copy of the CANCELLED bucket (cancelview.go).
 	cancels *cancelView
 	// cancelKV is the CANCELLED bucket once the planner has created it.
@@ -233,10 +235,12 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	bg.Go(func() { s.beat(ctx, kv) })
 	bg.Go(func() { s.watchCancelled(ctx, log) })
 	bg.Go(func() { _ = deadRunner.Run(ctx) })
+	s.startOutbox(work, cfg.Workers)
 	var workers sync.WaitGroup
 	workers.Go(func() { _ = cleanRunner.Run(ctx) })
 	workers.Go(func() { _ = reqRunner.Run(ctx) })
 	workers.Wait()
+	s.closeOutbox()
 	stopWork()
 	bg.Wait()
 	select {
