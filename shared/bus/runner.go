@@ -377,8 +377,14 @@ type delivered struct {
 // is waiting for it, so none waits in this process while its AckWait runs.
 // One fetch round trip serves every idle worker, where one per worker and
 // durable asked was the cost before.
+//
+// With nothing waiting it polls again after 20 ms, backing off to 100 ms:
+// one poller now stands for all workers, where each of N workers used to
+// poll with a back-off to 500 ms, so the cap is lower to keep new work from
+// waiting longer than it did (the idle cost stays at a few no-wait pulls
+// per durable and second).
 func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
-	const minIdle, maxIdle = 20 * time.Millisecond, 500 * time.Millisecond
+	const minIdle, maxIdle = 20 * time.Millisecond, 100 * time.Millisecond
 	work := make(chan delivered) // unbuffered: handed from hand to hand
 	idle := make(chan struct{}, r.Workers)
 	var workers sync.WaitGroup
