@@ -72,7 +72,10 @@ func stagerRights(site string) (pub, sub []string) {
 		"$KV."+subject.StagerBucket+"."+site+".>",
 		"$JS.API.STREAM.INFO.KV_"+subject.CancelledBucket,
 		"$JS.API.DIRECT.GET.KV_"+subject.CancelledBucket, "$JS.API.DIRECT.GET.KV_"+subject.CancelledBucket+".>",
-		"$JS.API.STREAM.MSG.GET.KV_"+subject.CancelledBucket)
+		"$JS.API.STREAM.MSG.GET.KV_"+subject.CancelledBucket,
+		// the watch of CANCELLED: an ordered consumer with flow control
+		"$JS.API.CONSUMER.CREATE.KV_"+subject.CancelledBucket, "$JS.API.CONSUMER.CREATE.KV_"+subject.CancelledBucket+".>",
+		"$JS.API.CONSUMER.DELETE.KV_"+subject.CancelledBucket+".*", "$JS.FC.KV_"+subject.CancelledBucket+".>")
 	cleanup := subject.StagerCleanupDurable(site)
 	pub = append(pub, subject.Released,
 		"$JS.API.STREAM.INFO."+subject.CleanupStream,
@@ -85,7 +88,9 @@ func stagerRights(site string) (pub, sub []string) {
 		"$KV."+subject.PlannerRefsBucket+"."+site+".>",
 		"$JS.API.STREAM.INFO.KV_"+lease.Bucket,
 		"$JS.API.DIRECT.GET.KV_"+lease.Bucket+".$KV."+lease.Bucket+"."+site+".>",
-		"$KV."+lease.Bucket+"."+site+".>")
+		"$KV."+lease.Bucket+"."+site+".>",
+		// the already_present check's leader read of a lease
+		"$JS.API.STREAM.MSG.GET.KV_"+lease.Bucket)
 	obj := "OBJ_" + subject.ManifestsBucket
 	pub = append(pub, "$JS.API.STREAM.INFO."+obj,
 		"$JS.API.DIRECT.GET."+obj, "$JS.API.DIRECT.GET."+obj+".>", "$JS.API.STREAM.MSG.GET."+obj,

@@ -203,4 +203,14 @@ func TestPipelineOnCluster(t *testing.T) {
 		p.submit(t, jb)
 	}
 	p.check(t, jobs, 40*time.Second)
+	// The same packages again under new jobs: answered already_present
+	// from the stager's leader read of each copy's lease, which the
+	// stager users must be allowed too.
+	var again []pipelineJob
+	for _, jb := range jobs {
+		jb.id += "-again"
+		p.submit(t, jb)
+		again = append(again, jb)
+	}
+	p.check(t, again, 40*time.Second)
 }

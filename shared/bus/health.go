@@ -199,6 +199,9 @@ type runnerMetrics struct {
 	reprovisions *prometheus.CounterVec
 	resets       *prometheus.CounterVec
 	errors       *prometheus.CounterVec
+	// dispatched is how many messages each fetch round of a Priority
+	// runner's dispatcher handed out, by its first (highest) durable.
+	dispatched *prometheus.HistogramVec
 }
 
 func newRunnerMetrics() *runnerMetrics {
@@ -226,12 +229,15 @@ func newRunnerMetrics() *runnerMetrics {
 			Help: "Times the subscription was reset because messages waited and nothing arrived."}, d),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ccat_consumer_fetch_errors_total",
 			Help: "Failed pulls (broker away, consumer missing, heartbeats missed)."}, d),
+		dispatched: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ccat_consumer_dispatch_batch_messages",
+			Help:    "Messages handed to idle workers per fetch round of a priority runner (never more than its workers), by its highest durable.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, d),
 	}
 }
 
 func (m *runnerMetrics) register(reg prometheus.Registerer) {
 	reg.MustRegister(m.lastDelivery, m.pending, m.ackPending, m.stalled, m.delivered, m.redelivered,
-		m.settled, m.undecodable, m.reprovisions, m.resets, m.errors)
+		m.settled, m.undecodable, m.reprovisions, m.resets, m.errors, m.dispatched)
 }
 
 // Environment variables of the consumer runners, the same in every service.

@@ -47,9 +47,11 @@ const (
 	// Stream keeps one pull subscription (a Messages iterator with idle
 	// heartbeats) per durable and handles its messages one at a time.
 	Stream Mode = iota
-	// Priority has Workers workers, each asking the durables in order
-	// with a no-wait fetch of one message: the first durable with work
-	// wins (the stagers' high, normal, low).
+	// Priority has Workers workers fed by one dispatcher, which asks the
+	// durables in order with a no-wait fetch of as many messages as
+	// workers are idle: the durables with work win in order (the
+	// stagers' high, normal, low), and no message is fetched that a
+	// worker cannot start at once.
 	Priority
 	// Batch fetches up to BatchSize messages or BatchBytes at once, waiting
 	// BatchWait for the first, and hands them to the BatchHandler.
@@ -159,9 +161,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			wg.Go(func() { r.stream(ctx, d) })
 		}
 	case Priority:
-		for i := range r.Workers {
-			wg.Go(func() { r.priority(ctx, ds, i) })
-		}
+		wg.Go(func() { r.dispatch(ctx, ds) })
 	case Batch:
 		wg.Go(func() { r.batch(ctx, ds[0]) })
 	}
@@ -365,44 +365,104 @@ func (r *Runner) stream(ctx context.Context, d *durable) {
 	}
 }
 
-// priority is one worker of a Priority runner.
-func (r *Runner) priority(ctx context.Context, ds []*durable, id int) {
-	const minIdle, maxIdle = 20 * time.Millisecond, 500 * time.Millisecond
-	idle := minIdle
+// delivered is a message and the durable it came from.
+type delivered struct {
+	d *durable
+	m jetstream.Msg
+}
+
+// dispatch feeds the Workers workers of a Priority runner. It holds one
+// token per idle worker and fetches only with tokens in hand, as many
+// messages as it holds tokens: every message fetched goes to a worker that
+// is waiting for it, so none waits in this process while its AckWait runs.
+// One fetch round trip serves every idle worker, where one per worker and
+// durable asked was the cost before.
+//
+// With nothing waiting it polls again after 20 ms, backing off to 100 ms:
+// one poller now stands for all workers, where each of N workers used to
+// poll with a back-off to 500 ms, so the cap is lower to keep new work from
+// waiting longer than it did (the idle cost stays at a few no-wait pulls
+// per durable and second).
+func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
+	const minIdle, maxIdle = 20 * time.Millisecond, 100 * time.Millisecond
+	work := make(chan delivered) // unbuffered: handed from hand to hand
+	idle := make(chan struct{}, r.Workers)
+	var workers sync.WaitGroup
+	for range r.Workers {
+		idle <- struct{}{}
+		workers.Go(func() {
+			for w := range work {
+				r.process(ctx, w.d, w.m)
+				idle <- struct{}{}
+			}
+		})
+	}
+	defer func() {
+		close(work)
+		workers.Wait()
+	}()
+	wait := minIdle
 	for ctx.Err() == nil {
-		d, m := r.next(ctx, ds)
-		if m == nil {
-			sleep(ctx, idle)
-			idle = min(idle*2, maxIdle)
+		// One idle worker at least, then every other one idle now.
+		select {
+		case <-ctx.Done():
+			return
+		case <-idle:
+		}
+		k := 1
+	more:
+		for k < r.Workers {
+			select {
+			case <-idle:
+				k++
+			default:
+				break more
+			}
+		}
+		got := r.next(ctx, ds, k)
+		for _, w := range got {
+			work <- w // a worker holding no token is waiting for it
+		}
+		for range k - len(got) {
+			idle <- struct{}{}
+		}
+		if len(got) > 0 {
+			r.Health.m.dispatched.WithLabelValues(ds[0].Name()).Observe(float64(len(got)))
+			wait = minIdle
 			continue
 		}
-		idle = minIdle
-		r.process(ctx, d, m)
+		sleep(ctx, wait)
+		wait = min(wait*2, maxIdle)
 	}
 }
 
-// next returns the first message waiting, asking the durables in order.
+// next fetches up to k waiting messages, asking the durables in order: the
+// first durable's messages first, the next durable only for what is left.
 // A no-wait pull answers at once or within a second, lost or not, so it
 // needs no heartbeats.
-func (r *Runner) next(ctx context.Context, ds []*durable) (*durable, jetstream.Msg) {
+func (r *Runner) next(ctx context.Context, ds []*durable, k int) []delivered {
+	var got []delivered
 	for _, d := range ds {
+		if len(got) == k {
+			break
+		}
 		c := r.handle(ctx, d)
 		if c == nil {
 			continue
 		}
-		b, err := c.FetchNoWait(1)
+		b, err := c.FetchNoWait(k - len(got))
 		if err != nil {
 			r.fetchFailed(ctx, d, err)
 			continue
 		}
 		for m := range b.Messages() {
-			return d, m
+			got = append(got, delivered{d, m})
 		}
 		if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 			r.fetchFailed(ctx, d, err)
 		}
 	}
-	return nil, nil
+	return got
 }
 
 // batch is the fetch loop of a Batch runner.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +16,9 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 )
 
@@ -518,4 +521,97 @@ func TestTypedHandler(t *testing.T) {
 	if s.distinct() != 1 {
 		t.Errorf("handler saw %d events, want only the valid one", s.distinct())
 	}
+}
+
+// The dispatcher of a Priority runner fetches for every idle worker at once
+// and in priority order, and never more than the workers can start: with
+// three workers, two high and four normal waiting, the first round hands
+// out both high and one normal in one go; while all three workers are busy
+// nothing more is fetched (ack pending stays at three); the rest follows.
+// On the code with one fetch of one message per worker there was no round
+// handing out more than one.
+func TestPriorityDispatcherFetchesForIdleWorkersInOrder(t *testing.T) {
+	srv := jstest.New(t)
+	high, normal := testDurable("disp-high"), testDurable("disp-normal")
+	high.Consumer.FilterSubject, normal.Consumer.FilterSubject = "t.high", "t.normal"
+	provision(t, srv.JS, high)
+	provision(t, srv.JS, normal)
+	for _, subj := range []string{"t.normal", "t.normal", "t.high", "t.normal", "t.high", "t.normal"} {
+		if _, err := srv.JS.Publish(t.Context(), subj, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const workers = 3
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	h := NewHealth(nil, 0)
+	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{high, normal}, Mode: Priority, Workers: workers, Health: h, Log: zerolog.Nop(),
+		Handler: func(ctx context.Context, m jetstream.Msg) error {
+			mu.Lock()
+			order = append(order, m.Subject())
+			mu.Unlock()
+			<-release
+			return nil
+		}})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the runner's cleanup: a failing test must not leave its workers blocked
+	handled := func() int { mu.Lock(); defer mu.Unlock(); return len(order) }
+	jstest.Until(t, 10*time.Second, "every worker busy", func() bool { return handled() == workers })
+	ackPending := func() int {
+		n := 0
+		for _, d := range []string{"disp-high", "disp-normal"} {
+			c, err := srv.JS.Consumer(t.Context(), "T", d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := c.Info(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += info.NumAckPending
+		}
+		return n
+	}
+	for range 5 { // nothing fetched while no worker is idle
+		if n := ackPending(); n != workers {
+			t.Fatalf("%d messages held with %d workers busy", n, workers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	first := slices.Clone(order)
+	mu.Unlock()
+	slices.Sort(first)
+	if want := []string{"t.high", "t.high", "t.normal"}; !slices.Equal(first, want) {
+		t.Errorf("first round handled %v, want both high and one normal", first)
+	}
+	if n := testutil.CollectAndCount(h.m.dispatched); n != 1 {
+		t.Fatalf("dispatch rounds recorded for %d durables, want 1", n)
+	}
+	if got := histogramMax(t, h, "disp-high"); got < 2 {
+		t.Errorf("no fetch round handed out more than %v message(s)", got)
+	}
+	free()
+	jstest.Until(t, 10*time.Second, "all handled", func() bool { return handled() == 6 })
+}
+
+// histogramMax is the upper bound of the highest non-empty bucket of the
+// dispatch histogram of durable.
+func histogramMax(t *testing.T, h *Health, durable string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.m.dispatched.WithLabelValues(durable).(prometheus.Histogram).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	var prev uint64
+	top := 0.0
+	for _, b := range m.GetHistogram().GetBucket() {
+		if b.GetCumulativeCount() > prev {
+			top = b.GetUpperBound()
+		}
+		prev = b.GetCumulativeCount()
+	}
+	return top
 }

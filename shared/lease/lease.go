@@ -443,3 +443,81 @@ func isConflict(err error) bool {
 	return errors.As(err, &apiErr) &&
 		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
+
+// Held reads key's lease once, from the stream's leader, and returns its
+// holder, or nil when nobody holds it (never taken, released, or expired).
+//
+// Unlike TryAcquire's read, which only chooses what to expect of a
+// compare-and-set, a caller may act on this answer (the stager's
+// already_present answer does: see services/stager/stager/lease.go), so it
+// must not come from a replica that lags: it is a plain JetStream message
+// get, which the stream's leader answers, never a direct get (KV buckets
+// allow direct gets, and the jetstream client uses them when allowed). A
+// lease whose put was acknowledged is stored on the leader before the
+// acknowledgement goes out, so a read that starts after it sees it.
+func (s *Store) Held(ctx context.Context, key string) (*Current, error) {
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subjectOf(key)})
+	if err != nil {
+		return nil, err
+	}
+	rctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	reply, err := s.js.Conn().RequestWithContext(rctx, s.apiPrefix()+"STREAM.MSG.GET.KV_"+Bucket, req)
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: %w", key, err)
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error,omitempty"`
+		Msg   *struct {
+			Sequence uint64 `json:"seq"`
+			Header   []byte `json:"hdrs,omitempty"`
+			Data     []byte `json:"data,omitempty"`
+		} `json:"message,omitempty"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return nil, fmt.Errorf("lease %s: %w", key, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return nil, nil
+	case resp.Error != nil:
+		return nil, fmt.Errorf("lease %s: %w", key, resp.Error)
+	case resp.Msg == nil:
+		return nil, fmt.Errorf("lease %s: empty message get response", key)
+	}
+	// Release and expiry markers carry no value (only headers saying
+	// which they are); a holder's value is never empty.
+	if len(resp.Msg.Data) == 0 || rawIsMarker(resp.Msg.Header) {
+		return nil, nil
+	}
+	cur := &Current{Revision: resp.Msg.Sequence}
+	if err := json.Unmarshal(resp.Msg.Data, &cur.Holder); err != nil {
+		return nil, fmt.Errorf("lease %s: %w", key, err)
+	}
+	return cur, nil
+}
+
+// apiPrefix is the JetStream API prefix the store's client uses.
+func (s *Store) apiPrefix() string {
+	o := s.js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	default:
+		return jetstream.DefaultAPIPrefix
+	}
+}
+
+// rawIsMarker is isMarker on the raw header block of a message get.
+func rawIsMarker(hdr []byte) bool {
+	h := string(hdr)
+	return strings.Contains(h, "KV-Operation:") || strings.Contains(h, jetstream.MarkerReasonHeader+":")
+}

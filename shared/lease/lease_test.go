@@ -319,3 +319,73 @@ func TestBucketHoldsOnlyLeasesInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Held answers from the leader through a lease's whole life: nobody before
+// the first take, the holder while held and after each renewal, nobody after
+// a release (a purge marker) and after an expiry (a MaxAge marker), and the
+// new holder after a takeover.
+func TestHeldThroughALeasesLife(t *testing.T) {
+	srv := jstest.New(t)
+	a, anc := holderConn(t, srv, time.Second)
+	b, _ := holderConn(t, srv, time.Second)
+	ctx := t.Context()
+	key := lease.Key("s", "proc", "pkg-held")
+	held := func(step string, st *lease.Store, want string) {
+		t.Helper()
+		cur, err := st.Held(ctx, key)
+		if err != nil {
+			t.Fatalf("%s: Held: %v", step, err)
+		}
+		got := ""
+		if cur != nil {
+			got = cur.Instance + "/" + cur.Purpose
+		}
+		if got != want {
+			t.Errorf("%s: Held = %q, want %q", step, got, want)
+		}
+	}
+
+	held("never taken", b, "")
+	la, _, err := a.TryAcquire(ctx, key, lease.Holder{Instance: "a", Purpose: lease.PurposeDelete})
+	if err != nil || la == nil {
+		t.Fatal(la, err)
+	}
+	held("taken", b, "a/delete")
+	if err := la.Confirm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held("renewed", b, "a/delete")
+	if err := la.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held("released", b, "")
+
+	la, _, err = a.TryAcquire(ctx, key, lease.Holder{Instance: "a", Purpose: lease.PurposeStage})
+	if err != nil || la == nil {
+		t.Fatal(la, err)
+	}
+	held("taken again", b, "a/stage")
+	anc.Close() // a dies holding it: no renewals, the TTL runs out
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cur, err := b.Held(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a dead holder's lease still held after its TTL: %+v", cur.Holder)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	lb, _, err := b.TryAcquire(ctx, key, lease.Holder{Instance: "b", Purpose: lease.PurposeStage})
+	if err != nil || lb == nil || !lb.TookOver {
+		t.Fatalf("b after the expiry: %v (took over %v), %v", lb, lb != nil && lb.TookOver, err)
+	}
+	held("taken over", b, "b/stage")
+	if err := lb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

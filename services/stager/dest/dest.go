@@ -244,6 +244,14 @@ func (l Location) Sweep() (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// HasRecord says whether pkg has a verification record at l: one stat, no
+// reading. It proves nothing (Present does); it spares a package that was
+// never staged here the work of finding that out the long way.
+func (l Location) HasRecord(pkg string) bool {
+	_, err := os.Stat(l.manifestPath(pkg))
+	return err == nil
+}
+
 // Present reports whether pkg is at its final path and matches the record of
 // a verification against checksum: the record names the same tar checksum,
 // the final path is a directory (not a link to one), and every recorded

@@ -34,11 +34,14 @@ func TestCommitAndPresent(t *testing.T) {
 	m := func(sum string, size int64) dest.Manifest {
 		return dest.Manifest{PackageID: "p", Checksum: sum, Files: []event.File{{Path: "f", SizeBytes: size}}}
 	}
-	if _, ok := l.Present("p", "sha256:a"); ok {
-		t.Fatal("present before staging")
+	if _, ok := l.Present("p", "sha256:a"); ok || l.HasRecord("p") {
+		t.Fatal("present (or a record) before staging")
 	}
 	if c, err := l.Commit(stage("one"), "p", m("sha256:a", 3)); err != nil || c.Already || c.Quarantined != "" {
 		t.Fatalf("Commit = %+v, %v", c, err)
+	}
+	if !l.HasRecord("p") {
+		t.Error("no record after commit")
 	}
 	if _, ok := l.Present("p", "sha256:a"); !ok {
 		t.Error("not present after commit")

@@ -76,8 +76,8 @@ func TestRemove(t *testing.T) {
 			if _, err := os.Lstat(l.Final(tc.pkg)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("%s still there: %v", tc.pkg, err)
 			}
-			if _, ok := l.Present(tc.pkg, "sha256:a"); ok {
-				t.Errorf("%s still present", tc.pkg)
+			if _, ok := l.Present(tc.pkg, "sha256:a"); ok || l.HasRecord(tc.pkg) {
+				t.Errorf("%s still present (or its record)", tc.pkg)
 			}
 		})
 	}

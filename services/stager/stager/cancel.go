@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
@@ -20,7 +21,15 @@ var errCancelled = errors.New("job cancelled before this package started")
 // it); until the planner has created it nothing is cancelled. A failed
 // lookup stages the package anyway: staging a package no longer wanted
 // costs a transfer, withdrawing a wanted one would fail a job.
+//
+// The watched view (cancelView) answers when it can; the bucket only while
+// the view is not loaded.
 func (s *service) cancelled(ctx context.Context, jobID string) (bool, error) {
+	if c, ok := s.cancels.lookup(jobID, time.Now()); ok {
+		s.m.cancelLookups.WithLabelValues("view").Inc()
+		return c, nil
+	}
+	s.m.cancelLookups.WithLabelValues("bucket").Inc()
 	kv := s.cancelKV.Load()
 	if kv == nil {
 		b, err := s.js.KeyValue(ctx, subject.CancelledBucket)

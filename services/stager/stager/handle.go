@@ -42,6 +42,8 @@ type attempt struct {
 	// attempt holds them; handle lets go of both once the outcome is out.
 	lease  *lease.Lease
 	unlock func()
+	// unleased says presentUnleased answered: the answer holds nothing.
+	unleased bool
 }
 
 func (a *attempt) outcome(s *service) event.Outcome {
@@ -113,6 +115,12 @@ func (s *service) handle(ctx context.Context, m jetstream.Msg) {
 
 	done, err := s.stage(hctx, a)
 	stop()
+	if err == nil && a.unleased && s.outbox != nil {
+		// Answered without holding anything (presentUnleased): the
+		// worker need not wait for the done's PubAck nor the ack.
+		s.succeedLater(ctx, a, done)
+		return
+	}
 	if err == nil {
 		s.succeed(ctx, a, done)
 		return
@@ -161,15 +169,24 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		return event.Done{}, err
 	}
 	a.dest = d
+	// The pure control plane: a verified copy that nobody is deleting is
+	// answered from one read of its lease (presentUnleased, lease.go), with
+	// no staging.started (the ledger records a done without one: the done
+	// carries its own attempt and time) and no lease taken or released.
+	if done, ok := s.presentUnleased(ctx, a); ok {
+		a.unleased = true
+		return done, nil
+	}
 	if err := s.publish(ctx, subject.Started, "started:"+a.reqID+":"+strconv.Itoa(a.n), a.req.PackageID, event.Started{Outcome: a.outcome(s)}); err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
 	// One owner of the copy at a time: this instance's workers queue on the
-	// in-process lock, every instance of the site on the copy's lease. There
-	// is no fast path around them: another instance may be deleting the
-	// copy (claimed, not yet removed), and a copy reported present must
-	// still be there. Both are held until the outcome is published (handle
-	// lets go of them).
+	// in-process lock, every instance of the site on the copy's lease.
+	// Another instance may be deleting the copy (claimed, not yet removed),
+	// and a copy reported present must still be there: the only way around
+	// them is presentUnleased's, which found the copy present with nobody
+	// holding its lease. Both are held until the outcome is published
+	// (handle lets go of them).
 	a.unlock, err = s.lock(ctx, d.Name+"/"+a.req.PackageID)
 	if err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
@@ -371,6 +388,12 @@ func (s *service) succeed(ctx context.Context, a *attempt, done event.Done) {
 		s.nak(a, s.cfg.RetryBase)
 		return
 	}
+	s.succeeded(a, done)
+	s.ack(ctx, a)
+}
+
+// succeeded counts and logs a done event that is durably published.
+func (s *service) succeeded(a *attempt, done event.Done) {
 	outcome := "done"
 	if done.AlreadyPresent {
 		outcome = "already_present"
@@ -379,7 +402,6 @@ func (s *service) succeed(ctx context.Context, a *attempt, done event.Done) {
 	s.m.duration.Observe(done.DurationSeconds)
 	a.log.Info().Str("path", done.Path).Int("files", done.Files).Bool("already_present", done.AlreadyPresent).
 		Float64("duration_seconds", done.DurationSeconds).Msg("staged")
-	s.ack(ctx, a)
 }
 
 // fail publishes the failed event of the attempt and settles the message:

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/stager/dest"
+	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/rs/zerolog"
@@ -15,13 +16,78 @@ import (
 
 // One owner of a copy at a time, across instances.
 //
-// Staging a package, answering already_present for it and deleting it take
-// the copy's lease in STAGER_LEASES (shared/lease) — after the in-process
+// Staging a package, answering already_present for it (unless
+// presentUnleased can answer from one read of the lease) and deleting it
+// take the copy's lease in STAGER_LEASES (shared/lease) — after the in-process
 // lock, so this instance's own workers queue on a channel rather than on
 // the bucket. The lease is what keeps another instance from reporting a
 // copy as present while a deletion that has claimed it is removing it: the
 // request waits (its message kept alive by keepAlive) and then finds the
 // copy gone and stages it again, or finds that the deletion let it be.
+
+// presentUnleased answers already_present without taking the copy's lease
+// when one read of the lease (from the bucket's leader, lease.Store.Held)
+// finds nobody holding it and the verified copy is then found in place. It
+// reports false whenever it cannot tell (a held lease, a failed read, no
+// copy): the caller then takes the lease and decides under it, as before.
+//
+// Why one read before the Present check is as good as holding the lease
+// across the check and the done event, for the guarantee that matters (a
+// request never answers already_present for a copy a deletion is removing):
+//
+//  1. Every deletion, in any instance, takes this lease before it re-reads
+//     the copy's PLANNER_REFS entry (claim, then stillReferenced in
+//     cleanup.go) and holds it until the copy is gone; d.Remove drops the
+//     verification record first, so a deletion that died half-way leaves
+//     a copy that Present no longer accepts.
+//  2. The planner writes the job's reference before it publishes the
+//     job's requests ("references before requests" in planner/submit.go;
+//     a re-issued request's job is referenced already), and drops it only
+//     once the package failed for good, or the job was released,
+//     cancelled or lapsed.
+//  3. Say the read happens at t0 and finds no holder. A deletion that took
+//     the lease before t0 has also let it go before t0: it finished, and
+//     if it removed the copy, Present fails (the request stages afresh
+//     under the lease). A deletion that takes the lease after t0 re-reads
+//     the entry after t0, so after this request was published, so after
+//     the job's reference was written: its claim fails (the entry moved)
+//     or stillReferenced keeps the copy. Either way no deletion removes
+//     the copy between t0 and the done event, unless the job itself gave
+//     up its reference — and then the held lease would only have delayed
+//     that removal until the done was out, the same end state.
+//
+// The read must see every lease put acknowledged before it; a read from a
+// lagging replica would not, hence Held's leader read. Staging by another
+// worker or instance needs no lease here either: a copy is Present only
+// after its commit (an atomic rename of a verified tree and record).
+//
+// A first look for the copy's record, before the read, only spares a new
+// package the round trip; it decides nothing (a deletion may remove the
+// copy between it and the read), the Present check after the read does.
+func (s *service) presentUnleased(ctx context.Context, a *attempt) (event.Done, bool) {
+	d := a.dest
+	if !d.HasRecord(a.req.PackageID) {
+		s.m.presentChecks.WithLabelValues("absent").Inc()
+		return event.Done{}, false
+	}
+	cur, err := s.leases.Held(ctx, lease.Key(s.cfg.Site, d.Name, a.req.PackageID))
+	switch {
+	case err != nil:
+		a.log.Debug().Err(err).Str(logx.Location, d.Name).Msg("reading the copy's lease; deciding under the lease instead")
+		s.m.presentChecks.WithLabelValues("read_failed").Inc()
+		return event.Done{}, false
+	case cur != nil:
+		s.m.presentChecks.WithLabelValues("held").Inc()
+		return event.Done{}, false
+	}
+	m, ok := d.Present(a.req.PackageID, a.req.Checksum)
+	if !ok {
+		s.m.presentChecks.WithLabelValues("gone").Inc()
+		return event.Done{}, false
+	}
+	s.m.presentChecks.WithLabelValues("present").Inc()
+	return s.doneData(a, m.Count(), true), true
+}
 
 // acquireLease takes the lease of packageID at d for h, waiting while
 // another holder has it; the wait is logged (with the holder) and counted.

@@ -21,6 +21,15 @@ type metrics struct {
 	leaseWait  *prometheus.HistogramVec
 	takeovers  *prometheus.CounterVec
 	leaseLost  *prometheus.CounterVec
+	// presentChecks counts the unleased already_present checks by what
+	// they found (present, absent, held, read_failed, gone).
+	presentChecks *prometheus.CounterVec
+	// cancelLookups counts withdrawn checks by where they were answered
+	// (view, bucket).
+	cancelLookups *prometheus.CounterVec
+	// outbox counts answers settled off the worker, by result (acked,
+	// nak).
+	outbox *prometheus.CounterVec
 	// quarantined counts final paths that held something other than the
 	// package's verified copy, moved aside instead of deleted.
 	quarantined *prometheus.CounterVec
@@ -83,11 +92,23 @@ func newMetrics() *metrics {
 		Name: "stager_leases_lost_total",
 		Help: "Leases found lost right before an irreversible step (commit, removal), which was then not taken, by purpose.",
 	}, []string{"purpose"})
+	m.presentChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_present_checks_total",
+		Help: "Requests checked for a verified copy from one read of its lease, without taking it, by result: present (answered already_present), absent (no record, the lease not read), held (somebody holds the lease), read_failed, gone (the copy went while the lease was read); all but present go on under the lease.",
+	}, []string{"result"})
+	m.cancelLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_cancel_lookups_total",
+		Help: "Checks whether a request's job is cancelled, by where they were answered: view (the watched copy of CANCELLED) or bucket (a KV get, while the view is not loaded).",
+	}, []string{"source"})
+	m.outbox = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stager_outbox_settled_total",
+		Help: "Already-present answers published asynchronously and settled off the worker, by result: acked (after the done's PubAck) or nak (no PubAck: the request goes back).",
+	}, []string{"result"})
 	m.quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_quarantined_total",
 		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
 	}, []string{"location"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.quarantined, m.manifests)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.outbox, m.quarantined, m.manifests)
 	return m
 }

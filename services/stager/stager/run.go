@@ -49,6 +49,10 @@ type service struct {
 	locks    map[string]chan struct{} // one extraction per package and location at a time
 	busy     int
 	started  time.Time
+	// outbox settles the answers that hold nothing (outbox.go).
+	outbox *outbox
+	// cancels is the watched copy of the CANCELLED bucket (cancelview.go).
+	cancels *cancelView
 	// cancelKV is the CANCELLED bucket once the planner has created it.
 	cancelKV atomic.Pointer[jetstream.KeyValue]
 	// refsKV is the planner's PLANNER_REFS bucket once it exists.
@@ -105,6 +109,7 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 		backends: map[string]archive.Backend{},
 		reserved: map[string]int64{},
 		locks:    map[string]chan struct{}{},
+		cancels:  newCancelView(),
 		started:  time.Now().UTC(),
 		ready:    ready,
 	}
@@ -228,11 +233,14 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 
 	log.Info().Int("workers", cfg.Workers).Str("version", cfg.Version).Msg("stager started")
 	bg.Go(func() { s.beat(ctx, kv) })
+	bg.Go(func() { s.watchCancelled(ctx, log) })
 	bg.Go(func() { _ = deadRunner.Run(ctx) })
+	s.startOutbox(work, cfg.Workers)
 	var workers sync.WaitGroup
 	workers.Go(func() { _ = cleanRunner.Run(ctx) })
 	workers.Go(func() { _ = reqRunner.Run(ctx) })
 	workers.Wait()
+	s.closeOutbox()
 	stopWork()
 	bg.Wait()
 	select {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -381,5 +382,54 @@ func TestCancelledJobIsWithdrawn(t *testing.T) {
 		if _, err := event.Validate(raw); err != nil {
 			t.Errorf("%s does not validate: %v", e.ID, err)
 		}
+	}
+}
+
+// A cancel recorded while the stager runs reaches its watched view: the
+// job's next request is withdrawn without a KV get per request (every
+// check after the view loaded is answered by the view). On the code that
+// asked the bucket for every request there was no view to answer.
+func TestCancelledJobIsWithdrawnFromTheWatchedView(t *testing.T) {
+	w := newWorld(t)
+	kv, err := w.srv.JS.CreateOrUpdateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: subject.CancelledBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := w.config()
+	addr := freeAddr(t)
+	cfg.HTTPAddr = addr
+	w.start(cfg)
+	tb := samplePackage(t)
+	first := w.submit(request("job-live", w.put(w.archive, "pkg-live", tb)))
+	waitID[event.Done](t, w.rec, "done:"+first)
+
+	if _, err := kv.Put(t.Context(), "job-live", []byte("cancel:job-live")); err != nil {
+		t.Fatal(err)
+	}
+	// The view follows the bucket within the watch's delay; until then a
+	// request may still be staged, which is what a cancel right after the
+	// check always allowed.
+	var f event.Failed
+	poll.Until(t, 10*time.Second, "a request of the cancelled job withdrawn", poll.True(func() bool {
+		id := w.submit(request("job-live", w.put(w.archive, "pkg-live-"+strconv.Itoa(int(time.Now().UnixNano())), bytes(tb))))
+		for {
+			if e, ok := w.rec.byID("failed:" + id + ":1"); ok {
+				_ = json.Unmarshal(e.Data, &f)
+				return true
+			}
+			if _, ok := w.rec.byID("done:" + id); ok {
+				return false
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}))
+	if f.Reason != event.ReasonCancelled || !f.Permanent {
+		t.Errorf("failed = %+v, want a permanent cancelled", f)
+	}
+	if n := metric(addr, `stager_cancel_lookups_total{source="view"}`); n < 1 {
+		t.Errorf("no withdrawn check answered by the watched view (%v)", n)
+	}
+	if n := metric(addr, `stager_cancel_lookups_total{source="bucket"}`); n > 1 {
+		t.Errorf("%v withdrawn checks went to the bucket; want at most the first, before the view loaded", n)
 	}
 }

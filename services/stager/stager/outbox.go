@@ -1,0 +1,110 @@
+package stager
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ccatobs/ccat-staging/shared/bus"
+	"github.com/ccatobs/ccat-staging/shared/event"
+	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The outbox settles answers that hold nothing (the already_present
+// answers of presentUnleased) off the worker: the worker publishes the done
+// event asynchronously and goes on to its next request, and a settler acks
+// the request once the done's PubAck is in — ack only after the outcome is
+// durable, as succeed does, minus the worker's two idle round trips. An
+// answer that holds a lease or the in-process lock stays synchronous: those
+// are let go of only once the outcome is out.
+
+// outboxPubAckWait bounds the wait for a done's PubAck (the client sets no
+// timeout on asynchronous publishes); a request whose PubAck does not come
+// goes back, and its redelivery publishes the same done id again (the
+// stream drops the duplicate).
+const outboxPubAckWait = 10 * time.Second
+
+type pendingDone struct {
+	a    *attempt
+	done event.Done
+	fut  jetstream.PubAckFuture
+}
+
+type outbox struct {
+	q  chan pendingDone
+	wg sync.WaitGroup
+}
+
+// startOutbox starts n settlers; a worker waits for room when n*4 answers
+// already wait for their PubAck (then it is the broker that is slow, and
+// the worker should not fetch more).
+func (s *service) startOutbox(ctx context.Context, n int) {
+	o := &outbox{q: make(chan pendingDone, 4*n)}
+	for range n {
+		o.wg.Go(func() {
+			for p := range o.q {
+				s.settleDone(ctx, p)
+			}
+		})
+	}
+	s.outbox = o
+}
+
+// closeOutbox settles what is in the outbox and returns when it is empty;
+// called once no worker runs any more.
+func (s *service) closeOutbox() {
+	if s.outbox == nil {
+		return
+	}
+	close(s.outbox.q)
+	s.outbox.wg.Wait()
+}
+
+// succeedLater publishes done without waiting and leaves the ack to a
+// settler.
+func (s *service) succeedLater(ctx context.Context, a *attempt, done event.Done) {
+	env, err := event.New(s.source, "done:"+a.reqID, a.req.PackageID, done)
+	var fut jetstream.PubAckFuture
+	if err == nil {
+		m, merr := bus.Msg(subject.Done, env)
+		if err = merr; err == nil {
+			fut, err = s.js.PublishMsgAsync(m)
+		}
+	}
+	if err != nil {
+		s.m.outbox.WithLabelValues("nak").Inc()
+		a.log.Error().Err(err).Msg("publishing done; handing the request back")
+		s.nak(a, s.cfg.RetryBase)
+		return
+	}
+	select {
+	case s.outbox.q <- pendingDone{a: a, done: done, fut: fut}:
+	case <-ctx.Done():
+		// Shutting down with the outbox full: settle it here.
+		s.settleDone(ctx, pendingDone{a: a, done: done, fut: fut})
+	}
+}
+
+// settleDone acks the request once its done is stored, or hands it back.
+func (s *service) settleDone(ctx context.Context, p pendingDone) {
+	t := time.NewTimer(outboxPubAckWait)
+	defer t.Stop()
+	var err error
+	select {
+	case <-p.fut.Ok():
+	case err = <-p.fut.Err():
+	case <-t.C:
+		err = errors.New("no PubAck within " + outboxPubAckWait.String())
+	}
+	if err != nil {
+		s.m.outbox.WithLabelValues("nak").Inc()
+		p.a.log.Error().Err(err).Msg("publishing done; handing the request back")
+		s.nak(p.a, s.cfg.RetryBase)
+		return
+	}
+	s.m.outbox.WithLabelValues("acked").Inc()
+	s.succeeded(p.a, p.done)
+	s.ack(ctx, p.a)
+}
