@@ -25,9 +25,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
 	"github.com/ccatobs/ccat-staging/shared/fault"
+	"golang.org/x/sys/unix"
 )
 
 // Options describe what the stream must be.
@@ -66,6 +68,42 @@ type Options struct {
 	// Read, when not nil, is advanced by every byte read from the source, so
 	// the caller can report progress from another goroutine.
 	Read *atomic.Int64
+	// Sync chooses how the tree is made durable before Extract returns
+	// (SyncFile when empty). Either way nothing is returned as extracted
+	// before every byte and every directory entry is on stable storage.
+	Sync Sync
+
+	// syncfs stands for unix.Syncfs in tests that must see when the file
+	// system is synced or make it fail (nil: the real call).
+	syncfs func(fd int) error
+}
+
+// Sync is how an extraction is made durable.
+type Sync string
+
+const (
+	// SyncFile fsyncs every file as soon as it is written (in the
+	// background, while the next entry streams), then every directory:
+	// only this package's pages are waited for.
+	SyncFile Sync = "file"
+	// SyncFilesystem writes without any fsync and syncs the whole target
+	// file system once at the end (syncfs(2)), which lets the kernel write
+	// the package back in large sorted batches and commit the journal once
+	// instead of once per file; it also waits for whatever else is dirty
+	// on that file system (other writers' data), and reports write-back
+	// errors reliably only on Linux 5.8 and later.
+	SyncFilesystem Sync = "filesystem"
+)
+
+// ParseSync reads a location's setting: "", "file" or "filesystem".
+func ParseSync(s string) (Sync, error) {
+	switch Sync(s) {
+	case "":
+		return SyncFile, nil
+	case SyncFile, SyncFilesystem:
+		return Sync(s), nil
+	}
+	return "", fmt.Errorf("sync %q: want file or filesystem", s)
 }
 
 // Result describes what was written.
@@ -74,6 +112,10 @@ type Result struct {
 	Dirs   int
 	Bytes  int64  // bytes of the tar stream read
 	SHA256 string // hex digest of the tar stream
+	// Synced is how long Extract waited, after the last entry was
+	// written, for the tree to become durable (the background fsyncs
+	// draining and the directories' fsyncs, or the one syncfs).
+	Synced time.Duration
 }
 
 // Files lists the regular files an extraction wrote without holding their
@@ -127,7 +169,8 @@ const (
 )
 
 // Extract reads the tar stream src and unpacks it under dir, which must exist
-// and be empty; it syncs every file and directory it wrote before returning.
+// and be empty; every file and directory it wrote is durable before it
+// returns (o.Sync says how).
 // On error dir may hold a partial tree: the caller removes it. Errors carry a
 // fault reason: unsafe_archive (any structural fault of the archive:
 // unsafe names and links, duplicates, name conflicts), checksum_mismatch and
@@ -146,11 +189,24 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 	if o.FileMode == 0 {
 		o.FileMode = DefaultFileMode
 	}
+	if o.Sync == "" {
+		o.Sync = SyncFile
+	}
+	if o.syncfs == nil {
+		o.syncfs = unix.Syncfs
+	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return Result{}, fault.Transient(event.ReasonIOError, fmt.Errorf("open target %s: %w", dir, err))
 	}
 	defer root.Close()
+	// Opened before anything is written: syncfs reports the write-back
+	// errors of the file system since the descriptor was opened.
+	top, err := os.Open(dir)
+	if err != nil {
+		return Result{}, fault.Transient(event.ReasonIOError, fmt.Errorf("open target %s: %w", dir, err))
+	}
+	defer top.Close()
 
 	s := newSource(ctx, src, o)
 	defer close(s.quit)
@@ -162,9 +218,10 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 		buf:    make([]byte, bufSize(o.Size, copyBuf)),
 		fh:     sha256.New(),
 		hash:   o.HashFiles || len(o.Files) > 0,
-		syncer: newSyncer(),
+		syncer: newSyncer(o.Sync == SyncFile),
 	}
 	err = x.run()
+	written := time.Now()
 	if serr := x.syncer.wait(); err == nil && serr != nil {
 		err = serr
 	}
@@ -182,12 +239,26 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 	if err := x.checkManifest(); err != nil {
 		return Result{}, err
 	}
-	if err := x.syncDirs(); err != nil {
+	if err := x.makeDurable(top); err != nil {
 		return Result{}, err
 	}
+	synced := time.Since(written)
 	// Only names and files are needed from here on: the index goes.
 	x.t.slots = nil
-	return Result{Files: Files{t: x.t, hashed: x.hash}, Dirs: x.dirCount(), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil))}, nil
+	return Result{Files: Files{t: x.t, hashed: x.hash}, Dirs: x.dirCount(), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil)), Synced: synced}, nil
+}
+
+// makeDurable makes the directory entries durable (the files' data is, or,
+// with SyncFilesystem, becomes so here too), after the whole archive was
+// verified: a package that fails verification costs no sync.
+func (x *extractor) makeDurable(top *os.File) error {
+	if x.o.Sync != SyncFilesystem {
+		return x.syncDirs()
+	}
+	if err := x.o.syncfs(int(top.Fd())); err != nil {
+		return writeErr("syncfs of the target file system", &os.PathError{Op: "syncfs", Path: top.Name(), Err: err})
+	}
+	return nil
 }
 
 // source reads, hashes and counts the archive in its own goroutine and
@@ -771,12 +842,15 @@ func (x *extractor) syncDirs() error {
 }
 
 // syncer fsyncs and closes written files in the background, a bounded
-// number at a time, and reports the first failure.
+// number at a time, and reports the first failure. Without fsync (the
+// file system is synced once at the end) it only closes them, in the
+// extractor's goroutine: a close costs no disk wait.
 type syncer struct {
-	q    chan syncItem
-	done chan struct{}
-	mu   sync.Mutex
-	err  error
+	fsync bool
+	q     chan syncItem
+	done  chan struct{}
+	mu    sync.Mutex
+	err   error
 }
 
 type syncItem struct {
@@ -784,8 +858,12 @@ type syncItem struct {
 	name string
 }
 
-func newSyncer() *syncer {
-	s := &syncer{q: make(chan syncItem, 64), done: make(chan struct{})}
+func newSyncer(fsync bool) *syncer {
+	s := &syncer{fsync: fsync, q: make(chan syncItem, 64), done: make(chan struct{})}
+	if !fsync {
+		close(s.done)
+		return s
+	}
 	go func() {
 		defer close(s.done)
 		for it := range s.q {
@@ -813,6 +891,12 @@ func (s *syncer) add(f *os.File, name string) error {
 		f.Close()
 		return err
 	}
+	if !s.fsync {
+		if err := f.Close(); err != nil {
+			return writeErr("close "+name, err)
+		}
+		return nil
+	}
 	s.q <- syncItem{f, name}
 	return nil
 }
@@ -821,5 +905,7 @@ func (s *syncer) add(f *os.File, name string) error {
 func (s *syncer) wait() error {
 	close(s.q)
 	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.err
 }
