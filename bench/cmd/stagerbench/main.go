@@ -168,6 +168,10 @@ func run() error {
 				out := filepath.Join(procDir, fmt.Sprintf("tarfs-%d", i))
 				return sh(fmt.Sprintf(`set -e; mkdir -p %[1]s; tar -x -f %[2]s -C %[1]s; sync -f %[1]s`, out, tarPath))
 			}},
+			method{"tar -x + sync (all file systems, as bench bytes-disk)", func(i int) error {
+				out := filepath.Join(procDir, fmt.Sprintf("tarsync-%d", i))
+				return sh(fmt.Sprintf(`set -e; mkdir -p %[1]s; tar -x -f %[2]s -C %[1]s; sync`, out, tarPath))
+			}},
 			method{"tar -x, no sync", func(i int) error {
 				out := filepath.Join(procDir, fmt.Sprintf("tarns-%d", i))
 				return sh(fmt.Sprintf(`set -e; mkdir -p %[1]s; tar -x -f %[2]s -C %[1]s`, out, tarPath))

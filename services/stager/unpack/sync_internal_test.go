@@ -102,3 +102,41 @@ func TestParseSync(t *testing.T) {
 		t.Error(`ParseSync("none") accepted`)
 	}
 }
+
+// TestFileHashes: the per-file sums, computed off the extracting goroutine,
+// come out in file order and right for files of many chunks, empty files
+// and hard links (which take the sum of the file they link to).
+func TestFileHashes(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 300_000) // 4.8 MB: several 1 MiB chunks
+	tb := tartest.Build(t,
+		tartest.File("big.fits", big),
+		tartest.File("empty", ""),
+		tartest.File("small", "s"),
+		tartest.Hardlink("again.fits", "big.fits"),
+		tartest.File("last", "z"),
+	)
+	dir := filepath.Join(t.TempDir(), "pkg")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Extract(t.Context(), bytes.NewReader(tb), dir, Options{Size: int64(len(tb)), SHA256: tartest.SHA256(tb), HashFiles: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []event.File{
+		{Path: "big.fits", SizeBytes: int64(len(big)), SHA256: tartest.SHA256([]byte(big))},
+		{Path: "empty", SizeBytes: 0, SHA256: tartest.SHA256(nil)},
+		{Path: "small", SizeBytes: 1, SHA256: tartest.SHA256([]byte("s"))},
+		{Path: "again.fits", SizeBytes: int64(len(big)), SHA256: tartest.SHA256([]byte(big))},
+		{Path: "last", SizeBytes: 1, SHA256: tartest.SHA256([]byte("z"))},
+	}
+	got := res.Files.Slice()
+	if len(got) != len(want) {
+		t.Fatalf("files %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("file %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
