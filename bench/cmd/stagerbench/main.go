@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -59,6 +60,8 @@ func run() error {
 	realistic := flag.Bool("realistic", false, "a realistic package (bench/fixture: a few large files and thousands of 64–512 KiB files, checked against its manifest as the pipeline does) instead of -files equal files")
 	diag := flag.Bool("diag", false, "also measure the parts separately: read + sha256 only, the stager with one syncfs instead of per-file fsyncs, tar -x + syncfs")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the in-process stager runs to this file")
+	reuse := flag.Bool("reuse", false, "with -dir and -realistic: keep the package an earlier run wrote there (so two builds can be alternated on the same bytes)")
+	only := flag.String("only", "", "run only the methods whose name contains this")
 	flag.Parse()
 	n, err := parseSize(*size)
 	if err != nil {
@@ -82,10 +85,19 @@ func run() error {
 	var manifest []event.File
 	if *realistic {
 		spec := fixture.Realistic(n)
-		fmt.Printf("writing a realistic %d MiB package (%d large, %d small files) to %s …\n", n>>20, spec.Large, spec.Small, tarPath)
-		info, err := fixture.Write(tarPath, spec)
-		if err != nil {
-			return err
+		infoPath := tarPath + ".info.json"
+		var info fixture.Info
+		if b, err := os.ReadFile(infoPath); *reuse && err == nil && json.Unmarshal(b, &info) == nil {
+			fmt.Printf("reusing the package at %s\n", tarPath)
+		} else {
+			fmt.Printf("writing a realistic %d MiB package (%d large, %d small files) to %s …\n", n>>20, spec.Large, spec.Small, tarPath)
+			if info, err = fixture.Write(tarPath, spec); err != nil {
+				return err
+			}
+			b, _ := json.Marshal(info)
+			if err := os.WriteFile(infoPath, b, 0o644); err != nil {
+				return err
+			}
 		}
 		sum, manifest = strings.TrimPrefix(info.Checksum, "sha256:"), info.Files
 	} else {
@@ -186,6 +198,9 @@ func run() error {
 		methods = append(methods, method{"stager S3→disk (versitygw, one pass)", func(i int) error { return stage(b, "pkg.tar", 100+i) }})
 	}
 
+	if *only != "" {
+		methods = slices.DeleteFunc(methods, func(m method) bool { return !strings.Contains(m.name, *only) })
+	}
 	// Read the tar once so that every method starts from a warm page cache.
 	if err := sh("cat " + tarPath + " >/dev/null"); err != nil {
 		return err
@@ -212,6 +227,9 @@ func run() error {
 		}
 	}
 	base := median(all["bare tar -x"])
+	if base == 0 {
+		base = 1 // not run (-only): the ratio column is meaningless
+	}
 	fmt.Printf("\n%d MiB package, median of %d (methods alternate), data synced at the end of each unless said:\n", total>>20, *rounds)
 	fmt.Printf("%-48s %10s %10s %14s %14s %10s\n", "method", "seconds", "MB/s", "time ÷ tar -x", "bench RSS MB", "sync s")
 	for _, m := range methods {
