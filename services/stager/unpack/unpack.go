@@ -231,6 +231,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 	if serr := x.syncer.wait(); err == nil && serr != nil {
 		err = serr
 	}
+	synced := time.Since(written)
 	if err != nil {
 		return Result{}, s.classify(err)
 	}
@@ -245,10 +246,11 @@ func Extract(ctx context.Context, src io.Reader, dir string, o Options) (Result,
 	if err := x.checkManifest(); err != nil {
 		return Result{}, err
 	}
+	durable := time.Now()
 	if err := x.makeDurable(top); err != nil {
 		return Result{}, err
 	}
-	synced := time.Since(written)
+	synced += time.Since(durable)
 	// Only names and files are needed from here on: the index goes.
 	x.t.slots = nil
 	return Result{Files: Files{t: x.t, hashed: x.hash}, Dirs: x.dirCount(), Bytes: s.n, SHA256: hex.EncodeToString(s.h.Sum(nil)), Synced: synced}, nil
