@@ -870,24 +870,36 @@ func newSyncer(fsync bool) *syncer {
 		close(s.done)
 		return s
 	}
-	go func() {
-		defer close(s.done)
-		for it := range s.q {
-			err := it.f.Sync()
-			if cerr := it.f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				s.mu.Lock()
-				if s.err == nil {
-					s.err = writeErr("sync "+it.name, err)
+	var wg sync.WaitGroup
+	for range syncWorkers {
+		wg.Go(func() {
+			for it := range s.q {
+				err := it.f.Sync()
+				if cerr := it.f.Close(); err == nil {
+					err = cerr
 				}
-				s.mu.Unlock()
+				if err != nil {
+					s.mu.Lock()
+					if s.err == nil {
+						s.err = writeErr("sync "+it.name, err)
+					}
+					s.mu.Unlock()
+				}
 			}
-		}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(s.done)
 	}()
 	return s
 }
+
+// syncWorkers fsyncs may wait at once. On a journalling file system each
+// fsync of a small file waits for a journal commit; one at a time, a
+// package of thousands of small files waits for thousands of commits in
+// a row, while fsyncs waiting together join the same commit.
+const syncWorkers = 4
 
 func (s *syncer) add(f *os.File, name string) error {
 	s.mu.Lock()
