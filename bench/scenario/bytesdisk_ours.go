@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/bench/fixture"
@@ -26,13 +27,19 @@ type diskStager struct {
 	runID    string
 }
 
-func newDiskStager(ctx context.Context, env harness.Env, key string, info fixture.Info) (*diskStager, error) {
-	return newPipelineStager(ctx, env, system.DiskLTA, key, info, nil)
+// newDiskStager runs a pipeline whose processing location has the given
+// sync setting, in a work directory of its own (dir, under env.WorkDir).
+func newDiskStager(ctx context.Context, env harness.Env, dir, key string, info fixture.Info, sync string) (*diskStager, error) {
+	return newStager(ctx, env, filepath.Join(env.WorkDir, dir), system.DiskLTA, key, info, nil, sync)
 }
 
 func newPipelineStager(ctx context.Context, env harness.Env, location, key string, info fixture.Info, s3 *system.S3) (*diskStager, error) {
-	sys, err := system.New(ctx, system.Options{WorkDir: env.WorkDir, Log: env.Log.Level(zerolog.WarnLevel), S3: s3,
-		Env: map[string]string{"STAGER_WORKERS": "1"}})
+	return newStager(ctx, env, env.WorkDir, location, key, info, s3, "")
+}
+
+func newStager(ctx context.Context, env harness.Env, work, location, key string, info fixture.Info, s3 *system.S3, sync string) (*diskStager, error) {
+	sys, err := system.New(ctx, system.Options{WorkDir: work, Log: env.Log.Level(zerolog.WarnLevel), S3: s3,
+		Env: map[string]string{"STAGER_WORKERS": "1"}, Sync: sync})
 	if err != nil {
 		return nil, err
 	}

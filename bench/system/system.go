@@ -52,6 +52,9 @@ type Options struct {
 	Log      zerolog.Logger
 	// Env adds or overrides service environment variables (e.g. STAGER_WORKERS).
 	Env map[string]string
+	// Sync is the processing location's sync setting ("" = the stager's
+	// default, file).
+	Sync string
 }
 
 // System is a running bus and database plus the services started on it.
@@ -81,7 +84,7 @@ func New(ctx context.Context, o Options) (*System, error) {
 		}
 	}
 	topo := filepath.Join(o.WorkDir, "topology.yaml")
-	if err := os.WriteFile(topo, []byte(topology(s.LTA, s.Out, o.S3)), 0o644); err != nil {
+	if err := os.WriteFile(topo, []byte(topology(s.LTA, s.Out, o.S3, o.Sync)), 0o644); err != nil {
 		return nil, err
 	}
 	if o.MaxStore == 0 {
@@ -152,7 +155,7 @@ func envName(loc string) string {
 	return string(b)
 }
 
-func topology(lta, out string, s3 *S3) string {
+func topology(lta, out string, s3 *S3, sync string) string {
 	t := fmt.Sprintf(`sites:
   - name: %s
     locations:
@@ -167,6 +170,9 @@ func topology(lta, out string, s3 *S3) string {
         priority: 1
         path: %s
 `, Site, DiskLTA, lta, Processing, out)
+	if sync != "" {
+		t += "        sync: " + sync + "\n"
+	}
 	if s3 != nil {
 		t += fmt.Sprintf(`      - name: %s
         type: long_term_archive

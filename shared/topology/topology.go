@@ -81,7 +81,21 @@ type Location struct {
 	DirMode  Mode   `yaml:"dir_mode,omitempty"`
 	FileMode Mode   `yaml:"file_mode,omitempty"`
 	Group    string `yaml:"group,omitempty"`
+	// Sync is how the stager makes a package durable at a processing
+	// location before putting it in place: "file" (the default: fsync of
+	// every file and directory it wrote, waiting only for the package's
+	// own pages) or "filesystem" (no per-file fsync, one syncfs(2) of the
+	// location's file system at the end: faster for packages of many
+	// files, but it also waits for everything else dirty on that file
+	// system, so meant for a file system the stager has mostly to itself).
+	Sync string `yaml:"sync,omitempty"`
 }
+
+// The values of Location.Sync.
+const (
+	SyncFile       = "file"
+	SyncFilesystem = "filesystem"
+)
 
 // Mode is a permission mode written in octal; 0 means unset. Directories
 // may carry the setgid bit (fs.ModeSetgid), nothing may carry setuid or
@@ -273,6 +287,14 @@ func (l *Location) checkPerms(where string) []error {
 	var errs []error
 	if (l.DirMode != 0 || l.FileMode != 0 || l.Group != "") && l.Type != TypeProcessing {
 		errs = append(errs, fmt.Errorf("%s: dir_mode, file_mode and group apply to processing locations only", where))
+	}
+	switch l.Sync {
+	case "", SyncFile, SyncFilesystem:
+		if l.Sync != "" && l.Type != TypeProcessing {
+			errs = append(errs, fmt.Errorf("%s: sync applies to processing locations only", where))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("%s: sync %q: want %s or %s", where, l.Sync, SyncFile, SyncFilesystem))
 	}
 	if d := l.DirMode.Mode(); d != 0 {
 		if d&^(fs.ModePerm|fs.ModeSetgid) != 0 {

@@ -86,3 +86,34 @@ func TestPerms(t *testing.T) {
 		t.Error("group on an archive location accepted")
 	}
 }
+
+// A processing location chooses how packages are made durable; anything
+// but file or filesystem, or sync on an archive location, is refused.
+func TestSync(t *testing.T) {
+	tests := []struct {
+		name, loc, want, wantErr string
+	}{
+		{"absent", "{name: p, type: processing, storage: disk, path: /p}", "", ""},
+		{"file", "{name: p, type: processing, storage: disk, path: /p, sync: file}", "file", ""},
+		{"filesystem", "{name: p, type: processing, storage: disk, path: /p, sync: filesystem}", "filesystem", ""},
+		{"unknown", "{name: p, type: processing, storage: disk, path: /p, sync: never}", "", `sync "never"`},
+		{"archive", "{name: p, type: long_term_archive, storage: disk, path: /p, sync: file}", "", "processing locations only"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			topo, err := topology.Parse([]byte("sites:\n  - name: s\n    locations:\n      - " + tc.loc + "\n"))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Parse = %v, want error with %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l, _ := topo.Location("p"); l.Sync != tc.want {
+				t.Errorf("sync %q, want %q", l.Sync, tc.want)
+			}
+		})
+	}
+}

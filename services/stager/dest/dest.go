@@ -48,6 +48,9 @@ type Location struct {
 	Root     string
 	Instance string // path-safe instance name
 	Perms    Perms
+	// Sync is how a package extracted here is made durable before Commit
+	// puts it in place (unpack.SyncFile when empty).
+	Sync unpack.Sync
 	// noLock skips the commit lock: tests use it to stand for hosts whose
 	// file system does not share flocks.
 	noLock bool

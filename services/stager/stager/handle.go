@@ -236,11 +236,13 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		Size: a.req.SizeBytes, SHA256: sum, Files: files,
 		MaxEntries: s.cfg.MaxEntries, MaxTotalBytes: s.cfg.MaxUnpackedBytes, HashFiles: s.cfg.HashFiles, Read: &a.read,
 		DirMode: d.Perms.Dir(), FileMode: d.Perms.File(), ChangeGroup: d.Perms.ChangeGroup, GID: d.Perms.GID,
+		Sync: d.Sync,
 	})
 	s.m.bytes.Add(float64(a.read.Load()))
 	if err != nil {
 		return event.Done{}, err
 	}
+	s.m.syncWait.WithLabelValues(d.Name, string(d.Sync)).Observe(res.Synced.Seconds())
 	// A lease lost while extracting (this instance lost touch for longer
 	// than its TTL) may be another's now: do not put a copy in place that a
 	// deletion may be removing; the redelivery starts over.

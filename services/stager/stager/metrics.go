@@ -36,6 +36,11 @@ type metrics struct {
 	// manifests counts manifests fetched by reference, by outcome (ok,
 	// bad_manifest, io_error).
 	manifests *prometheus.CounterVec
+	// syncWait is how long each extraction waited for its tree to become
+	// durable after the last entry was written, by location and sync mode
+	// (file: the fsyncs draining and the directories'; filesystem: the one
+	// syncfs, which includes other writers' dirty data).
+	syncWait *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -108,7 +113,12 @@ func newMetrics() *metrics {
 		Name: "stager_quarantined_total",
 		Help: "Final paths that held something other than the package's verified copy, moved to <root>/.ccat-staging/quarantine (never deleted), by location.",
 	}, []string{"location"})
+	m.syncWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "stager_sync_wait_seconds",
+		Help:    "Per extraction, the wait after the last entry was written until the tree was durable, by location and sync mode (file, filesystem).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+	}, []string{"location", "mode"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.outbox, m.quarantined, m.manifests)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.outbox, m.quarantined, m.manifests, m.syncWait)
 	return m
 }

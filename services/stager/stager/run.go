@@ -19,6 +19,7 @@ import (
 
 	"github.com/ccatobs/ccat-staging/services/stager/archive"
 	"github.com/ccatobs/ccat-staging/services/stager/dest"
+	"github.com/ccatobs/ccat-staging/services/stager/unpack"
 	"github.com/ccatobs/ccat-staging/shared/bus"
 	"github.com/ccatobs/ccat-staging/shared/heartbeat"
 	"github.com/ccatobs/ccat-staging/shared/lease"
@@ -118,7 +119,11 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 		if err != nil {
 			return err
 		}
-		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance, Perms: perms}
+		sync, err := unpack.ParseSync(l.Sync)
+		if err != nil {
+			return fmt.Errorf("processing location %s: %w", l.Name, err)
+		}
+		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance, Perms: perms, Sync: sync}
 		if err := d.Prepare(); err != nil {
 			return err
 		}
