@@ -71,6 +71,7 @@ require (
 )
 
 replace (
+	github.com/ccatobs/ccat-staging/devkit/probe => ../devkit/probe
 	github.com/ccatobs/ccat-staging/schemas => ../schemas
 	github.com/ccatobs/ccat-staging/services/ledger => ../services/ledger
 	github.com/ccatobs/ccat-staging/services/planner => ../services/planner

@@ -50,3 +50,7 @@ require (
 )
 
 replace github.com/ccatobs/ccat-staging/schemas => ../schemas
+
+replace github.com/ccatobs/ccat-staging/devkit/probe => ../devkit/probe
+
+require github.com/ccatobs/ccat-staging/devkit/probe v0.0.0-00010101000000-000000000000

@@ -4,6 +4,7 @@ go 1.26.0
 
 replace (
 	github.com/ccatobs/ccat-staging/devkit => ../
+	github.com/ccatobs/ccat-staging/devkit/probe => ../probe
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/services/ledger => ../../services/ledger
 	github.com/ccatobs/ccat-staging/services/planner => ../../services/planner

@@ -68,6 +68,7 @@ require (
 )
 
 replace (
+	github.com/ccatobs/ccat-staging/devkit/probe => ../../devkit/probe
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/services/ledger => ../ledger
 	github.com/ccatobs/ccat-staging/services/planner => ../planner

@@ -53,8 +53,11 @@ require (
 )
 
 replace (
+	github.com/ccatobs/ccat-staging/devkit/probe => ../../devkit/probe
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )
 
 replace github.com/ccatobs/ccat-staging/devkit => ../../devkit
+
+require github.com/ccatobs/ccat-staging/devkit/probe v0.0.0-00010101000000-000000000000

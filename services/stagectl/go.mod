@@ -75,6 +75,7 @@ require (
 )
 
 replace (
+	github.com/ccatobs/ccat-staging/devkit/probe => ../../devkit/probe
 	github.com/ccatobs/ccat-staging/schemas => ../../schemas
 	github.com/ccatobs/ccat-staging/shared => ../../shared
 )

@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"github.com/ccatobs/ccat-staging/devkit/probe"
 	"net"
 	"strconv"
 	"strings"
@@ -54,7 +55,7 @@ func TestConnectGivesUpWithTheContext(t *testing.T) {
 // once traffic passes again.
 func TestConnectFindsAHalfOpenLink(t *testing.T) {
 	srv := jstest.New(t)
-	proxy := jstest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	proxy := probe.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
 	var mu sync.Mutex
 	var logs strings.Builder
 	log := zerolog.New(lockedBuilder{&mu, &logs})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ccatobs/ccat-staging/devkit/probe"
 	"slices"
 	"strings"
 	"sync"
@@ -304,7 +305,7 @@ func TestRunnerReadinessDuringAStall(t *testing.T) {
 	srv := jstest.New(t)
 	d := testDurable("stall")
 	provision(t, srv.JS, d)
-	proxy := jstest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	proxy := probe.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
 	// Long pings: the connection looks alive for the whole test.
 	nc, err := nats.Connect(proxy.URL, nats.PingInterval(time.Hour))
 	if err != nil {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"github.com/ccatobs/ccat-staging/devkit/probe"
 	"testing"
 
 	"github.com/ccatobs/ccat-staging/shared/internal/jstest"
@@ -12,46 +12,6 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/subject"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// watchedKV is the real bucket. It counts the calls that reach it and the
-// most running at once, and can cancel the caller's context at a given call:
-// what Add's worker pool promises is visible only from the bucket's side.
-type watchedKV struct {
-	jetstream.KeyValue
-	calls, now, peak atomic.Int64
-	cancelAt         int64
-	cancel           context.CancelFunc
-}
-
-func (k *watchedKV) enter() func() {
-	if n := k.calls.Add(1); n == k.cancelAt {
-		k.cancel()
-	}
-	cur := k.now.Add(1)
-	for p := k.peak.Load(); cur > p && !k.peak.CompareAndSwap(p, cur); p = k.peak.Load() {
-	}
-	return func() { k.now.Add(-1) }
-}
-
-func (k *watchedKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
-	defer k.enter()()
-	return k.KeyValue.Get(ctx, key)
-}
-
-func (k *watchedKV) Put(ctx context.Context, key string, v []byte) (uint64, error) {
-	defer k.enter()()
-	return k.KeyValue.Put(ctx, key, v)
-}
-
-func (k *watchedKV) Create(ctx context.Context, key string, v []byte, o ...jetstream.KVCreateOpt) (uint64, error) {
-	defer k.enter()()
-	return k.KeyValue.Create(ctx, key, v, o...)
-}
-
-func (k *watchedKV) Update(ctx context.Context, key string, v []byte, rev uint64) (uint64, error) {
-	defer k.enter()()
-	return k.KeyValue.Update(ctx, key, v, rev)
-}
 
 // Add writes at most parallel references at once; the first failure is
 // returned and stops every reference not yet started (with one worker:
@@ -96,7 +56,7 @@ func TestAddWorkerPool(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			kv := &watchedKV{KeyValue: raw, cancelAt: tc.cancelAt, cancel: cancel}
+			kv := &probe.WatchedKV{KeyValue: raw, CancelAt: tc.cancelAt, Cancel: cancel}
 
 			for range max(1, tc.rounds) {
 				err = refs.FromKV(kv).Add(ctx, "job-1", tc.refs, tc.parallel)
@@ -104,12 +64,12 @@ func TestAddWorkerPool(t *testing.T) {
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Add = %v, want %v", err, tc.wantErr)
 			}
-			t.Logf("%d bucket calls, at most %d at once", kv.calls.Load(), kv.peak.Load())
-			if p := kv.peak.Load(); p > int64(tc.parallel) {
+			t.Logf("%d bucket calls, at most %d at once", kv.Calls.Load(), kv.Peak.Load())
+			if p := kv.Peak.Load(); p > int64(tc.parallel) {
 				t.Errorf("%d bucket calls at once, want at most %d", p, tc.parallel)
 			}
-			if want := tc.maxCalls * int64(max(1, tc.rounds)); tc.maxCalls > 0 && kv.calls.Load() > want {
-				t.Errorf("%d bucket calls, want at most %d: the pool went on after the failure", kv.calls.Load(), want)
+			if want := tc.maxCalls * int64(max(1, tc.rounds)); tc.maxCalls > 0 && kv.Calls.Load() > want {
+				t.Errorf("%d bucket calls, want at most %d: the pool went on after the failure", kv.Calls.Load(), want)
 			}
 			items, err := refs.FromKV(raw).List(t.Context())
 			if err != nil {

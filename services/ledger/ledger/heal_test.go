@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/ccatobs/ccat-staging/devkit/poll"
+	"github.com/ccatobs/ccat-staging/devkit/probe"
 	"io"
 	"net/http"
 	"regexp"
@@ -103,7 +104,7 @@ func TestExplainRetryTimeFollowsTheStagersPolicy(t *testing.T) {
 func TestLedgerReadinessDuringAStall(t *testing.T) {
 	t.Parallel()
 	srv := bustest.New(t)
-	proxy := bustest.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
+	proxy := probe.NewProxy(t, strings.TrimPrefix(srv.URL, "nats://"))
 	e := &env{t: t, bus: srv}
 	cfg, err := ledger.ConfigFromEnv(func(k string) string {
 		return map[string]string{"NATS_URL": proxy.URL, "DATABASE_URL": dbtest.New(t), "LEDGER_HTTP_ADDR": "127.0.0.1:0",

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"github.com/ccatobs/ccat-staging/devkit/probe"
 	"testing"
 
 	"github.com/ccatobs/ccat-staging/devkit/bustest"
@@ -12,58 +12,6 @@ import (
 	"github.com/ccatobs/ccat-staging/services/planner/route"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// watchedKV is the real bucket. It counts the calls that reach it and the
-// most running at once, and can cancel the caller's context at a given call:
-// what a worker pool promises is visible only from the bucket's side.
-type watchedKV struct {
-	jetstream.KeyValue
-	calls, now, peak atomic.Int64
-	cancelAt         int64
-	cancel           context.CancelFunc
-}
-
-func (k *watchedKV) enter() func() {
-	if n := k.calls.Add(1); n == k.cancelAt {
-		k.cancel()
-	}
-	cur := k.now.Add(1)
-	for p := k.peak.Load(); cur > p && !k.peak.CompareAndSwap(p, cur); p = k.peak.Load() {
-	}
-	return func() { k.now.Add(-1) }
-}
-
-func (k *watchedKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
-	defer k.enter()()
-	return k.KeyValue.Get(ctx, key)
-}
-
-func (k *watchedKV) Put(ctx context.Context, key string, v []byte) (uint64, error) {
-	defer k.enter()()
-	return k.KeyValue.Put(ctx, key, v)
-}
-
-func (k *watchedKV) Create(ctx context.Context, key string, v []byte, o ...jetstream.KVCreateOpt) (uint64, error) {
-	defer k.enter()()
-	return k.KeyValue.Create(ctx, key, v, o...)
-}
-
-func (k *watchedKV) Update(ctx context.Context, key string, v []byte, rev uint64) (uint64, error) {
-	defer k.enter()()
-	return k.KeyValue.Update(ctx, key, v, rev)
-}
-
-// watchedJS opens buckets as usual and hands out kv in their place.
-type watchedJS struct {
-	jetstream.KeyValueManager
-	kv *watchedKV
-}
-
-func (j watchedJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	kv, err := j.KeyValueManager.CreateOrUpdateKeyValue(ctx, cfg)
-	j.kv.KeyValue = kv
-	return j.kv, err
-}
 
 // Lookup reads at most parallel keys at once (fewer than one counts as
 // one); the first failure is returned, with no partial map, and stops every
@@ -100,8 +48,8 @@ func TestLookupWorkerPool(t *testing.T) {
 			srv := bustest.New(t)
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			kv := &watchedKV{}
-			c, err := catalog.Open(t.Context(), watchedJS{srv.JS, kv}, 1)
+			kv := &probe.WatchedKV{}
+			c, err := catalog.Open(t.Context(), probe.WatchedJS{KeyValueManager: srv.JS, KV: kv}, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -111,23 +59,23 @@ func TestLookupWorkerPool(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			kv.calls.Store(0)
-			kv.peak.Store(0)
-			kv.cancelAt, kv.cancel = tc.cancelAt, cancel
+			kv.Calls.Store(0)
+			kv.Peak.Store(0)
+			kv.CancelAt, kv.Cancel = tc.cancelAt, cancel
 
 			var got map[string][]route.Copy
 			for range max(1, tc.rounds) {
 				got, err = c.Lookup(ctx, tc.ids, tc.parallel)
 			}
-			t.Logf("%d bucket calls, at most %d at once", kv.calls.Load(), kv.peak.Load())
+			t.Logf("%d bucket calls, at most %d at once", kv.Calls.Load(), kv.Peak.Load())
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Lookup = %v, want %v", err, tc.wantErr)
 			}
-			if p := kv.peak.Load(); p > int64(max(1, tc.parallel)) {
+			if p := kv.Peak.Load(); p > int64(max(1, tc.parallel)) {
 				t.Errorf("%d bucket calls at once, want at most %d", p, max(1, tc.parallel))
 			}
-			if want := tc.maxCalls * int64(max(1, tc.rounds)); tc.maxCalls > 0 && kv.calls.Load() > want {
-				t.Errorf("%d bucket calls, want at most %d: the pool went on after the failure", kv.calls.Load(), want)
+			if want := tc.maxCalls * int64(max(1, tc.rounds)); tc.maxCalls > 0 && kv.Calls.Load() > want {
+				t.Errorf("%d bucket calls, want at most %d: the pool went on after the failure", kv.Calls.Load(), want)
 			}
 			if tc.wantErr != nil && got != nil {
 				t.Errorf("Lookup failed and still returned %d packages", len(got))

@@ -1,4 +1,4 @@
-package jstest
+package probe
 
 import (
 	"io"
@@ -8,9 +8,6 @@ import (
 	"time"
 )
 
-// Proxy is a copy of devkit/bustest.Proxy for shared's own tests, which
-// cannot import devkit (see the package doc).
-//
 // Proxy is a TCP proxy between clients and a server that can black-hole
 // traffic without closing connections: while blocked it forwards nothing
 // in either direction, as a half-open link or a silent firewall does, and
