@@ -117,13 +117,7 @@ func runBytesS3LongLink(ctx context.Context, env harness.Env) ([]harness.Table, 
 	if ours != nil {
 		defer ours.Close()
 	}
-	type variant struct {
-		name    string
-		ours    bool
-		missing error
-		run     func(i int) (time.Duration, error)
-	}
-	variants := []variant{
+	variants := []byteVariant{
 		{name: "rclone cat | tar -x (one stream)", missing: rcloneErr, run: func(int) (time.Duration, error) {
 			return sh(ctx, fmt.Sprintf("mkdir -p %[2]s && %[1]s cat benchs3:%[3]s/raw/pkg.tar | tar -xf - -C %[2]s && sync", rcPrefix, quote(out), s3Bucket))
 		}},
@@ -134,45 +128,9 @@ func runBytesS3LongLink(ctx context.Context, env harness.Env) ([]harness.Table, 
 		{name: fmt.Sprintf("ccat-staging stager, %d parts × %d MiB (submit → done, unpack + verify)", longLinkStreams, longLinkPartSize>>20),
 			ours: true, missing: oursErr, run: func(i int) (time.Duration, error) { return ours.Stage(ctx, i) }},
 	}
-	rows := make([]harness.Row, len(variants))
-	for i, vr := range variants {
-		rows[i] = harness.Row{Name: vr.name, Ours: vr.ours}
-		if vr.missing != nil {
-			rows[i].Missing = "not measured: " + vr.missing.Error()
-		}
-	}
-	for r := range env.Repeat {
-		for i, vr := range variants {
-			if variants[i].missing != nil {
-				continue
-			}
-			if err := os.RemoveAll(out); err != nil {
-				return nil, err
-			}
-			if ours != nil {
-				if err := ours.Clean(); err != nil {
-					return nil, err
-				}
-			}
-			if err := syncAll(ctx); err != nil {
-				return nil, err
-			}
-			d, err := vr.run(r)
-			if err != nil {
-				rows[i].Missing = fmt.Sprintf("failed: %v", err)
-				variants[i].missing = err
-				env.Log.Error().Err(err).Str("variant", vr.name).Msg("bytes-s3-long-link variant failed")
-				continue
-			}
-			rows[i].Samples = append(rows[i].Samples, mbps(info.SizeBytes, d))
-			env.Log.Info().Str("variant", vr.name).Int("run", r+1).Dur("took", d).Float64("mb_per_s", mbps(info.SizeBytes, d)).Msg("bytes-s3-long-link")
-		}
-	}
-	_ = os.RemoveAll(out)
-	for i := range rows {
-		if rows[i].Missing != "" && len(rows[i].Samples) > 0 {
-			rows[i].Samples = nil
-		}
+	rows, err := measureBytes(ctx, env, "bytes-s3-long-link", variants, out, ours, info.SizeBytes)
+	if err != nil {
+		return nil, err
 	}
 	return []harness.Table{{
 		Title: fmt.Sprintf("S3 → disk across an emulated ~150 ms link, %.0f MB tar, %d files", float64(info.SizeBytes)/1e6, len(info.Files)),

@@ -155,13 +155,7 @@ func runBytesS3(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 	if ours != nil {
 		defer ours.Close()
 	}
-	type variant struct {
-		name    string
-		ours    bool
-		missing error
-		run     func(i int) (time.Duration, error)
-	}
-	variants := []variant{
+	variants := []byteVariant{
 		{name: "raw GET → /dev/null (curl)", run: func(int) (time.Duration, error) {
 			return sh(ctx, v.curl("-o /dev/null "+quote(v.url("raw/pkg.tar")))+"; sync")
 		}},
@@ -176,45 +170,9 @@ func runBytesS3(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 			return ours.Stage(ctx, i)
 		}},
 	}
-	rows := make([]harness.Row, len(variants))
-	for i, vr := range variants {
-		rows[i] = harness.Row{Name: vr.name, Ours: vr.ours}
-		if vr.missing != nil {
-			rows[i].Missing = "not measured: " + vr.missing.Error()
-		}
-	}
-	for r := range env.Repeat {
-		for i, vr := range variants {
-			if vr.missing != nil {
-				continue
-			}
-			if err := os.RemoveAll(out); err != nil {
-				return nil, err
-			}
-			if ours != nil {
-				if err := ours.Clean(); err != nil {
-					return nil, err
-				}
-			}
-			if err := syncAll(ctx); err != nil {
-				return nil, err
-			}
-			d, err := vr.run(r)
-			if err != nil {
-				rows[i].Missing = fmt.Sprintf("failed: %v", err)
-				variants[i].missing = err
-				env.Log.Error().Err(err).Str("variant", vr.name).Msg("bytes-s3 variant failed")
-				continue
-			}
-			rows[i].Samples = append(rows[i].Samples, mbps(info.SizeBytes, d))
-			env.Log.Info().Str("variant", vr.name).Int("run", r+1).Dur("took", d).Float64("mb_per_s", mbps(info.SizeBytes, d)).Msg("bytes-s3")
-		}
-	}
-	_ = os.RemoveAll(out)
-	for i := range rows {
-		if rows[i].Missing != "" && len(rows[i].Samples) > 0 {
-			rows[i].Samples = nil // a variant that failed part-way has no trustworthy median
-		}
+	rows, err := measureBytes(ctx, env, "bytes-s3", variants, out, ours, info.SizeBytes)
+	if err != nil {
+		return nil, err
 	}
 	return []harness.Table{{
 		Title: fmt.Sprintf("S3 → disk, %.0f MB tar, %d files", float64(info.SizeBytes)/1e6, len(info.Files)),
