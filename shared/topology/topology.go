@@ -108,10 +108,23 @@ func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
 		return fmt.Errorf("line %d: a mode is an octal number such as 2750", n.Line)
 	}
-	v := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	fm, err := ParseMode(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*m = Mode(fm)
+	return nil
+}
+
+// ParseMode reads a mode written in octal as chmod(1) reads it ("2750",
+// also "0o2750"), with its setuid, setgid and sticky bits. The topology,
+// the stager's verification record and stagectl verify all write modes
+// this way (Octal).
+func ParseMode(s string) (fs.FileMode, error) {
+	v := strings.TrimPrefix(strings.TrimPrefix(s, "0o"), "0O")
 	u, err := strconv.ParseUint(v, 8, 32)
 	if err != nil || u > 0o7777 {
-		return fmt.Errorf("line %d: mode %q is not an octal mode such as 2750", n.Line, n.Value)
+		return 0, fmt.Errorf("mode %q is not an octal mode such as 2750", s)
 	}
 	fm := fs.FileMode(u & 0o777)
 	if u&0o4000 != 0 {
@@ -123,8 +136,22 @@ func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 	if u&0o1000 != 0 {
 		fm |= fs.ModeSticky
 	}
-	*m = Mode(fm)
-	return nil
+	return fm, nil
+}
+
+// Octal writes m as chmod(1) reads it, ParseMode's inverse: "2750".
+func Octal(m fs.FileMode) string {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return fmt.Sprintf("%04o", u)
 }
 
 // Mode returns m as an fs.FileMode.

@@ -117,3 +117,21 @@ func TestSync(t *testing.T) {
 		})
 	}
 }
+
+// Every mode ParseMode reads, Octal writes back the same, special bits included.
+func TestModeRoundTrip(t *testing.T) {
+	for _, s := range []string{"0000", "0640", "0750", "2750", "4755", "1777", "7777"} {
+		m, err := topology.ParseMode(s)
+		if err != nil {
+			t.Fatalf("ParseMode(%q): %v", s, err)
+		}
+		if got := topology.Octal(m); got != s {
+			t.Errorf("Octal(ParseMode(%q)) = %q", s, got)
+		}
+	}
+	for _, s := range []string{"", "8", "27500", "rwx", "-1"} {
+		if _, err := topology.ParseMode(s); err == nil {
+			t.Errorf("ParseMode(%q) accepted", s)
+		}
+	}
+}

@@ -9,12 +9,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ccatobs/ccat-staging/shared/topology"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"syscall"
 
 	"github.com/ccatobs/ccat-staging/shared/event"
@@ -147,25 +147,6 @@ type Perms struct {
 	GID               int
 }
 
-// ParseMode reads a mode written in octal as chmod reads it ("2750").
-func ParseMode(s string) (fs.FileMode, error) {
-	u, err := strconv.ParseUint(s, 8, 32)
-	if err != nil || u > 0o7777 {
-		return 0, fmt.Errorf("mode %q is not octal", s)
-	}
-	m := fs.FileMode(u & 0o777)
-	if u&0o4000 != 0 {
-		m |= fs.ModeSetuid
-	}
-	if u&0o2000 != 0 {
-		m |= fs.ModeSetgid
-	}
-	if u&0o1000 != 0 {
-		m |= fs.ModeSticky
-	}
-	return m, nil
-}
-
 // Modes checks the modes and group of everything in dir against p. The
 // package directory must have exactly DirMode; below it an archive may have
 // narrowed the modes but never widened them: directories within DirMode
@@ -197,32 +178,18 @@ func Modes(pkg, dir string, p Perms) []Finding {
 		switch {
 		case m.IsDir() && rel == "":
 			if m.Perm() != p.DirMode.Perm() || special != p.DirMode&fs.ModeSetgid {
-				add(rel, ModeMismatch, fmt.Sprintf("package directory is %s, the location gives %s", octal(m), octal(p.DirMode)))
+				add(rel, ModeMismatch, fmt.Sprintf("package directory is %s, the location gives %s", topology.Octal(m), topology.Octal(p.DirMode)))
 			}
 		case m.IsDir():
 			if m.Perm()&^p.DirMode.Perm() != 0 || special != p.DirMode&fs.ModeSetgid {
-				add(rel, ModeMismatch, fmt.Sprintf("directory is %s, the location gives at most %s", octal(m), octal(p.DirMode)))
+				add(rel, ModeMismatch, fmt.Sprintf("directory is %s, the location gives at most %s", topology.Octal(m), topology.Octal(p.DirMode)))
 			}
 		case m.IsRegular():
 			if m.Perm()&^p.FileMode.Perm() != 0 || special != 0 {
-				add(rel, ModeMismatch, fmt.Sprintf("file is %s, the location gives at most %s", octal(m), octal(p.FileMode)))
+				add(rel, ModeMismatch, fmt.Sprintf("file is %s, the location gives at most %s", topology.Octal(m), topology.Octal(p.FileMode)))
 			}
 		}
 		return nil
 	})
 	return out
-}
-
-func octal(m fs.FileMode) string {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		u |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		u |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		u |= 0o1000
-	}
-	return fmt.Sprintf("%04o", u)
 }

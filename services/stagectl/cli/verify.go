@@ -348,8 +348,8 @@ func stagedPerms(root, pkg string) (audit.Perms, bool) {
 	if err := json.NewDecoder(f).Decode(&rec); err != nil || rec.DirMode == "" || rec.FileMode == "" || rec.GID == nil {
 		return audit.Perms{}, false
 	}
-	d, err1 := audit.ParseMode(rec.DirMode)
-	fm, err2 := audit.ParseMode(rec.FileMode)
+	d, err1 := topology.ParseMode(rec.DirMode)
+	fm, err2 := topology.ParseMode(rec.FileMode)
 	if err1 != nil || err2 != nil {
 		return audit.Perms{}, false
 	}

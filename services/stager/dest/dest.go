@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ccatobs/ccat-staging/shared/topology"
 	"io"
 	"io/fs"
 	"iter"
@@ -82,21 +83,6 @@ func (p Perms) File() fs.FileMode {
 		return unpack.DefaultFileMode
 	}
 	return p.FileMode
-}
-
-// Octal writes a mode as chmod(1) reads it: "2750".
-func Octal(m fs.FileMode) string {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetgid != 0 {
-		u |= 0o2000
-	}
-	if m&fs.ModeSetuid != 0 {
-		u |= 0o4000
-	}
-	if m&fs.ModeSticky != 0 {
-		u |= 0o1000
-	}
-	return fmt.Sprintf("%04o", u)
 }
 
 // Manifest is the record of a verified package.
@@ -376,7 +362,7 @@ func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
 		gid := int(sys.Gid)
 		m.GID = &gid
 	}
-	m.DirMode, m.FileMode, m.Group = Octal(l.Perms.Dir()), Octal(l.Perms.File()), l.Perms.Group
+	m.DirMode, m.FileMode, m.Group = topology.Octal(l.Perms.Dir()), topology.Octal(l.Perms.File()), l.Perms.Group
 	final := l.Final(pkg)
 	for try := 0; ; try++ {
 		if try == 5 {
