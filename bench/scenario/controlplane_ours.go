@@ -22,6 +22,9 @@ import (
 // control plane is measured.
 func startTiny(ctx context.Context, env harness.Env, dir string, n int, extra map[string]string, stagers int) (*system.System, []string, error) {
 	e := map[string]string{"STAGER_WORKERS": strconv.Itoa(floorWorkers)}
+	if w := os.Getenv("XW"); w != "" {
+		e["STAGER_WORKERS"] = w
+	}
 	for k, v := range extra {
 		e[k] = v
 	}
@@ -182,6 +185,9 @@ func pipelineTiny(ctx context.Context, env harness.Env, dir string, jobs, perJob
 	}
 	if len(lat) != len(pkgs) {
 		return tinyResult{}, fmt.Errorf("ledger has %d staging.done for %d packages", len(lat), len(pkgs))
+	}
+	if st, err := stageTimes(ctx, sys, sent, start); err == nil {
+		env.Log.Info().Str("stages", st.String()).Msg("control plane: where the time went")
 	}
 	return tinyResult{rate: float64(len(pkgs)) / end.Sub(start).Seconds(), latencyMs: lat}, nil
 }

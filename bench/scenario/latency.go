@@ -60,6 +60,9 @@ func runLatency(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 			return nil, err
 		}
 		lat, err := doneLatencies(ctx, sys, sent)
+		if st, serr := stageTimes(ctx, sys, sent, earliest(sent)); serr == nil {
+			env.Log.Info().Str("stages", st.String()).Msg("latency: where the time went")
+		}
 		if cerr := sys.Close(); cerr != nil {
 			env.Log.Warn().Err(cerr).Msg("close system")
 		}

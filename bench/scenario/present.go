@@ -89,7 +89,8 @@ func presentOnce(ctx context.Context, env harness.Env, dir string, n, perJob, jo
 	}
 	stop := env.Profile(fmt.Sprintf("already-present-%s", filepath.Base(dir)))
 	start := time.Now()
-	if _, err := submitJobs(ctx, sys, "present", pkgs, perJob, ""); err != nil {
+	presentSent, err := submitJobs(ctx, sys, "present", pkgs, perJob, "")
+	if err != nil {
 		stop()
 		return presentResult{}, err
 	}
@@ -99,6 +100,9 @@ func presentOnce(ctx context.Context, env harness.Env, dir string, n, perJob, jo
 		return presentResult{}, err
 	}
 	res := presentResult{rate: float64(n) / end.Sub(start).Seconds()}
+	if st, err := stageTimes(ctx, sys, presentSent, start); err == nil {
+		env.Log.Info().Str("stages", st.String()).Msg("already present, all at once: where the time went")
+	}
 	reqs, err := sys.JS.Stream(ctx, subject.RequestsStream)
 	if err != nil {
 		return presentResult{}, err
@@ -112,6 +116,9 @@ func presentOnce(ctx context.Context, env harness.Env, dir string, n, perJob, jo
 	}
 	if res.latencyMs, err = doneLatencies(ctx, sys, sent); err != nil {
 		return presentResult{}, err
+	}
+	if st, err := stageTimes(ctx, sys, sent, earliest(sent)); err == nil {
+		env.Log.Info().Str("stages", st.String()).Msg("already present, offered: where the time went")
 	}
 	// A package still in the planner's in-flight table when its next job
 	// is planned (the planner handles outcomes after the ledger, and the

@@ -45,7 +45,8 @@ type Mode int
 
 const (
 	// Stream keeps one pull subscription (a Messages iterator with idle
-	// heartbeats) per durable and handles its messages one at a time.
+	// heartbeats) per durable and handles its messages one at a time, or
+	// Workers at a time: in delivery order per Key when a Key is set.
 	Stream Mode = iota
 	// Priority has Workers workers fed by one dispatcher, which asks the
 	// durables in order with a no-wait fetch of as many messages as
@@ -70,9 +71,14 @@ type Runner struct {
 	Handler  Handler
 	Batch    BatchHandler
 
-	// Workers is how many messages are handled at once (Priority); the
-	// other modes run one handler (Batch: one batch handler) at a time.
+	// Workers is how many messages are handled at once (Priority,
+	// Stream); Batch runs one batch handler at a time.
 	Workers int
+	// Key, for a Stream runner with several workers, names what must be
+	// handled in delivery order: messages of one key go to one worker, one
+	// after the other (the planner's outcomes of one package). Nil: any
+	// idle worker takes the next message.
+	Key func(jetstream.Msg) string
 	// PullMax is how many messages a Stream subscription buffers; 0 = 1.
 	PullMax int
 	// PullExpiry bounds each pull request of a Stream subscription; the
@@ -143,7 +149,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	ds := make([]*durable, len(r.Durables))
 	capacity := 1
-	if r.Mode == Priority {
+	if r.Mode != Batch {
 		capacity = r.Workers
 	}
 	for i, d := range r.Durables {
@@ -177,15 +183,19 @@ func (r *Runner) defaults() error {
 		return errors.New("runner: batch mode needs a BatchHandler and one durable")
 	case r.Mode != Batch && r.Handler == nil:
 		return errors.New("runner: no handler")
-	case r.Mode == Stream && r.Workers > 1:
-		return errors.New("runner: stream mode handles one message at a time")
+	case r.Key != nil && r.Mode != Stream:
+		return errors.New("runner: only stream mode takes a Key")
 	}
 	if r.Health == nil {
 		r.Health = NewHealth(nil, 0)
 	}
 	r.Retry = r.Retry.WithDefaults()
 	r.Workers = max(r.Workers, 1)
+	// A Stream runner's workers can only be busy with what it buffered.
 	r.PullMax = max(r.PullMax, 1)
+	if r.Mode == Stream {
+		r.PullMax = max(r.PullMax, r.Workers)
+	}
 	if r.PullExpiry <= 0 {
 		r.PullExpiry = 5 * time.Second
 	}
@@ -318,6 +328,8 @@ func (r *Runner) fetchFailed(ctx context.Context, d *durable, err error) {
 // it ends before ctx: after a reset, a deleted consumer, a closed
 // subscription.
 func (r *Runner) stream(ctx context.Context, d *durable) {
+	handle, wait := r.lanes(ctx, d)
+	defer wait()
 	for ctx.Err() == nil {
 		c := r.handle(ctx, d)
 		if c == nil {
@@ -358,11 +370,67 @@ func (r *Runner) stream(ctx context.Context, d *durable) {
 				_ = m.Nak()
 				break
 			}
-			r.process(ctx, d, m)
+			handle(m)
 		}
 		stopOnCancel()
 		it.Stop()
 	}
+}
+
+// lanes returns how a Stream runner hands a delivered message to its
+// workers, and the wait for the last of them to finish. One worker: the
+// reading loop handles the message itself. Several without a Key: any idle
+// worker takes it. With a Key: the worker of its key's lane, so messages of
+// one key are handled in delivery order. The hand-over is unbuffered: the
+// loop reads the next message only once a worker has taken this one, so
+// what waits, waits in the subscription's buffer (PullMax) as before.
+// Workers finish the message in hand when ctx ends (process runs it under
+// Work, not ctx).
+func (r *Runner) lanes(ctx context.Context, d *durable) (handle func(jetstream.Msg), wait func()) {
+	if r.Workers == 1 {
+		return func(m jetstream.Msg) { r.process(ctx, d, m) }, func() {}
+	}
+	n := 1
+	if r.Key != nil {
+		n = r.Workers
+	}
+	chans := make([]chan jetstream.Msg, n)
+	var wg sync.WaitGroup
+	for i := range chans {
+		chans[i] = make(chan jetstream.Msg)
+		per := r.Workers / n
+		for range per {
+			wg.Go(func() {
+				for m := range chans[i] {
+					r.process(ctx, d, m)
+				}
+			})
+		}
+	}
+	handle = func(m jetstream.Msg) {
+		c := chans[0]
+		if r.Key != nil {
+			c = chans[laneOf(r.Key(m), n)]
+		}
+		c <- m
+	}
+	wait = func() {
+		for _, c := range chans {
+			close(c)
+		}
+		wg.Wait()
+	}
+	return handle, wait
+}
+
+// laneOf maps a key to one of n lanes (FNV-1a).
+func laneOf(key string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
 }
 
 // delivered is a message and the durable it came from.

@@ -616,3 +616,77 @@ func histogramMax(t *testing.T, h *Health, durable string) float64 {
 	}
 	return top
 }
+
+// A Stream runner with several workers handles that many messages at once;
+// with a Key, the messages of one key still one after the other, in the
+// order they were delivered.
+func TestStreamWorkers(t *testing.T) {
+	idOf := func(m jetstream.Msg) int {
+		env, err := event.Decode(m.Data())
+		if err != nil {
+			return -1
+		}
+		var i int
+		_, _ = fmt.Sscanf(env.ID, "e-%d", &i)
+		return i
+	}
+	const n, workers, keys = 48, 4, 8
+	for _, tt := range []struct {
+		name string
+		key  func(jetstream.Msg) string
+	}{
+		{"any worker", nil},
+		{"in order per key", func(m jetstream.Msg) string { return fmt.Sprint(idOf(m) % keys) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := jstest.New(t)
+			d := testDurable("workers")
+			d.Consumer.MaxAckPending = 1000
+			provision(t, srv.JS, d)
+			var (
+				mu      sync.Mutex
+				order   = map[int][]int{}
+				handled int
+				now     atomic.Int32
+				most    atomic.Int32
+			)
+			h := func(ctx context.Context, m jetstream.Msg) error {
+				c := now.Add(1)
+				defer now.Add(-1)
+				for p := most.Load(); c > p && !most.CompareAndSwap(p, c); p = most.Load() {
+				}
+				i := idOf(m)
+				time.Sleep(20 * time.Millisecond)
+				mu.Lock()
+				order[i%keys] = append(order[i%keys], i)
+				handled++
+				mu.Unlock()
+				return nil
+			}
+			startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Mode: Stream, Workers: workers, Key: tt.key,
+				Handler: h, Log: zerolog.Nop()})
+			publishEvents(t, srv.JS, "e", n)
+			jstest.Until(t, 20*time.Second, "every message handled", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return handled >= n
+			})
+			if got := most.Load(); got < 2 || got > workers {
+				t.Errorf("at most %d messages handled at once, want 2 … %d", got, workers)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if handled != n {
+				t.Errorf("handled %d messages, want %d (each once)", handled, n)
+			}
+			if tt.key == nil {
+				return
+			}
+			for k, ids := range order {
+				if !slices.IsSorted(ids) {
+					t.Errorf("key %d handled out of delivery order: %v", k, ids)
+				}
+			}
+		})
+	}
+}

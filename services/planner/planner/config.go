@@ -17,6 +17,8 @@ const (
 	EnvMaxPackages           = "PLANNER_MAX_PACKAGES"
 	EnvPublishWindow         = "PLANNER_PUBLISH_WINDOW"
 	EnvLookupParallel        = "PLANNER_LOOKUP_PARALLEL"
+	EnvSubmitWorkers         = "PLANNER_SUBMIT_WORKERS"
+	EnvOutcomeWorkers        = "PLANNER_OUTCOME_WORKERS"
 	EnvUnknownPackageRetries = "PLANNER_UNKNOWN_PACKAGE_RETRIES"
 	EnvUnknownPackageDelay   = "PLANNER_UNKNOWN_PACKAGE_DELAY"
 	EnvTopologyPoll          = "PLANNER_TOPOLOGY_POLL"
@@ -42,6 +44,12 @@ const (
 	DefaultMaxPackages           = 10000
 	DefaultPublishWindow         = 1024
 	DefaultLookupParallel        = 32
+	// DefaultSubmitWorkers and DefaultOutcomeWorkers are how many submits
+	// and outcomes one planner handles at once. Each costs a few broker
+	// round trips and little CPU, so a handful at once keeps the broker,
+	// not the round trips, the limit.
+	DefaultSubmitWorkers  = 8
+	DefaultOutcomeWorkers = 16
 	DefaultUnknownPackageRetries = 10
 	DefaultUnknownPackageDelay   = time.Second
 	DefaultTopologyPoll          = 5 * time.Second
@@ -92,6 +100,12 @@ type Config struct {
 	PublishWindow int
 	// LookupParallel bounds the concurrent catalog reads of one job.
 	LookupParallel int
+	// SubmitWorkers is how many submits are planned at once (jobs are
+	// independent: their claims and dedup entries are atomic KV writes).
+	SubmitWorkers int
+	// OutcomeWorkers is how many outcomes are recorded at once; those of
+	// one package in the order they were published.
+	OutcomeWorkers int
 	// UnknownPackageRetries is how many deliveries of a submit naming
 	// packages the catalog does not know wait for the catalog consumer to
 	// catch up before the submit is rejected with unknown_package.
@@ -174,6 +188,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		},
 		PublishWindow:         env.Int(EnvPublishWindow, DefaultPublishWindow),
 		LookupParallel:        env.Int(EnvLookupParallel, DefaultLookupParallel),
+		SubmitWorkers:         env.Int(EnvSubmitWorkers, DefaultSubmitWorkers),
+		OutcomeWorkers:        env.Int(EnvOutcomeWorkers, DefaultOutcomeWorkers),
 		UnknownPackageRetries: env.Int(EnvUnknownPackageRetries, DefaultUnknownPackageRetries),
 		UnknownPackageDelay:   env.Duration(EnvUnknownPackageDelay, DefaultUnknownPackageDelay),
 		TopologyPoll:          env.Duration(EnvTopologyPoll, DefaultTopologyPoll),
@@ -212,7 +228,7 @@ func (c Config) validate() error {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{EnvMaxPackages, c.MaxPackages}, {EnvPublishWindow, c.PublishWindow}, {EnvLookupParallel, c.LookupParallel}, {EnvUnknownPackageRetries, c.UnknownPackageRetries}, {EnvPlanPartBytes, c.PlanPartBytes}, {EnvMaxReissues, c.MaxReissues}} {
+	}{{EnvMaxPackages, c.MaxPackages}, {EnvPublishWindow, c.PublishWindow}, {EnvLookupParallel, c.LookupParallel}, {EnvSubmitWorkers, c.SubmitWorkers}, {EnvOutcomeWorkers, c.OutcomeWorkers}, {EnvUnknownPackageRetries, c.UnknownPackageRetries}, {EnvPlanPartBytes, c.PlanPartBytes}, {EnvMaxReissues, c.MaxReissues}} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (got %d)", n.name, n.v))
 		}
@@ -229,6 +245,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LookupParallel == 0 {
 		c.LookupParallel = DefaultLookupParallel
+	}
+	if c.SubmitWorkers == 0 {
+		c.SubmitWorkers = DefaultSubmitWorkers
+	}
+	if c.OutcomeWorkers == 0 {
+		c.OutcomeWorkers = DefaultOutcomeWorkers
 	}
 	if c.UnknownPackageRetries == 0 {
 		c.UnknownPackageRetries = DefaultUnknownPackageRetries

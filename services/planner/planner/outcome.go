@@ -2,6 +2,7 @@ package planner
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/ccatobs/ccat-staging/services/planner/outcomes"
@@ -11,6 +12,21 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/logx"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// outcomePackage is the order key of an outcome: the package it is about.
+// Outcomes of one package are recorded in the order they were published (a
+// request that failed for good, then its re-issue done); those of
+// different packages at once. A message that does not parse gets "", one
+// lane among the others, and is judged by handleOutcome.
+func outcomePackage(m jetstream.Msg) string {
+	var v struct {
+		Data struct {
+			PackageID string `json:"package_id"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(m.Data(), &v)
+	return v.Data.PackageID
+}
 
 // handleOutcome records a final outcome where the reconciler looks
 // (PLANNER_OUTCOMES) and frees a package at a location once the request

@@ -211,16 +211,19 @@ func run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	for _, c := range []struct {
 		durable bus.Durable
 		pull    int
+		workers int
+		key     func(jetstream.Msg) string
 		h       func(context.Context, jetstream.Msg)
 	}{
-		{bus.DurableOn(cfg.Streams, subject.ArchiveStream, catCfg), 64, s.handleArchive},
-		{bus.DurableOn(cfg.Streams, subject.EventsStream, subCfg), 1, s.handleSubmit},
-		{bus.DurableOn(cfg.Streams, subject.EventsStream, outCfg), 64, s.handleOutcome},
-		{canDurable, 16, s.handleCancel},
-		{relDurable, 16, s.handleRelease},
+		{bus.DurableOn(cfg.Streams, subject.ArchiveStream, catCfg), 64, 1, nil, s.handleArchive},
+		{bus.DurableOn(cfg.Streams, subject.EventsStream, subCfg), 1, cfg.SubmitWorkers, nil, s.handleSubmit},
+		{bus.DurableOn(cfg.Streams, subject.EventsStream, outCfg), 64, cfg.OutcomeWorkers, outcomePackage, s.handleOutcome},
+		{canDurable, 16, 1, nil, s.handleCancel},
+		{relDurable, 16, 1, nil, s.handleRelease},
 	} {
 		r := cfg.Consumers.Runner(js, health, log)
 		r.Durables, r.Mode, r.Handler = []bus.Durable{c.durable}, bus.Stream, settles(c.h)
+		r.Workers, r.Key = c.workers, c.key
 		r.PullMax, r.PullExpiry, r.HandleLimit = c.pull, pullExpiry, maxHandle
 		wg.Go(func() { _ = r.Run(runCtx) })
 	}
