@@ -22,9 +22,6 @@ import (
 // control plane is measured.
 func startTiny(ctx context.Context, env harness.Env, dir string, n int, extra map[string]string, stagers int) (*system.System, []string, error) {
 	e := map[string]string{"STAGER_WORKERS": strconv.Itoa(floorWorkers)}
-	if w := os.Getenv("XW"); w != "" {
-		e["STAGER_WORKERS"] = w
-	}
 	for k, v := range extra {
 		e[k] = v
 	}
