@@ -44,6 +44,12 @@ type attempt struct {
 	unlock func()
 	// unleased says presentUnleased answered: the answer holds nothing.
 	unleased bool
+	// handedOff says the outbox owns the attempt's outcome: it settles the
+	// message and lets go of the lease and the lock after the PubAck.
+	handedOff bool
+	// startedPub is the staging.started publication in flight; its PubAck is
+	// awaited before the done goes out (startedWait).
+	startedPub jetstream.PubAckFuture
 }
 
 func (a *attempt) outcome(s *service) event.Outcome {
@@ -105,23 +111,27 @@ func (s *service) handle(ctx context.Context, m jetstream.Msg) {
 	hctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go s.keepAlive(hctx, a)
-	// The copy is let go of only once the outcome is published.
+	// The copy is let go of only once the outcome is published: here, or
+	// by the outbox after the done's PubAck.
 	defer func() {
-		s.releaseLease(ctx, a.lease, a.log)
-		if a.unlock != nil {
-			a.unlock()
+		if !a.handedOff {
+			s.letGo(ctx, a)
 		}
 	}()
 
 	done, err := s.stage(hctx, a)
 	stop()
-	if err == nil && a.unleased && s.outbox != nil {
-		// Answered without holding anything (presentUnleased): the
-		// worker need not wait for the done's PubAck nor the ack.
+	if err == nil && s.outbox != nil {
+		// The outcome is decided and the copy (if any) committed: the
+		// worker need not wait for the done's PubAck, the ack, nor the
+		// lease's release. The outbox does them in that order and only
+		// then lets go of the lease and the lock.
+		s.startedWait(a)
 		s.succeedLater(ctx, a, done)
 		return
 	}
 	if err == nil {
+		s.startedWait(a)
 		s.succeed(ctx, a, done)
 		return
 	}
@@ -177,7 +187,9 @@ func (s *service) stage(ctx context.Context, a *attempt) (event.Done, error) {
 		a.unleased = true
 		return done, nil
 	}
-	if err := s.publish(ctx, subject.Started, "started:"+a.reqID+":"+strconv.Itoa(a.n), a.req.PackageID, event.Started{Outcome: a.outcome(s)}); err != nil {
+	// Published without waiting: its PubAck is awaited before the done
+	// (startedWait), while the lease is taken and the package staged.
+	if a.startedPub, err = s.publishAsync(subject.Started, "started:"+a.reqID+":"+strconv.Itoa(a.n), a.req.PackageID, event.Started{Outcome: a.outcome(s)}); err != nil {
 		return event.Done{}, fault.Transient(event.ReasonIOError, err)
 	}
 	// One owner of the copy at a time: this instance's workers queue on the
@@ -520,6 +532,45 @@ func (s *service) publish(ctx context.Context, subj, id, sub string, data event.
 	defer cancel()
 	_, err = bus.Publish(pctx, s.js, subj, env)
 	return err
+}
+
+// publishAsync publishes an event without waiting for its PubAck.
+func (s *service) publishAsync(subj, id, sub string, data event.Data) (jetstream.PubAckFuture, error) {
+	env, err := event.New(s.source, id, sub, data)
+	if err != nil {
+		return nil, err
+	}
+	m, err := bus.Msg(subj, env)
+	if err != nil {
+		return nil, err
+	}
+	return s.js.PublishMsgAsync(m)
+}
+
+// startedWait waits for the started event's PubAck, so the ledger never
+// gets a done before its started from this attempt. A started that did not
+// make it is only logged: the done carries its own attempt and time.
+func (s *service) startedWait(a *attempt) {
+	if a.startedPub == nil {
+		return
+	}
+	t := time.NewTimer(outboxPubAckWait)
+	defer t.Stop()
+	select {
+	case <-a.startedPub.Ok():
+	case err := <-a.startedPub.Err():
+		a.log.Warn().Err(err).Msg("started event not stored; the done says the attempt")
+	case <-t.C:
+		a.log.Warn().Msg("no PubAck for the started event; the done says the attempt")
+	}
+}
+
+// letGo releases the attempt's lease and in-process lock.
+func (s *service) letGo(ctx context.Context, a *attempt) {
+	s.releaseLease(ctx, a.lease, a.log)
+	if a.unlock != nil {
+		a.unlock()
+	}
 }
 
 // removeAll removes a temp dir; a dir that is already gone is fine.

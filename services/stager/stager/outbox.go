@@ -12,13 +12,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// The outbox settles answers that hold nothing (the already_present
-// answers of presentUnleased) off the worker: the worker publishes the done
-// event asynchronously and goes on to its next request, and a settler acks
-// the request once the done's PubAck is in — ack only after the outcome is
-// durable, as succeed does, minus the worker's two idle round trips. An
-// answer that holds a lease or the in-process lock stays synchronous: those
-// are let go of only once the outcome is out.
+// The outbox settles successful attempts off the worker: the worker
+// publishes the done event asynchronously and goes on to its next request,
+// and a settler acks the request once the done's PubAck is in — ack only
+// after the outcome is durable, as succeed does — and only then lets go of
+// what the attempt holds (the copy's lease and the in-process lock), so a
+// deletion still cannot take the copy before its done is stored. The
+// worker is spared the done's, the ack's and the release's round trips;
+// for tiny packages those were most of its time.
 
 // outboxPubAckWait bounds the wait for a done's PubAck (the client sets no
 // timeout on asynchronous publishes); a request whose PubAck does not come
@@ -79,6 +80,7 @@ func (s *service) succeedLater(ctx context.Context, a *attempt, done event.Done)
 		s.nak(a, s.cfg.RetryBase)
 		return
 	}
+	a.handedOff = true
 	select {
 	case s.outbox.q <- pendingDone{a: a, done: done, fut: fut}:
 	case <-ctx.Done():
@@ -87,8 +89,10 @@ func (s *service) succeedLater(ctx context.Context, a *attempt, done event.Done)
 	}
 }
 
-// settleDone acks the request once its done is stored, or hands it back.
+// settleDone acks the request once its done is stored, or hands it back,
+// and then lets go of the attempt's lease and lock.
 func (s *service) settleDone(ctx context.Context, p pendingDone) {
+	defer s.letGo(ctx, p.a)
 	t := time.NewTimer(outboxPubAckWait)
 	defer t.Stop()
 	var err error

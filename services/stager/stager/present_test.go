@@ -13,6 +13,7 @@ import (
 	"github.com/ccatobs/ccat-staging/shared/lease"
 	"github.com/ccatobs/ccat-staging/shared/refs"
 	"github.com/ccatobs/ccat-staging/shared/subject"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // leaseWrites is how many messages STAGER_LEASES has ever stored: every
@@ -36,8 +37,9 @@ func leaseWrites(w *world) uint64 {
 // code before the unleased check, it took and released the lease (two
 // writes) and published a started first.
 //
-// The answer is settled off the worker (the outbox): acked only after the
-// done's PubAck, so the request leaves the work queue after one delivery.
+// Every answer, the one that staged the copy too, is settled off the worker
+// (the outbox): acked only after the done's PubAck, so each request leaves
+// the work queue after one delivery.
 func TestAlreadyPresentTakesNoLeaseAndStartsNothing(t *testing.T) {
 	w := newWorld(t)
 	p := w.put(w.archive, "pkg-p", samplePackage(t))
@@ -66,8 +68,8 @@ func TestAlreadyPresentTakesNoLeaseAndStartsNothing(t *testing.T) {
 		t.Errorf("STAGER_LEASES went from %d to %d messages: already-present answers took the lease", before, after)
 	}
 	poll.Until(t, 5*time.Second, "the answered requests acked", poll.True(func() bool { return w.queued() == 0 }))
-	if n := metric(addr, `stager_outbox_settled_total{result="acked"}`); n != 2 {
-		t.Errorf("%v answers acked through the outbox, want 2", n)
+	if n := metric(addr, `stager_outbox_settled_total{result="acked"}`); n != 3 {
+		t.Errorf("%v answers acked through the outbox, want 3", n)
 	}
 	if n := len(w.rec.ofType(event.TypeDone, "")); n != 3 {
 		t.Errorf("%d done events, want 3 (one per request, no redelivery)", n)
@@ -157,5 +159,50 @@ func TestAlreadyPresentRacingDeletions(t *testing.T) {
 			t.Fatalf("round %d: %s completed (already_present %v) but its copy is gone: %v", i, job, d.AlreadyPresent, err)
 		}
 		prev = job
+	}
+}
+
+// A staged request's done goes out through the outbox, and the copy's
+// lease is let go of only after it: the lease's release marker is stored
+// after the done, so no deletion can take the copy while its done is not yet
+// durable. The started event is stored before the done.
+func TestLeaseOutlivesTheDone(t *testing.T) {
+	w := newWorld(t)
+	p := w.put(w.archive, "pkg-l", samplePackage(t))
+	w.start(w.config())
+	id := w.submit(request("job-l", p))
+	waitID[event.Done](t, w.rec, "done:"+id)
+	ctx := t.Context()
+	events, err := w.srv.JS.Stream(ctx, subject.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := events.GetLastMsgForSubject(ctx, subject.Done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, err := events.GetLastMsgForSubject(ctx, subject.Started)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if started.Sequence > done.Sequence {
+		t.Errorf("started stored at %d, after the done at %d", started.Sequence, done.Sequence)
+	}
+	leases, err := w.srv.JS.Stream(ctx, "KV_"+lease.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := "$KV." + lease.Bucket + "." + lease.Key(site, "proc", p.id)
+	var rel *jetstream.RawStreamMsg
+	poll.Until(t, 5*time.Second, "the lease released", poll.True(func() bool {
+		m, err := leases.GetLastMsgForSubject(ctx, subj)
+		if err != nil || m.Header.Get(jetstream.MarkerReasonHeader) == "" && len(m.Data) > 0 {
+			return false
+		}
+		rel = m
+		return true
+	}))
+	if rel.Time.Before(done.Time) {
+		t.Errorf("lease released at %s, before the done was stored at %s", rel.Time, done.Time)
 	}
 }
