@@ -39,17 +39,17 @@ const (
 
 // Defaults.
 const (
-	DefaultNATSURL               = "nats://127.0.0.1:4222"
-	DefaultHTTPAddr              = "127.0.0.1:9101"
-	DefaultMaxPackages           = 10000
-	DefaultPublishWindow         = 1024
-	DefaultLookupParallel        = 32
+	DefaultNATSURL        = "nats://127.0.0.1:4222"
+	DefaultHTTPAddr       = "127.0.0.1:9101"
+	DefaultMaxPackages    = 10000
+	DefaultPublishWindow  = 1024
+	DefaultLookupParallel = 32
 	// DefaultSubmitWorkers and DefaultOutcomeWorkers are how many submits
 	// and outcomes one planner handles at once. Each costs a few broker
 	// round trips and little CPU, so a handful at once keeps the broker,
 	// not the round trips, the limit.
-	DefaultSubmitWorkers  = 8
-	DefaultOutcomeWorkers = 16
+	DefaultSubmitWorkers         = 8
+	DefaultOutcomeWorkers        = 16
 	DefaultUnknownPackageRetries = 10
 	DefaultUnknownPackageDelay   = time.Second
 	DefaultTopologyPoll          = 5 * time.Second
