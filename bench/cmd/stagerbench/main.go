@@ -117,7 +117,8 @@ func run() error {
 		name string
 		run  func(i int) error
 	}
-	loc := dest.Location{Name: "proc", Root: procDir, Instance: "bench"}
+	// Committer: the stager's commit path (run.go), group commit included.
+	loc := dest.Location{Name: "proc", Root: procDir, Instance: "bench", Committer: dest.NewCommitter(nil)}
 	if err := loc.Prepare(); err != nil {
 		return err
 	}

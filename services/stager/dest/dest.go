@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -52,6 +53,9 @@ type Location struct {
 	// Sync is how a package extracted here is made durable before Commit
 	// puts it in place (unpack.SyncFile when empty).
 	Sync unpack.Sync
+	// Committer, when set, groups this location's commits (NewCommitter);
+	// nil commits each alone. Copies of the Location share it.
+	Committer *Committer
 	// noLock skips the commit lock: tests use it to stand for hosts whose
 	// file system does not share flocks.
 	noLock bool
@@ -347,62 +351,270 @@ func readRecord(r io.Reader, check func(*Manifest, event.File) bool) (Manifest, 
 // one step for all of them; the renames themselves use RENAME_NOREPLACE, so
 // even a writer outside that lock cannot have its copy replaced: a final
 // path that appears between the check and the rename is checked again.
+//
+// The record is written and fsynced before the lock is asked for. With a
+// Committer, the commits that queue up while one batch holds the lock are
+// the next batch, committed under one lock and made durable by one fsync
+// of the manifests directory and one of the root (see Committer).
 func (l Location) Commit(tmp, pkg string, m Manifest) (Committed, error) {
-	var c Committed
-	unlock, err := l.lock()
-	if err != nil {
-		return c, err
-	}
-	defer unlock()
 	st, err := os.Lstat(tmp)
 	if err != nil {
-		return c, ioErr("stat "+tmp, err)
+		return Committed{}, ioErr("stat "+tmp, err)
 	}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		gid := int(sys.Gid)
 		m.GID = &gid
 	}
 	m.DirMode, m.FileMode, m.Group = topology.Octal(l.Perms.Dir()), topology.Octal(l.Perms.File()), l.Perms.Group
-	final := l.Final(pkg)
-	for try := 0; ; try++ {
-		if try == 5 {
-			return c, ioErr("rename into place", fmt.Errorf("%s keeps changing under the commit", final))
+	rec, err := l.writeRecord(m)
+	if err != nil {
+		return Committed{}, err
+	}
+	p := &pending{tmp: tmp, pkg: pkg, m: m, rec: rec}
+	if l.Committer == nil {
+		l.commitUnderLock(func() []*pending { return []*pending{p} })
+		return p.c, p.err
+	}
+	return l.Committer.commit(l, p)
+}
+
+// Committer groups the commits of one location made in one process (group
+// commit): a commit queues; if no batch is being committed it leads one,
+// otherwise it waits. The leader takes the commit lock once, then takes
+// everything queued by then as its batch, commits each item as Commit
+// always has, makes the batch durable with one fsync of the manifests
+// directory and one of the root, releases the lock, passes the lead to the
+// first commit that queued meanwhile and hands each item its result. So a
+// commit alone waits for nothing more than before, and under load the
+// three fsyncs a package cost under the lock are two a batch. One
+// Committer serves one Location (all copies of its value); the zero
+// Location has none and commits alone.
+type Committer struct {
+	observe func(size int)
+
+	mu      sync.Mutex
+	queue   []*pending
+	leading bool // a commit is leading a batch; new ones queue for the next
+}
+
+// NewCommitter returns a Committer that reports the size of every batch to
+// observe (nil: not reported), after the batch's leader holds the lock.
+func NewCommitter(observe func(size int)) *Committer {
+	return &Committer{observe: observe}
+}
+
+// pending is one commit in a batch.
+type pending struct {
+	tmp, pkg string
+	m        Manifest
+	// rec is the record's temp file, written and fsynced before queueing;
+	// "" once it was renamed into place (a retry writes another).
+	rec   string
+	tries int
+	c     Committed
+	err   error
+	// turn gets one value: true to lead the next batch, or false when c
+	// and err are set.
+	turn chan bool
+}
+
+func (c *Committer) commit(l Location, p *pending) (Committed, error) {
+	p.turn = make(chan bool, 1)
+	c.mu.Lock()
+	c.queue = append(c.queue, p)
+	lead := !c.leading
+	c.leading = true
+	c.mu.Unlock()
+	if !lead && !<-p.turn {
+		return p.c, p.err
+	}
+	var batch []*pending
+	done := false
+	defer func() {
+		if !done {
+			// A panic in the batch (the stager's workers recover from
+			// panics): no follower may wait forever or take silence for
+			// success.
+			for _, q := range batch {
+				if q.err == nil {
+					q.err = fmt.Errorf("commit of %s: the batch was aborted", q.pkg)
+				}
+			}
 		}
+		c.mu.Lock()
+		if len(c.queue) > 0 {
+			c.queue[0].turn <- true
+		} else {
+			c.leading = false
+		}
+		c.mu.Unlock()
+		for _, q := range batch {
+			if q != p {
+				q.turn <- false
+			}
+		}
+	}()
+	l.commitUnderLock(func() []*pending {
+		c.mu.Lock()
+		batch = c.take()
+		c.mu.Unlock()
+		if c.observe != nil {
+			c.observe(len(batch))
+		}
+		return batch
+	})
+	done = true
+	return p.c, p.err
+}
+
+// take removes the next batch from the queue: the first commit of each
+// package, in order. A later commit of a package already in the batch waits
+// for the next one, so that it sees the first one's copy in place as a
+// commit after it always has (and the two never share a record path within
+// one round of renames). The queue's first commit (the leader's) is always
+// taken. Called with c.mu held.
+func (c *Committer) take() []*pending {
+	var batch, rest []*pending
+	seen := make(map[string]bool, len(c.queue))
+	for _, p := range c.queue {
+		if seen[p.pkg] {
+			rest = append(rest, p)
+			continue
+		}
+		seen[p.pkg] = true
+		batch = append(batch, p)
+	}
+	c.queue = rest
+	return batch
+}
+
+// commitUnderLock takes the commit lock, then the batch (so that commits
+// queued while the lock was awaited join it), and commits it. Every item
+// gets its result, and its record's temp file is gone when it returns.
+func (l Location) commitUnderLock(take func() []*pending) {
+	unlock, err := l.lock()
+	batch := take()
+	defer func() {
+		for _, p := range batch {
+			if p.rec != "" {
+				_ = os.Remove(p.rec)
+			}
+		}
+	}()
+	if err != nil {
+		for _, p := range batch {
+			p.err = err
+		}
+		return
+	}
+	defer unlock()
+	l.commitBatch(batch)
+}
+
+// commitBatch commits the items of a batch, each on its own (one's failure
+// is its own), except the two fsyncs the batch shares. It goes in rounds:
+// each item is checked, what is at its final path quarantined and its
+// record renamed into place; the manifests directory is fsynced; then the
+// trees are renamed into place, and an item whose final path was taken in
+// between goes round again. So a record is durable before its tree is at
+// the final path, as when every commit fsynced its own, and nobody is told
+// of success before the root's fsync made the rename durable. Called with
+// the commit lock held.
+func (l Location) commitBatch(batch []*pending) {
+	failAll := func(err error) {
+		for _, p := range batch {
+			if p.err == nil {
+				p.err = err
+			}
+		}
+	}
+	rootChanged := false
+	for round := batch; len(round) > 0; {
+		var ready []*pending
+		for _, p := range round {
+			if l.settle(p, &rootChanged) {
+				ready = append(ready, p)
+			}
+		}
+		if len(ready) > 0 {
+			dir := filepath.Join(l.Root, sidecar, "manifests")
+			if err := syncDir(dir); err != nil {
+				failAll(ioErr("sync "+dir, err))
+				return
+			}
+		}
+		round = nil
+		for _, p := range ready {
+			err := renameNoReplace(p.tmp, l.Final(p.pkg))
+			switch {
+			case err == nil:
+				rootChanged = true
+			case errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY):
+				round = append(round, p) // something appeared at final since the check: look again
+			default:
+				p.err = ioErr("rename into place", err)
+			}
+		}
+	}
+	if rootChanged {
+		if err := syncDir(l.Root); err != nil {
+			failAll(ioErr("sync "+l.Root, err))
+		}
+	}
+}
+
+// settle does for p what comes before its tree's rename: it looks at the
+// final path, ends p as Already when its verified copy is there, quarantines
+// anything else there, and renames p's record into place. It reports whether
+// p's tree is to be renamed; when not, p has its result. rootChanged is set
+// when the quarantine moved something out of (or back into) the root.
+func (l Location) settle(p *pending, rootChanged *bool) bool {
+	final := l.Final(p.pkg)
+	for {
+		if p.tries == 5 {
+			p.err = ioErr("rename into place", fmt.Errorf("%s keeps changing under the commit", final))
+			return false
+		}
+		p.tries++
 		// What is there is looked at before it is judged, so that the
 		// quarantine can tell whether it moves what was judged.
 		st, statErr := os.Lstat(final)
-		if _, ok := l.Present(pkg, m.Checksum); ok {
-			c.Already = true
-			return c, os.RemoveAll(tmp)
+		if _, ok := l.Present(p.pkg, p.m.Checksum); ok {
+			p.c.Already = true
+			p.err = os.RemoveAll(p.tmp)
+			return false
 		}
 		if statErr == nil {
-			q, back, err := l.quarantine(pkg, st)
+			q, back, err := l.quarantine(p.pkg, st)
 			if err != nil {
-				return c, err
+				p.err = err
+				return false
+			}
+			if q != "" || back {
+				*rootChanged = true
 			}
 			if back {
 				continue // it was a newer copy, put back: look again
 			}
 			if q != "" {
-				c.Quarantined = q
+				p.c.Quarantined = q
 			}
 		}
-		if err := l.writeManifest(m); err != nil {
-			return c, err
+		if p.rec == "" {
+			rec, err := l.writeRecord(p.m)
+			if err != nil {
+				p.err = err
+				return false
+			}
+			p.rec = rec
 		}
-		err := renameNoReplace(tmp, final)
-		if err == nil {
-			break
+		if err := os.Rename(p.rec, l.manifestPath(p.m.PackageID)); err != nil {
+			p.err = ioErr("rename manifest", err)
+			return false
 		}
-		if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
-			continue // something appeared at final since the check: look again
-		}
-		return c, ioErr("rename into place", err)
+		p.rec = ""
+		return true
 	}
-	if err := syncDir(l.Root); err != nil {
-		return c, ioErr("sync "+l.Root, err)
-	}
-	return c, nil
 }
 
 // quarantine moves what is at the final path of pkg to
@@ -488,36 +700,39 @@ func (l Location) lock() (func(), error) {
 	return func() { f.Close() }, nil // closing releases the lock
 }
 
-func (l Location) writeManifest(m Manifest) error {
+// writeRecord writes m to a new temp file beside the records and fsyncs
+// it, so that only its rename into place (and the directory's fsync) is
+// left for the commit lock. It returns the temp file's path.
+func (l Location) writeRecord(m Manifest) (string, error) {
 	dir := filepath.Dir(l.manifestPath(m.PackageID))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return ioErr("create "+dir, err)
+		return "", ioErr("create "+dir, err)
 	}
 	f, err := os.CreateTemp(dir, ".tmp-"+m.PackageID+"-")
 	if err != nil {
-		return ioErr("write manifest", err)
+		return "", ioErr("write manifest", err)
 	}
-	defer os.Remove(f.Name())
+	fail := func(what string, err error) (string, error) {
+		f.Close()
+		_ = os.Remove(f.Name())
+		return "", ioErr(what, err)
+	}
 	w := bufio.NewWriterSize(f, 64<<10)
 	err = encodeRecord(w, m)
 	if err == nil {
 		err = w.Flush()
 	}
 	if err != nil {
-		f.Close()
-		return ioErr("write manifest", err)
+		return fail("write manifest", err)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return ioErr("sync manifest", err)
+		return fail("sync manifest", err)
 	}
 	if err := f.Close(); err != nil {
-		return ioErr("close manifest", err)
+		_ = os.Remove(f.Name())
+		return "", ioErr("close manifest", err)
 	}
-	if err := os.Rename(f.Name(), l.manifestPath(m.PackageID)); err != nil {
-		return ioErr("rename manifest", err)
-	}
-	return syncDir(dir)
+	return f.Name(), nil
 }
 
 // encodeRecord writes m as JSON, its files one at a time: the head is

@@ -123,10 +123,12 @@ func TestQuarantineKeepsUserFiles(t *testing.T) {
 // same moment leave one verified copy, which both report (one placed it,
 // the other found it already present), and neither removes or quarantines
 // the other's verified copy. Many rounds, to meet the race.
-func TestConcurrentCommits(t *testing.T) {
+func TestConcurrentCommits(t *testing.T) { eachCommitter(t, testConcurrentCommits) }
+
+func testConcurrentCommits(t *testing.T, committer func() *dest.Committer) {
 	root := t.TempDir()
-	a := dest.Location{Name: "proc", Root: root, Instance: "a"}
-	b := dest.Location{Name: "proc", Root: root, Instance: "b"}
+	a := dest.Location{Name: "proc", Root: root, Instance: "a", Committer: committer()}
+	b := dest.Location{Name: "proc", Root: root, Instance: "b", Committer: committer()}
 	if err := a.Prepare(); err != nil {
 		t.Fatal(err)
 	}
@@ -189,9 +191,13 @@ func TestConcurrentCommits(t *testing.T) {
 // stale copy is quarantined once, and a verified copy moved by the other
 // instance's quarantine step is noticed and put back.
 func TestConcurrentCommitsWithoutLock(t *testing.T) {
+	eachCommitter(t, testConcurrentCommitsWithoutLock)
+}
+
+func testConcurrentCommitsWithoutLock(t *testing.T, committer func() *dest.Committer) {
 	root := shmDir(t) // fsync costs nothing there, so the commits overlap more
-	a := dest.WithoutLock(dest.Location{Name: "proc", Root: root, Instance: "a"})
-	b := dest.WithoutLock(dest.Location{Name: "proc", Root: root, Instance: "b"})
+	a := dest.WithoutLock(dest.Location{Name: "proc", Root: root, Instance: "a", Committer: committer()})
+	b := dest.WithoutLock(dest.Location{Name: "proc", Root: root, Instance: "b", Committer: committer()})
 	if err := a.Prepare(); err != nil {
 		t.Fatal(err)
 	}
@@ -263,6 +269,20 @@ func TestConcurrentCommitsWithoutLock(t *testing.T) {
 		if b, err := os.ReadFile(filepath.Join(root, ".ccat-staging", "quarantine", e.Name(), "f")); err != nil || string(b) != "stale" {
 			t.Errorf("quarantined %s holds %q, %v: a verified copy was quarantined", e.Name(), b, err)
 		}
+	}
+}
+
+// eachCommitter runs test with instances committing alone (no Committer)
+// and through a Committer each, as the stager's are.
+func eachCommitter(t *testing.T, test func(*testing.T, func() *dest.Committer)) {
+	for _, tc := range []struct {
+		name      string
+		committer func() *dest.Committer
+	}{
+		{"alone", func() *dest.Committer { return nil }},
+		{"grouped", func() *dest.Committer { return dest.NewCommitter(nil) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { test(t, tc.committer) })
 	}
 }
 

@@ -41,6 +41,9 @@ type metrics struct {
 	// (file: the fsyncs draining and the directories'; filesystem: the one
 	// syncfs, which includes other writers' dirty data).
 	syncWait *prometheus.HistogramVec
+	// commitBatch is how many commits each taking of a location's commit
+	// lock put in place (dest.Committer): 1 when commits do not overlap.
+	commitBatch *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -118,7 +121,12 @@ func newMetrics() *metrics {
 		Help:    "Per extraction, the wait after the last entry was written until the tree was durable, by location and sync mode (file, filesystem).",
 		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 	}, []string{"location", "mode"})
+	m.commitBatch = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "stager_commit_batch_size",
+		Help:    "Commits per batch of the group commit (one taking of the location's commit lock, one fsync of its manifests directory and one of its root), by location.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	}, []string{"location"})
 	m.reg.MustRegister(m.outcomes, m.bytes, m.inflight, m.duration, m.dead, m.cleanups, m.freed,
-		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.outbox, m.quarantined, m.manifests, m.syncWait)
+		m.leaseWaits, m.leaseWait, m.takeovers, m.leaseLost, m.presentChecks, m.cancelLookups, m.outbox, m.quarantined, m.manifests, m.syncWait, m.commitBatch)
 	return m
 }

@@ -123,7 +123,9 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 		if err != nil {
 			return fmt.Errorf("processing location %s: %w", l.Name, err)
 		}
-		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance, Perms: perms, Sync: sync}
+		batches := s.m.commitBatch.WithLabelValues(l.Name)
+		d := dest.Location{Name: l.Name, Root: l.Path, Instance: instance, Perms: perms, Sync: sync,
+			Committer: dest.NewCommitter(func(n int) { batches.Observe(float64(n)) })}
 		if err := d.Prepare(); err != nil {
 			return err
 		}

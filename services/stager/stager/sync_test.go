@@ -18,7 +18,8 @@ import (
 
 // TestSyncModes stages a package into a processing location set to each
 // sync mode: the package is in place, complete, and the wait for it to
-// become durable is counted under the location's mode. (That the sync
+// become durable is counted under the location's mode, and its commit as a
+// batch of one. (That the sync
 // comes before the commit and the done event is unpack's TestSyncOrder.)
 func TestSyncModes(t *testing.T) {
 	for _, tc := range []struct{ setting, mode string }{
@@ -75,6 +76,13 @@ func TestSyncModes(t *testing.T) {
 			resp.Body.Close()
 			if want := `stager_sync_wait_seconds_count{location="proc",mode="` + tc.mode + `"} 1`; !strings.Contains(string(b), want) {
 				t.Errorf("/metrics lacks %s", want)
+			}
+			// The one commit was a batch of its own (the group commit's
+			// batches are dest's TestGroupCommit).
+			for _, want := range []string{`stager_commit_batch_size_count{location="proc"} 1`, `stager_commit_batch_size_sum{location="proc"} 1`} {
+				if !strings.Contains(string(b), want) {
+					t.Errorf("/metrics lacks %s", want)
+				}
 			}
 		})
 	}
