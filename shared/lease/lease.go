@@ -207,6 +207,16 @@ type Lease struct {
 // returns a nil Lease and the current holder.
 func (s *Store) TryAcquire(ctx context.Context, key string, h Holder) (*Lease, *Current, error) {
 	subj := subjectOf(key)
+	// Most copies are new: a compare-and-set on "the key has no message"
+	// takes a never-held key (or one whose marker has expired) in one
+	// round trip. Anything else there (a holder, a marker) fails it, and
+	// the key is read as below.
+	first := s.stamp(h)
+	if rev, err := s.put(ctx, subj, first, 0); err == nil {
+		return s.held(ctx, key, subj, first, rev, false), nil, nil
+	} else if !errors.Is(err, ErrLost) {
+		return nil, nil, fmt.Errorf("lease %s: %w", key, err)
+	}
 	var expect uint64
 	takeover := false
 	// The read may come from a replica that lags (KV buckets allow direct
@@ -233,12 +243,7 @@ func (s *Store) TryAcquire(ctx context.Context, key string, h Holder) (*Lease, *
 		// after kill -9): nobody else can be using it.
 		expect, takeover = m.Sequence, true
 	}
-	if s.instance != "" {
-		h.Instance = s.instance
-	}
-	h.Run = s.run
-	now := time.Now().UTC()
-	h.Since, h.RenewedAt, h.TTLSeconds = now, now, s.ttl.Seconds()
+	h = s.stamp(h)
 	rev, err := s.put(ctx, subj, h, expect)
 	if errors.Is(err, ErrLost) {
 		// Somebody else took it between our read and our write.
@@ -251,11 +256,27 @@ func (s *Store) TryAcquire(ctx context.Context, key string, h Holder) (*Lease, *
 	if err != nil {
 		return nil, nil, fmt.Errorf("lease %s: %w", key, err)
 	}
+	return s.held(ctx, key, subj, h, rev, takeover), nil, nil
+}
+
+// stamp fills in what this store writes into every lease it takes.
+func (s *Store) stamp(h Holder) Holder {
+	if s.instance != "" {
+		h.Instance = s.instance
+	}
+	h.Run = s.run
+	now := time.Now().UTC()
+	h.Since, h.RenewedAt, h.TTLSeconds = now, now, s.ttl.Seconds()
+	return h
+}
+
+// held returns the lease just written at rev and starts its renewals.
+func (s *Store) held(ctx context.Context, key, subj string, h Holder, rev uint64, takeover bool) *Lease {
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	l := &Lease{st: s, key: key, subj: subj, TookOver: takeover, holder: h, rev: rev, renewed: time.Now(),
 		lost: make(chan struct{}), stop: stop, done: make(chan struct{})}
 	go l.keep(lctx)
-	return l, nil, nil
+	return l
 }
 
 // current reads the live holder of key; a zero Current when there is none.

@@ -389,3 +389,51 @@ func TestHeldThroughALeasesLife(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A key nobody ever held is taken in one round trip: the compare-and-set
+// publish alone, no read of the key before it (the old way read it first).
+// A key with a release marker on it still goes by the read.
+func TestNewKeyTakenWithoutARead(t *testing.T) {
+	srv := jstest.New(t)
+	st, _ := holderConn(t, srv, 5*time.Second)
+	ctx := t.Context()
+	var reads atomic.Int32
+	sub, err := srv.NC.Subscribe("$JS.API.>", func(m *nats.Msg) {
+		if m.Subject != "$JS.API.INFO" {
+			reads.Add(1)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := srv.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	key := lease.Key("s", "proc", "pkg-new")
+	l, cur, err := st.TryAcquire(ctx, key, lease.Holder{Purpose: lease.PurposeStage, JobID: "job-1"})
+	if err != nil || l == nil {
+		t.Fatalf("lease %v, holder %+v, err %v", l, cur, err)
+	}
+	if err := srv.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := reads.Load(); n != 0 {
+		t.Errorf("%d JetStream API requests to take a new key, want none (the publish alone)", n)
+	}
+	if l.TookOver {
+		t.Errorf("a new key's lease counted as a takeover")
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Released: a marker is there now, and the key is taken again by the
+	// read-then-write path.
+	l2, _, err := st.TryAcquire(ctx, key, lease.Holder{Purpose: lease.PurposeStage, JobID: "job-2"})
+	if err != nil || l2 == nil {
+		t.Fatalf("taking a released key: %v, %v", l2, err)
+	}
+	if err := l2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
