@@ -885,7 +885,7 @@ func permissionCases(fx fixture) []permCase {
 		{"stager-cologne", "stores a manifest", objPut(manifestSum(2)), "$O.MANIFESTS.", ""},
 		{"stager-cologne", "reads and claims its site's PLANNER_REFS entry", then(kvGet(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-1"), kvPut(subject.PlannerRefsBucket, "cologne.cologne-proc.pkg-2")), "", ""},
 		{"stager-cologne", "takes, renews and releases a lease of its site's copy", takeLease("cologne"), "", ""},
-		{"stager-cologne", "takes a lease of another site's copy", takeLease("us"), "$JS.API.DIRECT.GET.KV_STAGER_LEASES.$KV.STAGER_LEASES.us.us-proc.pkg-1", ""},
+		{"stager-cologne", "takes a lease of another site's copy", takeLease("us"), "$KV.STAGER_LEASES.us.us-proc.pkg-1", ""},
 		{"stager-cologne", "claims another site's PLANNER_REFS entry", kvPut(subject.PlannerRefsBucket, "us.us-proc.pkg-1"), "$KV.PLANNER_REFS.us.us-proc.pkg-1", ""},
 		{"stager-cologne", "fetches from stager-us-cleanup", rawNext(cl, subject.StagerCleanupDurable("us")), "$JS.API.CONSUMER.MSG.NEXT.STAGING_CLEANUP.stager-us-cleanup", ""},
 		{"stager-cologne", "publishes deletion work", publish(subject.Cleanup("cologne"), cleanup("cologne")), "staging.cleanup.cologne", ""},
