@@ -21,17 +21,46 @@ type delivery struct {
 	retry      Retry
 	maxDeliver int // the durable's MaxDeliver (0: unlimited)
 
-	mu      sync.Mutex
-	replied string // ack, nak, term
-	reason  string
+	// onVerdict is told the first reply (the runner counts it), whenever
+	// it comes: a deferred message is settled after its handler returned.
+	onVerdict func(v, reason string)
+
+	mu       sync.Mutex
+	replied  string // ack, nak, term
+	reason   string
+	deferred bool // the handler settles it later (Defer)
 }
 
 func (d *delivery) mark(v, reason string) {
 	d.mu.Lock()
-	if d.replied == "" {
+	first := d.replied == ""
+	if first {
 		d.replied, d.reason = v, reason
 	}
 	d.mu.Unlock()
+	if first && d.onVerdict != nil {
+		d.onVerdict(v, reason)
+	}
+}
+
+// Defer tells the Runner that delivered m not to settle it when the
+// handler returns: the handler has handed m to something that settles it
+// later (the stager's outbox acks a request only once its done's PubAck
+// is in). Without it the runner acks a message its handler left unsettled,
+// before the effect the ack stands for is durable. A message not from a
+// Runner needs nothing.
+func Defer(m jetstream.Msg) {
+	if d, ok := m.(*delivery); ok {
+		d.mu.Lock()
+		d.deferred = true
+		d.mu.Unlock()
+	}
+}
+
+func (d *delivery) isDeferred() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.deferred
 }
 
 func (d *delivery) verdict() (string, string) {

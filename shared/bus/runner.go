@@ -637,7 +637,9 @@ func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 	if n > 1 {
 		r.Health.m.redelivered.WithLabelValues(name).Inc()
 	}
-	dm := &delivery{Msg: m, retry: r.Retry, maxDeliver: d.Consumer.MaxDeliver}
+	dm := &delivery{Msg: m, retry: r.Retry, maxDeliver: d.Consumer.MaxDeliver, onVerdict: func(v, reason string) {
+		r.Health.m.settled.WithLabelValues(name, v, reason).Inc()
+	}}
 	if r.Decode {
 		if _, err := event.Decode(m.Data()); err != nil {
 			reason := event.ReasonInvalidEnvelope
@@ -647,7 +649,6 @@ func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 			r.Health.m.undecodable.WithLabelValues(name, reason).Inc()
 			log.Error().Err(err).Str("reason", reason).Msg("not a valid event; terminating it")
 			r.settle(ctx, dm, fault.Permanent(reason, err), log)
-			r.record(name, dm)
 			return
 		}
 	}
@@ -667,7 +668,6 @@ func (r *Runner) process(ctx context.Context, d *durable, m jetstream.Msg) {
 	err := r.call(hctx, dm, log)
 	cancel()
 	r.settle(ctx, dm, err, log)
-	r.record(name, dm)
 }
 
 // call runs the handler; a panic is a transient failure of this message,
@@ -715,13 +715,15 @@ func (r *Runner) settle(ctx context.Context, m *delivery, err error, log zerolog
 	if v, _ := m.verdict(); v != "" {
 		return
 	}
-	Settle(ctx, m, err, log)
-}
-
-func (r *Runner) record(durable string, m *delivery) {
-	if v, reason := m.verdict(); v != "" {
-		r.Health.m.settled.WithLabelValues(durable, v, reason).Inc()
+	if m.isDeferred() {
+		if err != nil {
+			// A handler that deferred the message and then failed still
+			// gets its error heard; the message is its to settle.
+			log.Warn().Err(err).Msg("handler deferred the message and returned an error; leaving it to be settled")
+		}
+		return
 	}
+	Settle(ctx, m, err, log)
 }
 
 // watch polls the durable's consumer info every PollInterval: it feeds the

@@ -690,3 +690,41 @@ func TestStreamWorkers(t *testing.T) {
 		})
 	}
 }
+
+// A handler that defers its message settles it itself, after it returned:
+// the runner neither acks it on return nor settles it twice. Here the first
+// delivery is handed back (Nak) a while after the handler returned, so the
+// message comes again; had the runner acked it on return, it would not.
+// The late verdicts are counted like any other.
+func TestDeferredMessageIsTheHandlersToSettle(t *testing.T) {
+	srv := jstest.New(t)
+	d := testDurable("deferred")
+	provision(t, srv.JS, d)
+	var deliveries atomic.Int32
+	h := NewHealth(nil, time.Minute)
+	handler := func(ctx context.Context, m jetstream.Msg) error {
+		n := deliveries.Add(1)
+		Defer(m)
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			if n == 1 {
+				_ = m.Nak()
+				return
+			}
+			_ = m.DoubleAck(context.Background())
+		}()
+		return nil
+	}
+	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Mode: Stream, Handler: handler, Health: h, Log: zerolog.Nop()})
+	publishEvents(t, srv.JS, "d", 1)
+	jstest.Until(t, 10*time.Second, "the deferred message delivered again and acked", func() bool {
+		return deliveries.Load() >= 2 && testutil.ToFloat64(h.m.settled.WithLabelValues("deferred", "ack", "")) == 1
+	})
+	if got := testutil.ToFloat64(h.m.settled.WithLabelValues("deferred", "nak", "")); got != 1 {
+		t.Errorf("settled{nak} = %v, want 1", got)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := deliveries.Load(); n != 2 {
+		t.Errorf("%d deliveries, want 2 (handed back once, then acked)", n)
+	}
+}

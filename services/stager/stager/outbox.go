@@ -80,6 +80,9 @@ func (s *service) succeedLater(ctx context.Context, a *attempt, done event.Done)
 		s.nak(a, s.cfg.RetryBase)
 		return
 	}
+	// The runner must not ack the request when handle returns: the
+	// settler does, once the done is stored.
+	bus.Defer(a.msg)
 	a.handedOff = true
 	select {
 	case s.outbox.q <- pendingDone{a: a, done: done, fut: fut}:

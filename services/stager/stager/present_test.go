@@ -206,3 +206,49 @@ func TestLeaseOutlivesTheDone(t *testing.T) {
 		t.Errorf("lease released at %s, before the done was stored at %s", rel.Time, done.Time)
 	}
 }
+
+// A done the stream refuses to store leaves its request in the work queue:
+// the outbox hands it back and the redelivery answers again. The request is
+// acked only after its done is stored — on the code before, the runner
+// acked it as soon as the worker handed it to the outbox, so a done that
+// was never stored lost the request for good.
+func TestOutboxAcksOnlyAStoredDone(t *testing.T) {
+	w := newWorld(t)
+	p := w.put(w.archive, "pkg-o", samplePackage(t))
+	cfg := w.config()
+	cfg.RetryBase, cfg.RetryMax = 2*time.Second, 2*time.Second
+	addr := freeAddr(t)
+	cfg.HTTPAddr = addr
+	w.start(cfg)
+	first := w.submit(request("job-a", p))
+	waitID[event.Done](t, w.rec, "done:"+first)
+	poll.Until(t, 5*time.Second, "the first request acked", poll.True(func() bool { return w.queued() == 0 }))
+
+	// The events stream refuses new messages while the answer goes out.
+	ctx := t.Context()
+	events, err := w.srv.JS.Stream(ctx, subject.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := events.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := info.Config
+	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
+	if _, err := w.srv.JS.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	second := w.submit(request("job-b", p))
+	poll.Until(t, 10*time.Second, "the unstored done handed back", poll.True(func() bool {
+		return metric(addr, `stager_outbox_settled_total{result="nak"}`) >= 1
+	}))
+	if _, err := w.srv.JS.UpdateStream(ctx, info.Config); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 20*time.Second, "the second done stored", poll.True(func() bool {
+		m, err := events.GetLastMsgForSubject(ctx, subject.Done)
+		return err == nil && m.Header.Get(jetstream.MsgIDHeader) == "done:"+second
+	}))
+	poll.Until(t, 5*time.Second, "the second request acked", poll.True(func() bool { return w.queued() == 0 }))
+}
