@@ -242,7 +242,10 @@ func start(ctx context.Context, cfg Config, log zerolog.Logger, ready func(net.A
 	bg.Go(func() { s.beat(ctx, kv) })
 	bg.Go(func() { s.watchCancelled(ctx, log) })
 	bg.Go(func() { _ = deadRunner.Run(ctx) })
-	s.startOutbox(work, cfg.Workers)
+	// Settlers wait on round trips (the done's PubAck, the ack, the
+	// lease's release), not on the disk: several per worker keep a worker
+	// from waiting for room in the outbox.
+	s.startOutbox(work, max(16, 4*cfg.Workers))
 	var workers sync.WaitGroup
 	workers.Go(func() { _ = cleanRunner.Run(ctx) })
 	workers.Go(func() { _ = reqRunner.Run(ctx) })
