@@ -32,6 +32,8 @@ func (d Durable) Name() string { return d.Consumer.Durable }
 // error (term, with its reason) or any other error (nak, delayed by the
 // Retry policy). A handler may settle the message itself (the older
 // handlers do, through Settle); the runner then only records the verdict.
+// A handler that hands the message on to be settled after it returns marks
+// it with Defer first, or the runner acks it on return.
 type Handler func(ctx context.Context, m jetstream.Msg) error
 
 // BatchHandler takes a fetched batch and settles every message itself
