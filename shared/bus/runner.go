@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -397,10 +398,10 @@ func (r *Runner) lanes(ctx context.Context, d *durable) (handle func(jetstream.M
 		n = r.Workers
 	}
 	chans := make([]chan jetstream.Msg, n)
+	per := r.Workers / n // workers per lane: all on the one lane, or one each
 	var wg sync.WaitGroup
 	for i := range chans {
 		chans[i] = make(chan jetstream.Msg)
-		per := r.Workers / n
 		for range per {
 			wg.Go(func() {
 				for m := range chans[i] {
@@ -425,14 +426,11 @@ func (r *Runner) lanes(ctx context.Context, d *durable) (handle func(jetstream.M
 	return handle, wait
 }
 
-// laneOf maps a key to one of n lanes (FNV-1a).
+// laneOf maps a key to one of n lanes.
 func laneOf(key string, n int) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
-	}
-	return int(h % uint32(n))
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
 }
 
 // delivered is a message and the durable it came from.

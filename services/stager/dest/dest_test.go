@@ -137,32 +137,7 @@ func testConcurrentCommits(t *testing.T, committer func() *dest.Committer) {
 		if _, err := a.Remove("p"); err != nil {
 			t.Fatal(err)
 		}
-		var tmps [2]string
-		var inos [2]uint64
-		for i, l := range []dest.Location{a, b} {
-			tmp, err := l.TempDir("p")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(tmp, "f"), []byte("one"), 0o640); err != nil {
-				t.Fatal(err)
-			}
-			tmps[i], inos[i] = tmp, inode(t, tmp)
-		}
-		var (
-			wg    sync.WaitGroup
-			start = make(chan struct{})
-			res   [2]dest.Committed
-			errs  [2]error
-		)
-		for i, l := range []dest.Location{a, b} {
-			wg.Go(func() {
-				<-start
-				res[i], errs[i] = l.Commit(tmps[i], "p", m)
-			})
-		}
-		close(start)
-		wg.Wait()
+		inos, res, errs := commitBoth(t, a, b, m)
 		if errs[0] != nil || errs[1] != nil {
 			t.Fatalf("round %d: Commit errors %v, %v", round, errs[0], errs[1])
 		}
@@ -214,32 +189,7 @@ func testConcurrentCommitsWithoutLock(t *testing.T, committer func() *dest.Commi
 		if err := os.WriteFile(filepath.Join(a.Final("p"), "f"), []byte("stale"), 0o640); err != nil {
 			t.Fatal(err)
 		}
-		var tmps [2]string
-		var inos [2]uint64
-		for i, l := range []dest.Location{a, b} {
-			tmp, err := l.TempDir("p")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(tmp, "f"), []byte("one"), 0o640); err != nil {
-				t.Fatal(err)
-			}
-			tmps[i], inos[i] = tmp, inode(t, tmp)
-		}
-		var (
-			wg    sync.WaitGroup
-			start = make(chan struct{})
-			res   [2]dest.Committed
-			errs  [2]error
-		)
-		for i, l := range []dest.Location{a, b} {
-			wg.Go(func() {
-				<-start
-				res[i], errs[i] = l.Commit(tmps[i], "p", m)
-			})
-		}
-		close(start)
-		wg.Wait()
+		inos, res, errs := commitBoth(t, a, b, m)
 		if errs[0] != nil || errs[1] != nil {
 			t.Fatalf("round %d: Commit errors %v, %v", round, errs[0], errs[1])
 		}
@@ -274,6 +224,35 @@ func testConcurrentCommitsWithoutLock(t *testing.T, committer func() *dest.Commi
 
 // eachCommitter runs test with instances committing alone (no Committer)
 // and through a Committer each, as the stager's are.
+// commitBoth extracts package "p" (one file f, "one") into a temp dir of
+// each of a and b and commits both at once. It returns the temp dirs'
+// inodes (to tell whose copy ended up in place) and each commit's result.
+func commitBoth(t *testing.T, a, b dest.Location, m dest.Manifest) (inos [2]uint64, res [2]dest.Committed, errs [2]error) {
+	t.Helper()
+	var tmps [2]string
+	for i, l := range []dest.Location{a, b} {
+		tmp, err := l.TempDir("p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tmp, "f"), []byte("one"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		tmps[i], inos[i] = tmp, inode(t, tmp)
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, l := range []dest.Location{a, b} {
+		wg.Go(func() {
+			<-start
+			res[i], errs[i] = l.Commit(tmps[i], "p", m)
+		})
+	}
+	close(start)
+	wg.Wait()
+	return inos, res, errs
+}
+
 func eachCommitter(t *testing.T, test func(*testing.T, func() *dest.Committer)) {
 	for _, tc := range []struct {
 		name      string

@@ -554,14 +554,8 @@ func (s *service) startedWait(a *attempt) {
 	if a.startedPub == nil {
 		return
 	}
-	t := time.NewTimer(outboxPubAckWait)
-	defer t.Stop()
-	select {
-	case <-a.startedPub.Ok():
-	case err := <-a.startedPub.Err():
+	if err := awaitPubAck(a.startedPub); err != nil {
 		a.log.Warn().Err(err).Msg("started event not stored; the done says the attempt")
-	case <-t.C:
-		a.log.Warn().Msg("no PubAck for the started event; the done says the attempt")
 	}
 }
 

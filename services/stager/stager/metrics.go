@@ -110,7 +110,7 @@ func newMetrics() *metrics {
 	}, []string{"source"})
 	m.outbox = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_outbox_settled_total",
-		Help: "Already-present answers published asynchronously and settled off the worker, by result: acked (after the done's PubAck) or nak (no PubAck: the request goes back).",
+		Help: "Successful attempts whose done was published asynchronously and settled off the worker, by result: acked (after the done's PubAck; then the lease and lock are let go of) or nak (no PubAck: the request goes back).",
 	}, []string{"result"})
 	m.quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stager_quarantined_total",

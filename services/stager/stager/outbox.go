@@ -92,20 +92,26 @@ func (s *service) succeedLater(ctx context.Context, a *attempt, done event.Done)
 	}
 }
 
+// awaitPubAck waits up to outboxPubAckWait for an asynchronous
+// publication's PubAck.
+func awaitPubAck(fut jetstream.PubAckFuture) error {
+	t := time.NewTimer(outboxPubAckWait)
+	defer t.Stop()
+	select {
+	case <-fut.Ok():
+		return nil
+	case err := <-fut.Err():
+		return err
+	case <-t.C:
+		return errors.New("no PubAck within " + outboxPubAckWait.String())
+	}
+}
+
 // settleDone acks the request once its done is stored, or hands it back,
 // and then lets go of the attempt's lease and lock.
 func (s *service) settleDone(ctx context.Context, p pendingDone) {
 	defer s.letGo(ctx, p.a)
-	t := time.NewTimer(outboxPubAckWait)
-	defer t.Stop()
-	var err error
-	select {
-	case <-p.fut.Ok():
-	case err = <-p.fut.Err():
-	case <-t.C:
-		err = errors.New("no PubAck within " + outboxPubAckWait.String())
-	}
-	if err != nil {
+	if err := awaitPubAck(p.fut); err != nil {
 		s.m.outbox.WithLabelValues("nak").Inc()
 		p.a.log.Error().Err(err).Msg("publishing done; handing the request back")
 		s.nak(p.a, s.cfg.RetryBase)
