@@ -202,6 +202,9 @@ type runnerMetrics struct {
 	// dispatched is how many messages each fetch round of a Priority
 	// runner's dispatcher handed out, by its first (highest) durable.
 	dispatched *prometheus.HistogramVec
+	// held is how many messages a Priority runner's dispatcher holds for
+	// a worker, by its first (highest) durable.
+	held *prometheus.GaugeVec
 }
 
 func newRunnerMetrics() *runnerMetrics {
@@ -230,14 +233,16 @@ func newRunnerMetrics() *runnerMetrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ccat_consumer_fetch_errors_total",
 			Help: "Failed pulls (broker away, consumer missing, heartbeats missed)."}, d),
 		dispatched: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ccat_consumer_dispatch_batch_messages",
-			Help:    "Messages handed to idle workers per fetch round of a priority runner (never more than its workers), by its highest durable.",
+			Help:    "Messages fetched per round of a priority runner (for idle workers, and while handling is fast for busy ones), by its highest durable.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, d),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ccat_consumer_dispatch_held_messages",
+			Help: "Messages a priority runner fetched and holds for a worker (ahead of busy workers only while handling is fast), by its highest durable."}, d),
 	}
 }
 
 func (m *runnerMetrics) register(reg prometheus.Registerer) {
 	reg.MustRegister(m.lastDelivery, m.pending, m.ackPending, m.stalled, m.delivered, m.redelivered,
-		m.settled, m.undecodable, m.reprovisions, m.resets, m.errors, m.dispatched)
+		m.settled, m.undecodable, m.reprovisions, m.resets, m.errors, m.dispatched, m.held)
 }
 
 // Environment variables of the consumer runners, the same in every service.

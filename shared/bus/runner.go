@@ -77,6 +77,10 @@ type Runner struct {
 	// Workers is how many messages are handled at once (Priority,
 	// Stream); Batch runs one batch handler at a time.
 	Workers int
+	// LookAhead is how many messages a Priority runner may fetch for
+	// workers still busy, while handling is fast (dispatch): 0 = Workers,
+	// negative = none.
+	LookAhead int
 	// Key, for a Stream runner with several workers, names what must be
 	// handled in delivery order: messages of one key go to one worker, one
 	// after the other (the planner's outcomes of one package). Nil: any
@@ -441,10 +445,23 @@ type delivered struct {
 
 // dispatch feeds the Workers workers of a Priority runner. It holds one
 // token per idle worker and fetches only with tokens in hand, as many
-// messages as it holds tokens: every message fetched goes to a worker that
-// is waiting for it, so none waits in this process while its AckWait runs.
-// One fetch round trip serves every idle worker, where one per worker and
-// durable asked was the cost before.
+// messages as it holds tokens, asking the durables in order. One fetch
+// round trip serves every idle worker, where one per worker and durable
+// asked was the cost before.
+//
+// While handling is fast (lookAheadBelow on average) it also holds up to
+// LookAhead tokens for workers that are still busy: the next messages are
+// fetched while the workers finish, and wait here for the first worker
+// free. A fetch costs a round trip or two (a few milliseconds on a loaded
+// host), which for tiny or already-present packages was as long as the
+// work, so workers stood idle for a third of their time. Messages held
+// ahead are few and short-lived by that rule; they are kept alive with
+// InProgress, so a worker that turns slow after them costs no redelivery,
+// and they are handed back when the runner stops. The price: a high
+// message can wait behind at most LookAhead normal ones fetched before it.
+// When handling is slow no token is held ahead: every message fetched goes
+// to a worker that waits for it, so none waits in this process while a
+// long package runs (and another instance may take it).
 //
 // With nothing waiting it polls again after 20 ms, backing off to 100 ms:
 // one poller now stands for all workers, where each of N workers used to
@@ -453,46 +470,91 @@ type delivered struct {
 // per durable and second).
 func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
 	const minIdle, maxIdle = 20 * time.Millisecond, 100 * time.Millisecond
-	work := make(chan delivered) // unbuffered: handed from hand to hand
-	idle := make(chan struct{}, r.Workers)
+	ahead := r.LookAhead
+	if ahead == 0 {
+		ahead = r.Workers
+	}
+	ahead = max(ahead, 0)
+	// Tokens bound what is fetched and not yet handled (workers busy plus
+	// messages held), so neither channel ever blocks the dispatcher.
+	work := make(chan *held, r.Workers+ahead)
+	tokens := make(chan struct{}, r.Workers+ahead)
+	var p pace
 	var workers sync.WaitGroup
 	for range r.Workers {
-		idle <- struct{}{}
+		tokens <- struct{}{}
 		workers.Go(func() {
-			for w := range work {
-				r.process(ctx, w.d, w.m)
-				idle <- struct{}{}
+			for h := range work {
+				h.take()
+				r.Health.m.held.WithLabelValues(ds[0].Name()).Dec()
+				began := time.Now()
+				r.process(ctx, h.d, h.m)
+				p.add(time.Since(began))
+				tokens <- struct{}{}
 			}
 		})
 	}
 	defer func() {
+		// Held messages go back at once, for whoever runs next.
+		for drained := false; !drained; {
+			select {
+			case h := <-work:
+				h.take()
+				r.Health.m.held.WithLabelValues(ds[0].Name()).Dec()
+				_ = h.m.NakWithDelay(0)
+			default:
+				drained = true
+			}
+		}
 		close(work)
 		workers.Wait()
 	}()
+	extra := 0 // look-ahead tokens in circulation
+	// use reports whether a token taken from tokens may be used for a
+	// fetch; a look-ahead token is retired instead while handling is slow.
+	use := func() bool {
+		if extra > 0 && !p.fast() {
+			extra--
+			return false
+		}
+		return true
+	}
 	wait := minIdle
 	for ctx.Err() == nil {
-		// One idle worker at least, then every other one idle now.
+		if p.fast() {
+			for ; extra < ahead; extra++ {
+				tokens <- struct{}{}
+			}
+		}
+		// One token at least, then every other one free now.
 		select {
 		case <-ctx.Done():
 			return
-		case <-idle:
+		case <-tokens:
+		}
+		if !use() {
+			continue
 		}
 		k := 1
 	more:
-		for k < r.Workers {
+		for k < r.Workers+ahead {
 			select {
-			case <-idle:
-				k++
+			case <-tokens:
+				if use() {
+					k++
+				}
 			default:
 				break more
 			}
 		}
 		got := r.next(ctx, ds, k)
+		keep := r.heldKeepAlive(ds)
 		for _, w := range got {
-			work <- w // a worker holding no token is waiting for it
+			r.Health.m.held.WithLabelValues(ds[0].Name()).Inc()
+			work <- hold(w, keep)
 		}
 		for range k - len(got) {
-			idle <- struct{}{}
+			tokens <- struct{}{}
 		}
 		if len(got) > 0 {
 			r.Health.m.dispatched.WithLabelValues(ds[0].Name()).Observe(float64(len(got)))
@@ -502,6 +564,87 @@ func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
 		sleep(ctx, wait)
 		wait = min(wait*2, maxIdle)
 	}
+}
+
+// lookAheadBelow is the mean handling time under which a Priority runner
+// fetches ahead of its busy workers (dispatch).
+const lookAheadBelow = time.Second
+
+// pace is how long handling a message takes: the latest and a moving
+// mean.
+type pace struct {
+	mu         sync.Mutex
+	last, mean time.Duration
+	n          int
+}
+
+func (p *pace) add(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		p.mean = d
+	} else {
+		p.mean += (d - p.mean) / 8
+	}
+	p.last = d
+	p.n++
+}
+
+// fast says whether handling is fast lately: the latest message and the
+// mean under lookAheadBelow. One slow message is enough to stop looking
+// ahead (a big package among tiny ones); nothing is known before the
+// first one.
+func (p *pace) fast() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n > 0 && p.last < lookAheadBelow && p.mean < lookAheadBelow
+}
+
+// heldKeepAlive is how often a message waiting for a worker is kept alive:
+// a third of the shortest AckWait of the runner's durables.
+func (r *Runner) heldKeepAlive(ds []*durable) time.Duration {
+	every := time.Duration(0)
+	for _, d := range ds {
+		if d.Consumer.AckWait > 0 && (every == 0 || d.Consumer.AckWait/3 < every) {
+			every = d.Consumer.AckWait / 3
+		}
+	}
+	if every == 0 {
+		every = 10 * time.Second // a third of the server's default AckWait
+	}
+	return every
+}
+
+// held is a fetched message on its way to a worker; until a worker takes
+// it, it is sent InProgress every keep-alive interval.
+type held struct {
+	delivered
+	mu    sync.Mutex
+	taken bool
+	t     *time.Timer
+}
+
+func hold(w delivered, every time.Duration) *held {
+	h := &held{delivered: w}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.t = time.AfterFunc(every, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.taken {
+			return
+		}
+		_ = h.m.InProgress()
+		h.t.Reset(every)
+	})
+	return h
+}
+
+func (h *held) take() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.taken = true
+	h.t.Stop()
 }
 
 // next fetches up to k waiting messages, asking the durables in order: the

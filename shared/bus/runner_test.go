@@ -728,3 +728,147 @@ func TestDeferredMessageIsTheHandlersToSettle(t *testing.T) {
 		t.Errorf("%d deliveries, want 2 (handed back once, then acked)", n)
 	}
 }
+
+// While handling is fast, a Priority runner fetches ahead of its busy
+// workers; the messages it holds are kept alive, so workers that turn
+// slow under them cost no redelivery; and once handling is slow it holds
+// nothing ahead again.
+func TestPriorityLooksAheadOnlyWhileFast(t *testing.T) {
+	srv := jstest.New(t)
+	d := testDurable("ahead")
+	d.Consumer.FilterSubject = "t.ahead"
+	d.Consumer.AckWait = time.Second // held messages need InProgress within it
+	provision(t, srv.JS, d)
+	pub := func(kind string, n int) {
+		for range n {
+			if _, err := srv.JS.Publish(t.Context(), "t.ahead", []byte(kind)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const workers = 2
+	var mu sync.Mutex
+	release, released := make(chan struct{}), false
+	free := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !released {
+			close(release)
+			released = true
+		}
+	}
+	deliveries := map[uint64]int{} // stream sequence → times handled
+	var busy int
+	h := NewHealth(nil, 0)
+	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Mode: Priority, Workers: workers, Health: h, Log: zerolog.Nop(),
+		Handler: func(ctx context.Context, m jetstream.Msg) error {
+			md, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			deliveries[md.Sequence.Stream]++
+			mu.Unlock()
+			if string(m.Data()) == "slow" {
+				mu.Lock()
+				busy++
+				r := release
+				mu.Unlock()
+				<-r
+			}
+			return nil
+		}})
+	t.Cleanup(free) // before the runner's cleanup: a failing test must not leave its workers blocked
+	handled := func() (n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range deliveries {
+			n += c
+		}
+		return n
+	}
+	ackPending := func() int {
+		c, err := srv.JS.Consumer(t.Context(), "T", "ahead")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.NumAckPending
+	}
+
+	// Fast handling first; then both workers stuck on slow messages with
+	// more waiting: the runner holds messages ahead of them (the rest is
+	// for the other instance below).
+	pub("fast", 4)
+	jstest.Until(t, 10*time.Second, "fast messages handled", func() bool { return handled() == 4 })
+	pub("slow", 2)
+	pub("fast", 4)
+	jstest.Until(t, 10*time.Second, "both workers stuck and messages held ahead", func() bool {
+		mu.Lock()
+		b := busy
+		mu.Unlock()
+		return b == workers && ackPending() > workers
+	})
+	// A second instance on the same durable, idle with a pull waiting: a
+	// held message that were not kept alive would be redelivered to it
+	// after AckWait and handled twice.
+	other := &Runner{JS: srv.JS, Durables: []Durable{d}, Mode: Priority, Workers: 1, Log: zerolog.Nop(),
+		Handler: func(ctx context.Context, m jetstream.Msg) error {
+			md, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			deliveries[md.Sequence.Stream]++
+			mu.Unlock()
+			return nil
+		}}
+	octx, ostop := context.WithCancel(t.Context())
+	ostopped := make(chan struct{})
+	go func() { defer close(ostopped); _ = other.Run(octx) }()
+	time.Sleep(3 * d.Consumer.AckWait) // the held messages wait three AckWaits
+	ostop()
+	<-ostopped
+	free()
+	jstest.Until(t, 10*time.Second, "all handled", func() bool { return handled() >= 10 })
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	for seq, n := range deliveries {
+		if n != 1 {
+			t.Errorf("message %d handled %d times, want once", seq, n)
+		}
+	}
+	mu.Unlock()
+	if n := testutil.ToFloat64(h.m.redelivered.WithLabelValues("ahead")); n != 0 {
+		t.Errorf("%v redeliveries of held messages", n)
+	}
+
+	// Two messages that take longer than lookAheadBelow: handling is slow
+	// now, and with both workers stuck again nothing is held ahead.
+	mu.Lock()
+	release, released, busy = make(chan struct{}), false, 0
+	mu.Unlock()
+	pub("slow", 2)
+	stuck := func() bool { mu.Lock(); defer mu.Unlock(); return busy == workers }
+	jstest.Until(t, 10*time.Second, "both workers on slow messages", stuck)
+	time.Sleep(lookAheadBelow + 100*time.Millisecond)
+	free()
+	jstest.Until(t, 10*time.Second, "slow messages handled", func() bool { return handled() == 12 })
+	mu.Lock()
+	release, released, busy = make(chan struct{}), false, 0
+	mu.Unlock()
+	pub("slow", 2)
+	pub("fast", 3)
+	jstest.Until(t, 10*time.Second, "both workers stuck again", stuck)
+	for range 5 {
+		if n := ackPending(); n != workers {
+			t.Fatalf("%d messages held with %d workers busy and handling slow", n, workers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	free()
+	jstest.Until(t, 10*time.Second, "all handled", func() bool { return handled() == 17 })
+}
