@@ -25,6 +25,32 @@ type Env struct {
 	// ProfileDir is where -pprof writes CPU profiles ("" = off). A scenario
 	// marked Windowed profiles only its measured windows with Profile.
 	ProfileDir string
+	// Trash is where Discard moves scratch, removed when the bench exits
+	// ("" = Discard removes at once).
+	Trash string
+}
+
+// Discard gets rid of scratch holding many small files without deleting
+// it now: it is moved to Trash, which the bench removes when it exits. On
+// this machine kind's scratch file system (ext4 without a journal) the
+// inode allocator skips inodes freed in the last 60 s (360 s while their
+// inode-table block is dirty), reading the inode table for each: creating
+// files right after a mass deletion cost the next run 2–3× (profile:
+// recently_deleted and find_get_block_common in openat and mkdirat), so
+// deleting one run's thousands of packages measured the file system's
+// bookkeeping in the next run instead of the code.
+func (e Env) Discard(dir string) {
+	if e.Trash != "" {
+		if err := os.MkdirAll(e.Trash, 0o755); err == nil {
+			if t, err := os.MkdirTemp(e.Trash, "d-"); err == nil {
+				if os.Rename(dir, filepath.Join(t, "x")) == nil {
+					return
+				}
+				_ = os.Remove(t)
+			}
+		}
+	}
+	_ = os.RemoveAll(dir)
 }
 
 // Profile starts a CPU profile of one measured window into
@@ -59,6 +85,9 @@ type Scenario struct {
 	// Windowed scenarios profile their measured windows themselves
 	// (Env.Profile) instead of being profiled whole.
 	Windowed bool
+	// SmallFiles scenarios leave many small files: their scratch goes to
+	// Env.Trash rather than being deleted between scenarios (Env.Discard).
+	SmallFiles bool
 }
 
 // Row is one measured variant. Samples hold one figure per run.

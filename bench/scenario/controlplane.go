@@ -19,7 +19,7 @@ func ControlPlane() harness.Scenario {
 			"Baselines in the same run: the file-system floor (a Go loop with the stager's 4 workers doing only what durable staging of a tiny package must: " +
 			"temp dir, one 1 KiB file, fsync of file and directory, rename into place, fsync of the parent; in the same scratch file system), " +
 			"and `nats bench js pub async` then `nats bench js consume --acks explicit` (512 B, file storage) on an embedded server.",
-		Run: runControlPlane}
+		Run: runControlPlane, SmallFiles: true}
 }
 
 // floorWorkers is the stager's concurrency in the control-plane runs
@@ -43,7 +43,9 @@ func runControlPlane(ctx context.Context, env harness.Env) ([]harness.Table, err
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		fr, err := fsFloor(ctx, filepath.Join(env.WorkDir, fmt.Sprintf("floor-%d", r)), floorWorkers, jobs*perJob)
+		floorDir := filepath.Join(env.WorkDir, fmt.Sprintf("floor-%d", r))
+		fr, err := fsFloor(ctx, floorDir, floorWorkers, jobs*perJob)
+		env.Discard(floorDir)
 		if err != nil {
 			return nil, err
 		}

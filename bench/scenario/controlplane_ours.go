@@ -165,7 +165,7 @@ func pipelineTiny(ctx context.Context, env harness.Env, dir string, jobs, perJob
 		if err := sys.Close(); err != nil {
 			env.Log.Warn().Err(err).Msg("close system")
 		}
-		_ = os.RemoveAll(dir)
+		env.Discard(dir)
 	}()
 	start := time.Now()
 	sent, err := submitJobs(ctx, sys, "cp", pkgs, perJob, "")

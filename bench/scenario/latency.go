@@ -3,7 +3,6 @@ package scenario
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -21,7 +20,7 @@ func Latency() harness.Scenario {
 			"(100 jobs/s), whole pipeline as in control-plane. Latency is from each job's scheduled submit to its packages' " +
 			"staging.done applied by the ledger; the work-queue depth (STAGING_REQUESTS messages) is sampled every second while " +
 			"the load is offered: a flat backlog means the pipeline keeps up.",
-		Run: runLatency}
+		Run: runLatency, SmallFiles: true}
 }
 
 func runLatency(ctx context.Context, env harness.Env) ([]harness.Table, error) {
@@ -66,7 +65,7 @@ func runLatency(ctx context.Context, env harness.Env) ([]harness.Table, error) {
 		if cerr := sys.Close(); cerr != nil {
 			env.Log.Warn().Err(cerr).Msg("close system")
 		}
-		_ = os.RemoveAll(dir)
+		env.Discard(dir)
 		if err != nil {
 			return nil, err
 		}

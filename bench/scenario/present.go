@@ -3,7 +3,6 @@ package scenario
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -25,7 +24,7 @@ func AlreadyPresent() harness.Scenario {
 			"(2) a third set is offered at 2,000 packages/s (jobs of 20, 100 jobs/s) for 10 s (2 s in short mode): p50/p99 " +
 			"submit → visible and the work queue's growth. Whole pipeline as in control-plane (one stager, 4 workers). " +
 			"Targets (issue 17): ≥ 5,000 packages/s; p99 < 250 ms at 2,000/s offered with a flat backlog.",
-		Run: runAlreadyPresent, Windowed: true}
+		Run: runAlreadyPresent, Windowed: true, SmallFiles: true}
 }
 
 func runAlreadyPresent(ctx context.Context, env harness.Env) ([]harness.Table, error) {
@@ -43,7 +42,7 @@ func runAlreadyPresent(ctx context.Context, env harness.Env) ([]harness.Table, e
 	for r := range env.Repeat {
 		dir := filepath.Join(env.WorkDir, fmt.Sprintf("run-%d", r))
 		res, err := presentOnce(ctx, env, dir, n, perJob, offeredJobsPerSecond, offeredPerJob)
-		_ = os.RemoveAll(dir)
+		env.Discard(dir)
 		if err != nil {
 			return nil, err
 		}

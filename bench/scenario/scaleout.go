@@ -3,7 +3,6 @@ package scenario
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -17,7 +16,7 @@ func ScaleOut() harness.Scenario {
 		Doc: "The control-plane workload (tiny packages; 5,000 in 50 jobs, 400 in 4 jobs in short mode) with 1, 2 and 4 stager " +
 			"instances (4 workers each) sharing the site's durable consumers; everything else as in control-plane. " +
 			"The ratio column is the speed-up over one instance.",
-		Run: runScaleOut}
+		Run: runScaleOut, SmallFiles: true}
 }
 
 func runScaleOut(ctx context.Context, env harness.Env) ([]harness.Table, error) {
@@ -59,7 +58,7 @@ func tinyRate(ctx context.Context, env harness.Env, dir string, jobs, perJob, st
 		if err := sys.Close(); err != nil {
 			env.Log.Warn().Err(err).Msg("close system")
 		}
-		_ = os.RemoveAll(dir)
+		env.Discard(dir)
 	}()
 	start := time.Now()
 	if _, err := submitJobs(ctx, sys, "so", pkgs, perJob, ""); err != nil {
