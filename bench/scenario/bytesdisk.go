@@ -108,7 +108,7 @@ func runBytesDisk(ctx context.Context, env harness.Env) ([]harness.Table, error)
 			if v.ours != "" && stagers[v.ours] == nil {
 				continue
 			}
-			if err := os.RemoveAll(out); err != nil {
+			if err := hollow(env, out); err != nil {
 				return nil, err
 			}
 			for _, s := range stagers {
@@ -127,7 +127,7 @@ func runBytesDisk(ctx context.Context, env harness.Env) ([]harness.Table, error)
 			env.Log.Info().Str("variant", v.name).Int("run", r+1).Dur("took", d).Float64("mb_per_s", mbps(info.SizeBytes, d)).Msg("bytes-disk")
 		}
 	}
-	_ = os.RemoveAll(out)
+	_ = hollow(env, out)
 	cache := "warm (source read once before each run)"
 	if Cold {
 		cache = "cold (page cache dropped before each run)"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 // diskStager stages one package per run through the whole pipeline.
 type diskStager struct {
 	sys      *system.System
+	env      harness.Env
 	outcomes chan event.Envelope
 	sub      []*nats.Subscription
 	location string
@@ -43,7 +43,7 @@ func newStager(ctx context.Context, env harness.Env, work, location, key string,
 	if err != nil {
 		return nil, err
 	}
-	d := &diskStager{sys: sys, outcomes: make(chan event.Envelope, 64), location: location,
+	d := &diskStager{sys: sys, env: env, outcomes: make(chan event.Envelope, 64), location: location,
 		runID: fmt.Sprintf("%x", time.Now().UnixNano())}
 	if err := d.start(ctx, env, key, info); err != nil {
 		d.Close()
@@ -130,10 +130,11 @@ func (d *diskStager) Stage(ctx context.Context, i int) (time.Duration, error) {
 	}
 }
 
-// Clean removes what earlier runs staged, so the disk does not fill up.
+// Clean empties what earlier runs staged, so the disk does not fill up
+// (hollow).
 func (d *diskStager) Clean() error {
 	for _, p := range d.staged {
-		if err := os.RemoveAll(p); err != nil {
+		if err := hollow(d.env, p); err != nil {
 			return err
 		}
 	}
