@@ -480,13 +480,15 @@ func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
 	work := make(chan *held, r.Workers+ahead)
 	tokens := make(chan struct{}, r.Workers+ahead)
 	var p pace
+	heldGauge := r.Health.m.held.WithLabelValues(ds[0].Name())
+	keep := r.heldKeepAlive(ds)
 	var workers sync.WaitGroup
 	for range r.Workers {
 		tokens <- struct{}{}
 		workers.Go(func() {
 			for h := range work {
 				h.take()
-				r.Health.m.held.WithLabelValues(ds[0].Name()).Dec()
+				heldGauge.Dec()
 				began := time.Now()
 				r.process(ctx, h.d, h.m)
 				p.add(time.Since(began))
@@ -500,7 +502,7 @@ func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
 			select {
 			case h := <-work:
 				h.take()
-				r.Health.m.held.WithLabelValues(ds[0].Name()).Dec()
+				heldGauge.Dec()
 				_ = h.m.NakWithDelay(0)
 			default:
 				drained = true
@@ -548,9 +550,8 @@ func (r *Runner) dispatch(ctx context.Context, ds []*durable) {
 			}
 		}
 		got := r.next(ctx, ds, k)
-		keep := r.heldKeepAlive(ds)
 		for _, w := range got {
-			r.Health.m.held.WithLabelValues(ds[0].Name()).Inc()
+			heldGauge.Inc()
 			work <- hold(w, keep)
 		}
 		for range k - len(got) {

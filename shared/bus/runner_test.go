@@ -759,16 +759,23 @@ func TestPriorityLooksAheadOnlyWhileFast(t *testing.T) {
 	}
 	deliveries := map[uint64]int{} // stream sequence → times handled
 	var busy int
+	// record counts a handling of m, by either instance.
+	record := func(m jetstream.Msg) error {
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		deliveries[md.Sequence.Stream]++
+		mu.Unlock()
+		return nil
+	}
 	h := NewHealth(nil, 0)
 	startRunner(t, &Runner{JS: srv.JS, Durables: []Durable{d}, Mode: Priority, Workers: workers, Health: h, Log: zerolog.Nop(),
 		Handler: func(ctx context.Context, m jetstream.Msg) error {
-			md, err := m.Metadata()
-			if err != nil {
+			if err := record(m); err != nil {
 				return err
 			}
-			mu.Lock()
-			deliveries[md.Sequence.Stream]++
-			mu.Unlock()
 			if string(m.Data()) == "slow" {
 				mu.Lock()
 				busy++
@@ -813,19 +820,10 @@ func TestPriorityLooksAheadOnlyWhileFast(t *testing.T) {
 		return b == workers && ackPending() > workers
 	})
 	// A second instance on the same durable, idle with a pull waiting: a
-	// held message that were not kept alive would be redelivered to it
+	// held message that was not kept alive would be redelivered to it
 	// after AckWait and handled twice.
 	other := &Runner{JS: srv.JS, Durables: []Durable{d}, Mode: Priority, Workers: 1, Log: zerolog.Nop(),
-		Handler: func(ctx context.Context, m jetstream.Msg) error {
-			md, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			deliveries[md.Sequence.Stream]++
-			mu.Unlock()
-			return nil
-		}}
+		Handler: func(ctx context.Context, m jetstream.Msg) error { return record(m) }}
 	octx, ostop := context.WithCancel(t.Context())
 	ostopped := make(chan struct{})
 	go func() { defer close(ostopped); _ = other.Run(octx) }()
